@@ -1,0 +1,3 @@
+from pmtud_relay.cli import main
+
+raise SystemExit(main())

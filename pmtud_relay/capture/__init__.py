@@ -1,0 +1,1 @@
+"""Capture adapters: turn a kernel source of frames into (frame, packet type) pairs."""

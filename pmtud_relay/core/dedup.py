@@ -1,0 +1,64 @@
+"""Duplicate suppression keyed on the inner flow and the announced MTU.
+
+The key includes the quoted flow, not just the destination: two flows to the same
+client owned by different servers each need their own copy.
+"""
+
+from __future__ import annotations
+
+from pmtud_relay.core.packet import PTB
+
+DEFAULT_WINDOW = 1.0
+DEFAULT_CAPACITY = 65536
+
+
+def dedup_key(ptb: PTB) -> tuple:
+    """(family, inner src, inner dst, proto, sport, dport, MTU)."""
+    return (ptb.family, ptb.inner_src, ptb.inner_dst, ptb.proto, ptb.sport, ptb.dport, ptb.mtu)
+
+
+class Deduplicator:
+    """Remembers relayed keys for ``window`` seconds, at most ``capacity`` of them.
+
+    Keys live in a dict in insertion order; because the clock is monotonic, insertion
+    order is also expiry order, so expiry and eviction both pop from the front: O(1)
+    amortised, no timers, no sorting.
+    """
+
+    __slots__ = ("window", "capacity", "_seen", "evictions")
+
+    def __init__(self, window: float = DEFAULT_WINDOW, capacity: int = DEFAULT_CAPACITY):
+        if window < 0:
+            raise ValueError("dedup window must be >= 0")
+        if capacity < 1:
+            raise ValueError("dedup capacity must be >= 1")
+        self.window = window
+        self.capacity = capacity
+        self._seen: dict[tuple, float] = {}
+        self.evictions = 0  # entries dropped for capacity before they expired
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def is_duplicate(self, key: tuple, now: float) -> bool:
+        """True if ``key`` was remembered less than ``window`` seconds before ``now``."""
+        stamp = self._seen.get(key)
+        return stamp is not None and now - stamp < self.window
+
+    def remember(self, key: tuple, now: float) -> None:
+        """Record that ``key`` was relayed at ``now``."""
+        seen = self._seen
+        seen.pop(key, None)  # re-insert at the back, keeping expiry order
+        seen[key] = now
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        seen = self._seen
+        horizon = now - self.window
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] > horizon and len(seen) <= self.capacity:
+                break
+            if seen[oldest] > horizon:
+                self.evictions += 1
+            del seen[oldest]

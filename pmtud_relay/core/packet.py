@@ -1,0 +1,263 @@
+"""Frame parser: Ethernet (up to two VLAN tags) → IPv4/IPv6 → ICMP PTB → quoted packet.
+
+``parse_frame`` is total: for any input it returns either a :class:`PTB` record or a
+:class:`~pmtud_relay.core.reasons.Reason` saying why the frame is not a usable PTB.
+It never raises. It reads with precompiled ``struct`` objects and offsets into the
+original buffer; the only allocations are the address slices and the record itself.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple, Union
+
+from pmtud_relay.core.checksum import region_sum, verifies
+from pmtud_relay.core.reasons import Reason
+
+ETH_HLEN = 14
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8)  # 802.1Q, 802.1ad
+MAX_VLAN_TAGS = 2
+
+IPPROTO_HOPOPTS = 0
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_ROUTING = 43
+IPPROTO_FRAGMENT = 44
+IPPROTO_ESP = 50
+IPPROTO_AH = 51
+IPPROTO_ICMPV6 = 58
+IPPROTO_NONE = 59
+IPPROTO_DSTOPTS = 60
+IPPROTO_SCTP = 132
+IPPROTO_UDPLITE = 136
+
+#: Quoted protocols whose first four L4 bytes are source and destination port.
+PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_UDPLITE})
+#: ICMPv4 error types (RFC 1122 3.2.2: no ICMP error is sent about one of these).
+ICMP4_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})
+#: IPv6 extension headers with the generic (next header, length in 8-octet units) layout.
+_GENERIC_EXT = frozenset({IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS})
+#: Bound on the extension-header walk, so hostile chains cost O(1).
+MAX_EXT_HEADERS = 8
+
+ICMP_DEST_UNREACH = 3
+ICMP_FRAG_NEEDED = 4
+ICMPV6_PKT_TOOBIG = 2
+
+_U16 = struct.Struct("!H").unpack_from
+_U32 = struct.Struct("!I").unpack_from
+_PORTS = struct.Struct("!HH").unpack_from
+_IPV4_FIXED = struct.Struct("!BxHxxHxBH").unpack_from  # vihl, total, frag, proto, csum
+
+
+class PTB(NamedTuple):
+    """A parsed, well-formed Packet Too Big message.
+
+    Addresses are packed bytes (4 or 16 long). ``sport``/``dport`` are ``-1`` when the
+    quoted packet carries no ports (other protocol, non-first fragment, short quote).
+    """
+
+    family: int  # 4 or 6
+    outer_src: bytes  # the hop that sent the PTB
+    outer_dst: bytes  # the address the PTB was sent to (a VIP, if it is for us)
+    mtu: int  # next-hop MTU announced by the hop
+    inner_src: bytes  # quoted packet's source: the address that sent the big packet
+    inner_dst: bytes  # quoted packet's destination: the client
+    proto: int  # quoted packet's (upper-layer) protocol
+    sport: int
+    dport: int
+    inner_length: int  # quoted packet's total length as its header states it
+    l3_offset: int  # outer IP header offset in ``frame``
+    icmp_offset: int  # ICMP header offset in ``frame``
+    frame: bytes  # the frame as received (never modified)
+
+
+ParseResult = Union[PTB, Reason]
+
+
+def parse_frame(frame: bytes) -> ParseResult:
+    """Parse an Ethernet II frame; return a :class:`PTB` or the :class:`Reason` it is not one."""
+    n = len(frame)
+    if n < ETH_HLEN:
+        return Reason.TOO_SHORT
+    (ethertype,) = _U16(frame, 12)
+    off = ETH_HLEN
+    tags = 0
+    while ethertype in VLAN_TPIDS:
+        if tags == MAX_VLAN_TAGS:
+            return Reason.BAD_L2
+        if n < off + 4:
+            return Reason.TOO_SHORT
+        (ethertype,) = _U16(frame, off + 2)
+        off += 4
+        tags += 1
+    if ethertype == ETH_P_IP:
+        return parse_ipv4(frame, off)
+    if ethertype == ETH_P_IPV6:
+        return parse_ipv6(frame, off)
+    return Reason.NOT_IP
+
+
+def parse_ipv4(frame: bytes, l3: int) -> ParseResult:
+    """Parse an IPv4 PTB starting at offset ``l3`` of ``frame``."""
+    n = len(frame)
+    if n < l3 + 20:
+        return Reason.TOO_SHORT
+    vihl, total, frag, proto, _csum = _IPV4_FIXED(frame, l3)
+    ihl = (vihl & 0x0F) << 2
+    if vihl >> 4 != 4 or ihl < 20 or total < ihl:
+        return Reason.BAD_IP
+    end = l3 + total  # anything after is Ethernet padding
+    if end > n:
+        return Reason.TOO_SHORT
+    if not verifies(region_sum(frame, l3, l3 + ihl)):
+        return Reason.BAD_CHECKSUM
+    if frag & 0x3FFF:  # MF set or non-zero offset
+        return Reason.FRAGMENT
+    if proto != IPPROTO_ICMP:
+        return Reason.NOT_PTB
+    icmp = l3 + ihl
+    if end - icmp < 8:
+        return Reason.TOO_SHORT
+    if frame[icmp] != ICMP_DEST_UNREACH or frame[icmp + 1] != ICMP_FRAG_NEEDED:
+        return Reason.NOT_PTB
+    if not verifies(region_sum(frame, icmp, end)):
+        return Reason.BAD_CHECKSUM
+    (mtu,) = _U16(frame, icmp + 6)
+
+    # The quoted packet: an IPv4 header and at least the first 8 bytes of its payload.
+    q = icmp + 8
+    if end - q < 20:
+        return Reason.SHORT_QUOTE
+    qvihl, qtotal, qfrag, qproto, _ = _IPV4_FIXED(frame, q)
+    qihl = (qvihl & 0x0F) << 2
+    if qvihl >> 4 != 4 or qihl < 20 or qtotal < qihl:
+        return Reason.BAD_INNER
+    if end - q < qihl:
+        return Reason.SHORT_QUOTE
+    sport = dport = -1
+    l4 = q + qihl
+    if not qfrag & 0x1FFF:  # first (or only) fragment: the L4 header is quoted
+        if qproto in PORT_PROTOCOLS:
+            if end - l4 >= 4:
+                sport, dport = _PORTS(frame, l4)
+        elif qproto == IPPROTO_ICMP and end > l4 and frame[l4] in ICMP4_ERROR_TYPES:
+            return Reason.INNER_ICMP_ERROR
+    return PTB(
+        4,
+        frame[l3 + 12 : l3 + 16],
+        frame[l3 + 16 : l3 + 20],
+        mtu,
+        frame[q + 12 : q + 16],
+        frame[q + 16 : q + 20],
+        qproto,
+        sport,
+        dport,
+        qtotal,
+        l3,
+        icmp,
+        frame,
+    )
+
+
+def parse_ipv6(frame: bytes, l3: int) -> ParseResult:
+    """Parse an IPv6 PTB starting at offset ``l3`` of ``frame``."""
+    n = len(frame)
+    if n < l3 + 40:
+        return Reason.TOO_SHORT
+    if frame[l3] >> 4 != 6:
+        return Reason.BAD_IP
+    (plen,) = _U16(frame, l3 + 4)
+    if plen == 0:  # jumbogram or nonsense; a PTB is at most 1280 bytes
+        return Reason.BAD_IP
+    end = l3 + 40 + plen
+    if end > n:
+        return Reason.TOO_SHORT
+    nh = frame[l3 + 6]
+    off = l3 + 40
+    for _ in range(MAX_EXT_HEADERS + 1):
+        if nh == IPPROTO_ICMPV6:
+            break
+        if end - off < 8:
+            return Reason.TOO_SHORT if nh in _GENERIC_EXT or nh in (IPPROTO_FRAGMENT, IPPROTO_AH) else Reason.NOT_PTB
+        if nh in _GENERIC_EXT:
+            nh, off = frame[off], off + ((frame[off + 1] + 1) << 3)
+        elif nh == IPPROTO_FRAGMENT:
+            if _U16(frame, off + 2)[0] & 0xFFF9:  # offset != 0 or more fragments follow
+                return Reason.FRAGMENT
+            nh, off = frame[off], off + 8
+        elif nh == IPPROTO_AH:
+            nh, off = frame[off], off + ((frame[off + 1] + 2) << 2)
+        else:
+            return Reason.NOT_PTB
+    else:
+        return Reason.BAD_EXT_HEADER
+    icmp = off
+    if end - icmp < 8:
+        return Reason.TOO_SHORT
+    if frame[icmp] != ICMPV6_PKT_TOOBIG or frame[icmp + 1] != 0:
+        return Reason.NOT_PTB
+    # Checksum over the pseudo-header (src, dst, upper-layer length, next header) + message.
+    total = region_sum(frame, l3 + 8, l3 + 40) + (end - icmp) + IPPROTO_ICMPV6 + region_sum(frame, icmp, end)
+    if not verifies(total):
+        return Reason.BAD_CHECKSUM
+    (mtu,) = _U32(frame, icmp + 4)
+
+    q = icmp + 8
+    if end - q < 40:
+        return Reason.SHORT_QUOTE
+    if frame[q] >> 4 != 6:
+        return Reason.BAD_INNER
+    (qplen,) = _U16(frame, q + 4)
+    proto, sport, dport = _quoted_ipv6_l4(frame, q, end)
+    if proto < 0:
+        return Reason.INNER_ICMP_ERROR
+    return PTB(
+        6,
+        frame[l3 + 8 : l3 + 24],
+        frame[l3 + 24 : l3 + 40],
+        mtu,
+        frame[q + 8 : q + 24],
+        frame[q + 24 : q + 40],
+        proto,
+        sport,
+        dport,
+        40 + qplen,
+        l3,
+        icmp,
+        frame,
+    )
+
+
+def _quoted_ipv6_l4(frame: bytes, q: int, end: int) -> tuple[int, int, int]:
+    """Walk the quoted packet's extension headers as far as the quote allows.
+
+    Returns (protocol, sport, dport); ports are -1 when not quoted. Returns a negative
+    protocol when the quoted packet is itself an ICMPv6 error.
+    """
+    nh = frame[q + 6]
+    off = q + 40
+    for _ in range(MAX_EXT_HEADERS):
+        if nh in _GENERIC_EXT or nh == IPPROTO_AH:
+            if end - off < 2:
+                return nh, -1, -1
+            step = ((frame[off + 1] + 1) << 3) if nh != IPPROTO_AH else ((frame[off + 1] + 2) << 2)
+            nh, off = frame[off], off + step
+        elif nh == IPPROTO_FRAGMENT:
+            if end - off < 8:
+                return nh, -1, -1
+            first = not (_U16(frame, off + 2)[0] & 0xFFF8)
+            nh, off = frame[off], off + 8
+            if not first:
+                return nh, -1, -1
+        else:
+            break
+    if nh in PORT_PROTOCOLS and end - off >= 4:
+        sport, dport = _PORTS(frame, off)
+        return nh, sport, dport
+    if nh == IPPROTO_ICMPV6 and end > off and frame[off] < 128:
+        return -1, -1, -1
+    return nh, -1, -1

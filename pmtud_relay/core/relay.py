@@ -1,0 +1,129 @@
+"""The relay state machine: frame bytes + clock value → decision. No I/O, no clock.
+
+Pipeline: parse → policy → dedup → rate limits → build the copy. A PTB spends
+rate-limit tokens only when it would otherwise be relayed, and is remembered for
+dedup only once it is relayed, so a PTB dropped by a limit can still get through on
+a later retransmission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+from pmtud_relay.core import dedup as _dedup
+from pmtud_relay.core import ratelimit as _rl
+from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC, build_copy
+from pmtud_relay.core.packet import PTB, parse_frame
+from pmtud_relay.core.policy import PACKET_HOST, Policy
+from pmtud_relay.core.reasons import Reason
+
+
+class Decision(NamedTuple):
+    """What to do with one received frame.
+
+    ``copy`` is the frame to send when ``relay`` is true. ``ptb`` is the parsed record
+    whenever the frame was a well-formed PTB (also for policy/limit drops), else None.
+    """
+
+    relay: bool
+    reason: Reason
+    ptb: PTB | None
+    copy: bytes | None
+
+
+#: Parser rejections carry no per-packet data: one shared Decision each.
+_PARSE_DROPS = {r: Decision(False, r, None, None) for r in Reason}
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """Everything that shapes decisions. Immutable; swap it with :meth:`Relay.reconfigure`."""
+
+    policy: Policy = field(default_factory=Policy)
+    dedup_window: float = _dedup.DEFAULT_WINDOW
+    dedup_capacity: int = _dedup.DEFAULT_CAPACITY
+    source_rate: float = _rl.DEFAULT_SOURCE_RATE
+    source_burst: float = _rl.DEFAULT_SOURCE_BURST
+    global_rate: float = _rl.DEFAULT_GLOBAL_RATE
+    global_burst: float = _rl.DEFAULT_GLOBAL_BURST
+    source_capacity: int = _rl.DEFAULT_SOURCE_CAPACITY
+    v6_broadcast: bool = False  # send IPv6 copies to ff:ff:ff:ff:ff:ff instead of 33:33:00:00:00:01
+
+    def with_policy(self, policy: Policy) -> "RelayConfig":
+        return replace(self, policy=policy)
+
+
+class Relay:
+    """Sans-IO relay. Feed it frames with :meth:`handle`; it returns :class:`Decision`.
+
+    ``counts`` tallies decisions by reason, for metrics and summaries.
+    """
+
+    def __init__(self, config: RelayConfig | None = None, now: float = 0.0):
+        self.config = config or RelayConfig()
+        self.counts: dict[Reason, int] = dict.fromkeys(Reason, 0)
+        self._build_state(now)
+
+    def _build_state(self, now: float) -> None:
+        c = self.config
+        self.policy = c.policy
+        self.dedup = _dedup.Deduplicator(c.dedup_window, c.dedup_capacity)
+        self.limiter = _rl.RateLimiter(
+            c.source_rate, c.source_burst, c.global_rate, c.global_burst, c.source_capacity, now
+        )
+        self._dst_v6 = BROADCAST_MAC if c.v6_broadcast else ALL_NODES_MAC
+
+    def reconfigure(self, config: RelayConfig, now: float) -> None:
+        """Apply a new configuration.
+
+        Dedup and rate-limit state survive when their shape is unchanged (a policy-only
+        change such as a new VIP set must not reset the limits an attacker is held by).
+        """
+        old = self.config
+        self.config = config
+        self.policy = config.policy
+        self._dst_v6 = BROADCAST_MAC if config.v6_broadcast else ALL_NODES_MAC
+        if (old.dedup_window, old.dedup_capacity) != (config.dedup_window, config.dedup_capacity):
+            self.dedup = _dedup.Deduplicator(config.dedup_window, config.dedup_capacity)
+        if (old.source_rate, old.source_burst, old.global_rate, old.global_burst, old.source_capacity) != (
+            config.source_rate,
+            config.source_burst,
+            config.global_rate,
+            config.global_burst,
+            config.source_capacity,
+        ):
+            self.limiter = _rl.RateLimiter(
+                config.source_rate,
+                config.source_burst,
+                config.global_rate,
+                config.global_burst,
+                config.source_capacity,
+                now,
+            )
+
+    def handle(self, frame: bytes, now: float, src_mac: bytes, pkttype: int = PACKET_HOST) -> Decision:
+        """Decide about one received frame.
+
+        ``now`` is a monotonic clock value in seconds; ``src_mac`` is the MAC of the
+        interface the copy will leave from; ``pkttype`` is the Linux packet type the
+        capture saw (PACKET_HOST for unicast to this host).
+        """
+        ptb = parse_frame(frame)
+        if ptb.__class__ is Reason:
+            self.counts[ptb] += 1
+            return _PARSE_DROPS[ptb]
+        reason = self.policy.check(ptb, pkttype)
+        if reason is None:
+            key = _dedup.dedup_key(ptb)
+            if self.dedup.is_duplicate(key, now):
+                reason = Reason.DUPLICATE
+            else:
+                reason = self.limiter.check(ptb.outer_src, now)
+                if reason is None:
+                    self.dedup.remember(key, now)
+                    self.counts[Reason.RELAYED] += 1
+                    dst = BROADCAST_MAC if ptb.family == 4 else self._dst_v6
+                    return Decision(True, Reason.RELAYED, ptb, build_copy(frame, dst, src_mac))
+        self.counts[reason] += 1
+        return Decision(False, reason, ptb, None)

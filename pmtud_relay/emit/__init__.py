@@ -1,0 +1,1 @@
+"""Emit adapters: put relayed copies on the wire (or, in dry-run, nowhere)."""
