@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, TextIO
 
 from pmtud_relay import hostinfo, logs
+from pmtud_relay.sdnotify import Notifier
 from pmtud_relay.capture.afpacket import PacketCapture
 from pmtud_relay.core.policy import VipSet
 from pmtud_relay.core.reasons import Reason
@@ -72,6 +73,7 @@ class RelayDaemon:
         self.internal_errors = 0
         self._last_error_log = 0.0
         self._stop = asyncio.Event()
+        self.notifier = Notifier()
 
     # -- set-up ---------------------------------------------------------------
     def open(self) -> None:
@@ -186,6 +188,15 @@ class RelayDaemon:
             kv["dedup_keys"] = len(self.relay.dedup)
             kv["rate_sources"] = len(self.relay.limiter)
             self.log.info("summary", extra={"kv": kv})
+            self.notifier.notify(f"STATUS=relayed {self.relay.counts[Reason.RELAYED]} PTBs since start")
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.notifier.notify("WATCHDOG=1")
+            try:
+                await asyncio.wait_for(self._stop.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
 
     # -- main -----------------------------------------------------------------
     async def serve(self) -> None:
@@ -199,6 +210,8 @@ class RelayDaemon:
         for port in self.ports:
             loop.add_reader(port.capture.fileno(), self._on_readable, port)
         tasks.append(asyncio.create_task(self._summary_loop()))
+        if self.notifier.watchdog_interval:
+            tasks.append(asyncio.create_task(self._watchdog_loop(self.notifier.watchdog_interval)))
         self.log.info(
             "ready",
             extra={
@@ -209,9 +222,11 @@ class RelayDaemon:
                 }
             },
         )
+        self.notifier.notify("READY=1", f"STATUS=relaying on {','.join(p.ifname for p in self.ports)}")
         try:
             await self._stop.wait()
         finally:
+            self.notifier.notify("STOPPING=1")
             for port in self.ports:
                 loop.remove_reader(port.capture.fileno())
             for task in tasks:
@@ -221,6 +236,7 @@ class RelayDaemon:
                 loop.remove_signal_handler(sig)
             counts = {r.value: n for r, n in self.relay.counts.items() if n}
             self.log.info("stopped", extra={"kv": counts})
+            self.notifier.close()
 
 
 def _vip_text(vips: VipSet) -> str:
