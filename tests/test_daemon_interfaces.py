@@ -1,0 +1,133 @@
+"""One daemon, two interfaces: each copy leaves by the interface its PTB came in on,
+unchanged but for the MAC addresses. Real kernel, inside namespaces this test creates."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="iproute2 (ip) not installed"),
+]
+
+VIP4, VIP6 = "192.0.2.10", "2001:db8:ffff::10"
+
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def two_links():
+    tag = uuid.uuid4().hex[:6]
+    relay_ns, peer_ns = f"pmr-mi-r{tag}", f"pmr-mi-p{tag}"
+    try:
+        ip("netns", "add", relay_ns)
+        ip("netns", "add", peer_ns)
+        for side in ("a", "b"):
+            ip("-n", relay_ns, "link", "add", f"{side}0", "type", "veth", "peer", "name", f"{side}1", "netns", peer_ns)
+            ip("-n", relay_ns, "link", "set", f"{side}0", "up")
+            ip("-n", peer_ns, "link", "set", f"{side}1", "up")
+        ip("-n", relay_ns, "link", "set", "lo", "up")
+        ip("-n", relay_ns, "addr", "add", f"{VIP4}/32", "dev", "lo")
+        ip("-n", relay_ns, "addr", "add", f"{VIP6}/128", "dev", "lo")
+        yield relay_ns, peer_ns
+    finally:
+        for ns in (relay_ns, peer_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+PEER_SCRIPT = r"""
+import json, socket, sys, time
+from scapy.all import Ether, IP, ICMP, TCP, IPv6, ICMPv6PacketTooBig, raw
+relay_macs = json.loads(sys.argv[1])
+vip4, vip6 = sys.argv[2], sys.argv[3]
+def ptb4(dst_mac, sport):
+    inner = raw(IP(src=vip4, dst="203.0.113.2", flags="DF") / TCP(sport=sport, dport=40000) / (b"x" * 1448))
+    return raw(Ether(dst=dst_mac, src="02:00:00:00:99:01") / IP(src="198.51.100.1", dst=vip4)
+               / ICMP(type=3, code=4, nexthopmtu=1400) / inner[:548])
+def ptb6(dst_mac, sport):
+    inner = raw(IPv6(src=vip6, dst="2001:db8:c::2") / TCP(sport=sport, dport=40000) / (b"y" * 1400))
+    return raw(Ether(dst=dst_mac, src="02:00:00:00:99:02") / IPv6(src="2001:db8:5::1", dst=vip6)
+               / ICMPv6PacketTooBig(mtu=1400) / inner[:1232])
+listeners = {}
+for name in ("a1", "b1"):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    s.bind((name, 0)); s.settimeout(0.2)
+    listeners[name] = s
+sent = {}
+for name, sport in (("a1", 8081), ("b1", 8082)):
+    frames = [ptb4(relay_macs[name[0] + "0"], sport), ptb6(relay_macs[name[0] + "0"], sport)]
+    sent[name] = [f.hex() for f in frames]
+    out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); out.bind((name, 0))
+    for f in frames:
+        out.send(f)
+got = {name: [] for name in listeners}
+deadline = time.time() + 3
+while time.time() < deadline:
+    for name, s in listeners.items():
+        try:
+            data, addr = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        if data[12:14] in (b"\x08\x00", b"\x86\xdd") and (data[0] & 1):  # group-addressed copies only
+            got[name].append(data.hex())
+print(json.dumps({"sent": sent, "got": got}))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_copies_leave_by_the_interface_the_ptb_came_in_on(two_links):
+    relay_ns, peer_ns = two_links
+    macs = {}
+    for dev in ("a0", "b0"):
+        out = subprocess.run(["ip", "-n", relay_ns, "-j", "link", "show", dev], capture_output=True, text=True, check=True)
+        macs[dev] = json.loads(out.stdout)[0]["address"]
+    relay = subprocess.Popen(
+        ["ip", "netns", "exec", relay_ns, sys.executable, "-m", "pmtud_relay", "run", "-i", "a0", "-i", "b0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.time() + 15
+        ready = False
+        while time.time() < deadline and not ready:
+            line = relay.stderr.readline()
+            if not line:
+                break
+            ready = "event=ready" in line
+        assert ready, f"relay never became ready (exit {relay.poll()})"
+        peer = subprocess.run(
+            ["ip", "netns", "exec", peer_ns, sys.executable, "-c", PEER_SCRIPT, json.dumps(macs), VIP4, VIP6],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert peer.returncode == 0, peer.stderr
+        result = json.loads(peer.stdout)
+    finally:
+        relay.terminate()
+        try:
+            relay.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            relay.kill()
+            relay.wait()
+    assert relay.returncode == 0
+    all_sent = {bytes.fromhex(h)[12:]: name for name in ("a1", "b1") for h in result["sent"][name]}
+    for name in ("a1", "b1"):
+        # Other group-addressed frames (MLD, router solicitations) also show up: keep the copies.
+        copies = [g for g in (bytes.fromhex(h) for h in result["got"][name]) if g[12:] in all_sent]
+        assert len(copies) == 2, f"{name}: expected exactly the v4 and v6 copy, got {len(copies)}"
+        relay_mac = bytes.fromhex(macs[name[0] + "0"].replace(":", ""))
+        for copy in copies:
+            assert all_sent[copy[12:]] == name, "a copy left by another interface than its PTB came in on"
+            assert copy[6:12] == relay_mac
+            expected_dst = b"\xff" * 6 if copy[12:14] == b"\x08\x00" else b"\x33\x33\x00\x00\x00\x01"
+            assert copy[:6] == expected_dst
