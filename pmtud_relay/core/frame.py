@@ -13,6 +13,7 @@ BROADCAST_MAC = b"\xff\xff\xff\xff\xff\xff"
 ALL_NODES_MAC = b"\x33\x33\x00\x00\x00\x01"  # IPv6 all-nodes multicast (ff02::1)
 
 _TAG = struct.Struct("!HH")
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def build_copy(frame: bytes, dst_mac: bytes, src_mac: bytes) -> bytes:
@@ -32,12 +33,10 @@ def insert_vlan_tag(frame: bytes, tpid: int, tci: int) -> bytes:
 def parse_mac(text: str) -> bytes:
     """``aa:bb:cc:dd:ee:ff`` → 6 bytes; ValueError with the text on anything else."""
     parts = text.replace("-", ":").split(":")
-    if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):
+    # Check the digits explicitly: int(p, 16) would also take "+1", " 1" and non-ASCII digits.
+    if len(parts) != 6 or not all(len(p) in (1, 2) and all(c in _HEX for c in p) for p in parts):
         raise ValueError(f"not a MAC address: {text!r}")
-    try:
-        return bytes(int(p, 16) for p in parts)
-    except ValueError:
-        raise ValueError(f"not a MAC address: {text!r}") from None
+    return bytes(int(p, 16) for p in parts)
 
 
 def format_mac(mac: bytes) -> str:

@@ -52,7 +52,7 @@ def protocol_numbers(names: Iterable[str]) -> frozenset[int]:
         key = str(name).strip().lower()
         if key in PROTOCOL_NAMES:
             out.update(PROTOCOL_NAMES[key])
-        elif key.isdigit() and 0 <= int(key) <= 255:
+        elif key.isascii() and key.isdigit() and 0 <= int(key) <= 255:  # str.isdigit() also admits '²', '٦'
             out.add(int(key))
         else:
             raise ValueError(f"unknown protocol {name!r} (use {', '.join(PROTOCOL_NAMES)} or a number 0-255)")

@@ -19,7 +19,7 @@ class Reason(enum.Enum):
     TOO_SHORT = "too_short"  # truncated at any layer
     BAD_L2 = "bad_l2"  # more than two VLAN tags
     NOT_IP = "not_ip"  # EtherType is neither IPv4 nor IPv6
-    BAD_IP = "bad_ip"  # bad version, IHL, length or header checksum
+    BAD_IP = "bad_ip"  # bad version, IHL or length (a bad header checksum is bad_checksum)
     FRAGMENT = "fragment"  # the outer packet is a fragment
     BAD_EXT_HEADER = "bad_ext_header"  # IPv6 extension-header chain too long or malformed
     NOT_PTB = "not_ptb"  # not ICMPv4 3/4 nor ICMPv6 2/0
