@@ -1,0 +1,3 @@
+from pmtud_relay.doctor.command import cli
+
+raise SystemExit(cli())

@@ -1,0 +1,109 @@
+"""``pmtud-relay lab``: see the ECMP black hole and its fix on your own machine.
+
+Builds the namespace lab the tests use, runs real TCP transfers from the client to the
+VIP without the relay and then with ``pmtud-relay run`` on every server, prints a
+before/after table and tears everything down (also on Ctrl-C or failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+FAMILIES = {"ipv4": (4,), "ipv6": (6,), "both": (4, 6)}
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "lab",
+        help="demonstrate the black hole and the fix in network namespaces (needs root)",
+        description="Build a client, an L4-ECMP router and N servers sharing a VIP in network "
+        "namespaces; run transfers without and with the relay; print a before/after table.",
+    )
+    p.add_argument("--servers", type=int, default=3, help="servers behind the ECMP router (default %(default)s)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="both", help="address family (default %(default)s)")
+    p.add_argument("--flows", type=int, default=12, help="TCP flows per phase and family (default %(default)s)")
+    p.add_argument("--size", type=int, default=262144, help="bytes per flow (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds before a flow counts as stalled (default %(default)s)")
+    p.add_argument("--topology", choices=["l2"], default="l2",
+                   help="l2: servers share one bridge (routed L3 topologies come with peer mode)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON document")
+    return p
+
+
+def _phase(lab, family: int, args) -> dict:
+    lab.flush_pmtu()
+    t0 = time.monotonic()
+    flows = lab.run_transfers(family, flows=args.flows, size=args.size, timeout=args.timeout)
+    elapsed = time.monotonic() - t0
+    done = [f for f in flows if f.completed]
+    return {
+        "family": family,
+        "flows": len(flows),
+        "completed": len(done),
+        "stalled": len(flows) - len(done),
+        "servers": sorted({f.server for f in flows if f.server}),
+        "median_seconds": round(statistics.median(f.seconds for f in done), 4) if done else None,
+        "max_seconds": round(max(f.seconds for f in done), 4) if done else None,
+        "wall_seconds": round(elapsed, 3),
+        "learned_pmtu": {s: lab.learned_pmtu(s, family=family) for s in lab.server_names},
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    from pmtud_relay.lab import Lab, have_prerequisites
+
+    ok, why = have_prerequisites()
+    if not ok:
+        print(f"pmtud-relay lab: {why}", file=sys.stderr)
+        return 77
+    if not 2 <= args.servers <= 16:
+        print("pmtud-relay lab: --servers: must be within 2..16", file=sys.stderr)
+        return 2
+    if args.flows < 1 or args.size < 1 or args.timeout <= 0:
+        print("pmtud-relay lab: --flows, --size and --timeout must be positive", file=sys.stderr)
+        return 2
+    results = []
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    with Lab(servers=args.servers, injector=False, size=args.size) as lab:
+        say(f"lab up: {args.servers} servers behind an L4-ECMP router; the router's ICMP goes to s1 only")
+        lab.start_transfer_servers()
+        for family in FAMILIES[args.family]:
+            say(f"IPv{family}: {args.flows} flows of {args.size} bytes without the relay …")
+            before = _phase(lab, family, args)
+            say(f"IPv{family}: the same with pmtud-relay on every server …")
+            relays = [lab.spawn_python(s, "pmtud_relay", "run", "-i", "eth0") for s in lab.server_names]
+            try:
+                for proc in relays:
+                    proc.wait_for(r"event=ready", stream="stderr", timeout=15)
+                after = _phase(lab, family, args)
+            finally:
+                for proc in relays:
+                    proc.stop(timeout=5)
+            results.append({"family": family, "without_relay": before, "with_relay": after})
+    if args.json:
+        print(json.dumps({"servers": args.servers, "results": results}, indent=2))
+    else:
+        print(render(results, args))
+    fixed = all(r["with_relay"]["stalled"] == 0 for r in results)
+    return 0 if fixed else 1
+
+
+def render(results: list[dict], args) -> str:
+    head = f"{'':8} {'phase':15} {'completed':>10} {'stalled':>8} {'median s':>9} {'max s':>7}  servers with learned PMTU"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        for phase in ("without_relay", "with_relay"):
+            p = r[phase]
+            learned = ",".join(f"{s}={m}" for s, m in p["learned_pmtu"].items() if m) or "none"
+            med = "-" if p["median_seconds"] is None else f"{p['median_seconds']:.3f}"
+            mx = "-" if p["max_seconds"] is None else f"{p['max_seconds']:.3f}"
+            lines.append(
+                f"IPv{r['family']:<6} {phase.replace('_', ' '):15} {p['completed']:>4}/{p['flows']:<5} "
+                f"{p['stalled']:>8} {med:>9} {mx:>7}  {learned}"
+            )
+    lines.append(f"(a flow is stalled if it has not received {args.size} bytes within {args.timeout:g} s)")
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""`pmtud-relay lab` shows the black hole and its fix, and leaves nothing behind."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pmtud_relay.lab import list_netns
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.mark.timeout(120)
+def test_lab_command_before_and_after(netns_ok):
+    before_ns = set(list_netns())
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmtud_relay", "lab", "--family", "both", "--flows", "12", "--json"],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [r["family"] for r in doc["results"]] == [4, 6]
+    for r in doc["results"]:
+        without, with_relay = r["without_relay"], r["with_relay"]
+        # Without the relay only s1 (which receives the router's ICMP) learns the PMTU.
+        assert {s for s, m in without["learned_pmtu"].items() if m} <= {"s1"}
+        if set(without["servers"]) - {"s1"}:
+            assert without["stalled"] > 0
+        assert with_relay["stalled"] == 0 and with_relay["completed"] == with_relay["flows"]
+        assert all(m == 1400 for s, m in with_relay["learned_pmtu"].items() if s in with_relay["servers"])
+    assert set(list_netns()) == before_ns, "lab left namespaces behind"
+
+
+@pytest.mark.timeout(60)
+def test_lab_command_text_table(netns_ok):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmtud_relay", "lab", "--family", "ipv4", "--flows", "6", "--servers", "2"],
+        capture_output=True, text=True, timeout=55,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "without relay" in proc.stdout and "with relay" in proc.stdout
+    assert "IPv4" in proc.stdout
