@@ -1,0 +1,207 @@
+"""Firewall rules for NFLOG capture: send PTBs to the NFLOG group, behind in-kernel limits.
+
+Two backends build the same rule set from one :class:`RuleSpec`:
+
+- :mod:`pmtud_relay.rules.nft`: one table ``inet pmtud_relay`` loaded through ``nft -j``;
+- :mod:`pmtud_relay.rules.iptables`: chains ``PMTUD_RELAY`` and ``PMTUD_RELAY_LOG`` in the
+  ``raw`` tables of iptables and ip6tables, through python-iptables (legacy x_tables).
+
+Both match, per configured interface, ICMPv4 3/4 and ICMPv6 2/0 that arrived as
+``pkttype host`` at the raw/prerouting stage, pass them through a per-source limit and
+a global limit, and log what is left to the NFLOG group. Packets over a limit are only
+*not logged*: they go on to the host's own stack untouched (the relay's rules never
+change what the host itself receives).
+
+The in-kernel limits are derived from the userspace limits (the same options):
+:data:`KERNEL_LIMIT_FACTOR` times the rate and the burst, rounded up. Userspace therefore
+still sees, and counts, everything its own limiter drops, while a flood is cut off in
+the kernel before it costs a wake-up.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from pmtud_relay.capture.nflog import DEFAULT_GROUP, DEFAULT_QTHRESH
+from pmtud_relay.core import ratelimit as _rl
+
+BACKENDS = ("nft", "iptables")
+#: In-kernel rate and burst = this factor times the userspace rate and burst (rounded up).
+KERNEL_LIMIT_FACTOR = 2.0
+#: Sources tracked by the in-kernel per-source limiter (set size / hashlimit htable-max).
+SOURCE_TABLE_SIZE = 65536
+#: Seconds a source stays in the per-source table after its last PTB (at least).
+SOURCE_TIMEOUT = 10
+MAX_RATE = 10000  # iptables limit: "Rate too fast" above 10000/s; limit-burst at most 10000
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+
+
+class RulesError(RuntimeError):
+    """Installing, removing or reading rules failed; ``str()`` is meant for the operator."""
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """Everything that shapes the rules. Rates are packets per second, bursts packets."""
+
+    interfaces: tuple[str, ...]
+    group: int = DEFAULT_GROUP
+    source_rate: int = math.ceil(_rl.DEFAULT_SOURCE_RATE * KERNEL_LIMIT_FACTOR)
+    source_burst: int = math.ceil(_rl.DEFAULT_SOURCE_BURST * KERNEL_LIMIT_FACTOR)
+    global_rate: int = math.ceil(_rl.DEFAULT_GLOBAL_RATE * KERNEL_LIMIT_FACTOR)
+    global_burst: int = math.ceil(_rl.DEFAULT_GLOBAL_BURST * KERNEL_LIMIT_FACTOR)
+    qthresh: int = DEFAULT_QTHRESH  # iptables NFLOG --nflog-threshold (nft leaves it to the socket)
+    table_size: int = SOURCE_TABLE_SIZE
+
+    def __post_init__(self) -> None:
+        if not self.interfaces:
+            raise ValueError("at least one interface is needed")
+        for name in self.interfaces:
+            if not _IFNAME.match(name) or name in (".", ".."):
+                raise ValueError(f"not a usable interface name: {name!r}")
+        if len(set(self.interfaces)) != len(self.interfaces):
+            raise ValueError("interfaces repeat")
+        if not 0 <= self.group <= 0xFFFF:
+            raise ValueError(f"NFLOG group must be within 0..65535, got {self.group}")
+        for what in ("source_rate", "source_burst", "global_rate", "global_burst"):
+            value = getattr(self, what)
+            if not isinstance(value, int) or not 1 <= value <= MAX_RATE:
+                raise ValueError(f"{what} must be an integer within 1..{MAX_RATE}, got {value!r}")
+        if not 1 <= self.qthresh <= 0xFFFF:
+            raise ValueError("qthresh must be within 1..65535")
+
+    @classmethod
+    def from_limits(
+        cls,
+        interfaces,
+        group: int = DEFAULT_GROUP,
+        source_rate: float = _rl.DEFAULT_SOURCE_RATE,
+        source_burst: float = _rl.DEFAULT_SOURCE_BURST,
+        global_rate: float = _rl.DEFAULT_GLOBAL_RATE,
+        global_burst: float = _rl.DEFAULT_GLOBAL_BURST,
+        factor: float = KERNEL_LIMIT_FACTOR,
+    ) -> "RuleSpec":
+        """The rules for userspace limits ``source_rate`` … : each times ``factor``, rounded up."""
+
+        def k(v: float) -> int:
+            return min(MAX_RATE, max(1, math.ceil(v * factor - 1e-9)))
+
+        return cls(
+            interfaces=tuple(dict.fromkeys(interfaces)),
+            group=group,
+            source_rate=k(source_rate),
+            source_burst=k(source_burst),
+            global_rate=k(global_rate),
+            global_burst=k(global_burst),
+        )
+
+    @property
+    def source_timeout(self) -> int:
+        """Seconds a source's bucket is kept: long enough for the bucket to refill."""
+        return max(SOURCE_TIMEOUT, math.ceil(2 * self.source_burst / self.source_rate))
+
+
+#: Keys of :meth:`Backend.counters`.
+COUNTER_KEYS = (
+    "matched_v4",  # PTBs that matched the interface/type/pkttype test
+    "matched_v6",
+    "over_source_limit_v4",  # not logged: over the per-source limit
+    "over_source_limit_v6",
+    "over_global_limit",  # not logged: over the global limit
+    "logged",  # sent to the NFLOG group
+)
+
+
+class Backend(Protocol):
+    name: str
+
+    def available(self) -> tuple[bool, str]: ...
+    def render(self, spec: RuleSpec) -> str: ...
+    def install(self, spec: RuleSpec) -> None: ...
+    def remove(self) -> bool: ...
+    def installed(self) -> str | None: ...
+    def counters(self) -> dict[str, int]: ...
+
+
+def get_backend(name: str) -> Backend:
+    """``nft`` or ``iptables`` (no detection; see :func:`detect`)."""
+    if name == "nft":
+        from pmtud_relay.rules.nft import NftBackend
+
+        return NftBackend()
+    if name == "iptables":
+        from pmtud_relay.rules.iptables import IptablesBackend
+
+        return IptablesBackend()
+    raise ValueError(f"unknown rules backend {name!r} (use {', '.join(BACKENDS)})")
+
+
+def detect() -> Backend:
+    """nft when the binary is there and the kernel answers ``nft list tables``; else iptables."""
+    nft = get_backend("nft")
+    ok, why_nft = nft.available()
+    if ok:
+        return nft
+    ipt = get_backend("iptables")
+    ok, why_ipt = ipt.available()
+    if ok:
+        return ipt
+    raise RulesError(f"no firewall backend works here: nft: {why_nft}; iptables: {why_ipt}")
+
+
+def resolve(name: str) -> Backend:
+    """``auto`` → :func:`detect`; ``nft``/``iptables`` → that backend, checked to be usable."""
+    from pmtud_relay.capture.nflog import has_net_admin
+
+    if not has_net_admin():
+        raise RulesError("managing firewall rules needs CAP_NET_ADMIN (run as root)")
+    if name == "auto":
+        return detect()
+    backend = get_backend(name)
+    ok, why = backend.available()
+    if not ok:
+        raise RulesError(f"the {name} backend cannot be used: {why}")
+    return backend
+
+
+def others(backend: Backend) -> list[Backend]:
+    """The other backends that are usable here (to clear stale rules a previous run left)."""
+    out = []
+    for name in BACKENDS:
+        if name != backend.name:
+            try:
+                other = get_backend(name)
+                if other.available()[0]:
+                    out.append(other)
+            except Exception:  # noqa: BLE001 - an unusable backend has no rules to clear
+                pass
+    return out
+
+
+class RuleManager:
+    """``run --manage-rules``: install at start (replacing stale rules), remove at stop."""
+
+    def __init__(self, backend: Backend, spec: RuleSpec):
+        self.backend = backend
+        self.spec = spec
+        self.installed = False
+
+    def install(self) -> None:
+        # A previous run under the other backend (or a crash) may have left rules that
+        # would log every PTB twice: clear them, best effort.
+        for other in others(self.backend):
+            try:
+                other.remove()
+            except Exception:  # noqa: BLE001
+                pass
+        self.backend.install(self.spec)
+        self.installed = True
+
+    def remove(self) -> None:
+        if self.installed:
+            self.installed = False
+            self.backend.remove()
