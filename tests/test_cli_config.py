@@ -82,7 +82,7 @@ def test_vip_host_bits_are_tolerated():
 def test_interfaces_are_collected():
     args = build_parser().parse_args(["run", "-i", "eth0", "--interface", "eth1"])
     assert args.interfaces == ["eth0", "eth1"]
-    assert build_parser().parse_args(["run"]).interfaces is None
+    assert build_parser().parse_args(["run"]).interfaces is cli.cfg.UNSET  # "not given": env/file/default apply
 
 
 def test_dry_run_json_flag():
@@ -112,6 +112,16 @@ def test_dry_run_json_flag():
         (["--floor-v4", "abc"], "--floor-v4"),
         (["--log-level", "loud"], "--log-level"),
         (["--vip-refresh", "0"], "--vip-refresh"),
+        # range checks happen at parse time too (pmtud_relay.config schema)
+        (["--floor-v4", "10"], "--floor-v4"),
+        (["--floor-v4", "67"], "--floor-v4"),
+        (["--floor-v4", "70000"], "--floor-v4"),
+        (["--floor-v6", "1279"], "--floor-v6"),
+        (["--floor-v6", "552"], "--floor-v6"),
+        (["--protocol", "foo"], "--protocol"),
+        (["--protocol", "300"], "--protocol"),
+        (["--source-burst", "0.5"], "--source-burst"),
+        (["--global-burst", "0.5"], "--global-burst"),
     ],
 )
 def test_bad_values_are_rejected_by_the_parser(capsys, argv, option):
@@ -127,29 +137,23 @@ def test_a_command_is_required(capsys):
     assert "required" in capsys.readouterr().err
 
 
-# -- ConfigError (semantic checks), message starts with the option ---------------------
+# -- ConfigError: from the environment or the config file (flags fail in argparse) -------
 
 
 @pytest.mark.parametrize(
-    "argv, option",
+    "env, message",
     [
-        (["--floor-v4", "10"], "--floor-v4"),
-        (["--floor-v4", "67"], "--floor-v4"),
-        (["--floor-v4", "70000"], "--floor-v4"),
-        (["--floor-v6", "1279"], "--floor-v6"),
-        (["--floor-v6", "552"], "--floor-v6"),
-        (["--protocol", "foo"], "--protocol"),
-        (["--protocol", "tcp", "--protocol", "300"], "--protocol"),
-        (["--source-burst", "0.5"], "--source-burst"),
-        (["--global-burst", "0.5"], "--global-burst"),
+        ({"PMTUD_RELAY_FLOOR_V4": "10"}, "PMTUD_RELAY_FLOOR_V4: must be within 68..65535, got 10"),
+        ({"PMTUD_RELAY_PROTOCOLS": "tcp,foo"}, "PMTUD_RELAY_PROTOCOLS: unknown protocol 'foo'"),
+        ({"PMTUD_RELAY_SOURCE_BURST": "0.5"}, "PMTUD_RELAY_SOURCE_BURST: must be >= 1, got 0.5"),
     ],
 )
-def test_bad_values_raise_config_error_naming_the_option(argv, option):
-    with pytest.raises(ConfigError) as info:
-        config_for(*argv)
-    message = str(info.value)
-    assert message.startswith(f"{option}: "), message
-    assert argv[-1] in message or option in ("--source-burst", "--global-burst")
+def test_bad_environment_raises_config_error_naming_the_variable(monkeypatch, capsys, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PMTUD_RELAY_CONFIG", "")
+    assert cli.main(["run", "-i", "pmr-no-such-if0"]) == cli.EXIT_CONFIG
+    assert message in capsys.readouterr().err
 
 
 def test_floor_limits_are_accepted():
@@ -191,10 +195,12 @@ def test_main_reports_config_errors_before_touching_sockets(capsys, monkeypatch)
         raise AssertionError("opened a socket before validating options")
 
     monkeypatch.setattr(socket, "socket", fail)
-    code = cli.main(["run", "-i", "pmr-no-such-if0", "--floor-v4", "10"])
+    monkeypatch.setenv("PMTUD_RELAY_CONFIG", "")
+    monkeypatch.setenv("PMTUD_RELAY_FLOOR_V4", "10")
+    code = cli.main(["run", "-i", "pmr-no-such-if0"])
     err = capsys.readouterr().err
     assert code == cli.EXIT_CONFIG
-    assert "--floor-v4" in err
+    assert "PMTUD_RELAY_FLOOR_V4" in err
 
 
 def test_main_argparse_errors_exit_2(capsys):

@@ -1,0 +1,161 @@
+"""The daemon end to end on ``lo``: config file, /metrics, /healthz, /readyz, SIGHUP reload
+(applied, refused when invalid, refused when an interface cannot be opened), clean stop.
+
+Skipped until cli.py/daemon.py are wired to pmtud_relay.config and pmtud_relay.metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from pmtud_relay import cli
+from pmtud_relay.daemon import RelayDaemon
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(RelayDaemon, "reload"), reason="daemon not wired to config/metrics yet"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CAP_NET_RAW) to capture and inject on lo"),
+]
+
+VIP = "192.0.2.10"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def sample(text: str, name: str, **labels) -> float | None:
+    """The value of one series in Prometheus text format, or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
+
+def wait(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(90)
+def test_metrics_health_and_sighup_reload(tmp_path):
+    import frames as F
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'interfaces = ["lo"]\nvips = ["{VIP}"]\nmetrics_address = "127.0.0.1:{port}"\n')
+    stderr = open(tmp_path / "stderr", "w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMTUD_RELAY_")}
+    env["PMTUD_RELAY_LOG_LEVEL"] = "debug"
+    proc = subprocess.Popen([sys.executable, "-m", "pmtud_relay", "run", "--config", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=stderr, env=env, cwd=tmp_path)
+    log = lambda: (tmp_path / "stderr").read_text()  # noqa: E731
+    try:
+        wait(lambda: proc.poll() is not None or _ok(base + "/readyz"), what="/readyz 200:\n" + log())
+        assert proc.poll() is None, log()
+        assert get(base + "/healthz")[0] == 200
+
+        inject = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        inject.bind(("lo", 0))
+        for i in range(3):
+            inject.send(F.ptb_v4(dst_mac="00:00:00:00:00:00", dport=51000 + i))
+        inject.close()
+        metric = lambda name, **l: sample(get(base + "/metrics")[1], name, **l)  # noqa: E731
+        wait(lambda: metric("pmtud_relay_ptb_relayed_total", interface="lo", family="ipv4") == 3,
+             what="3 relayed PTBs in /metrics")
+        assert metric("pmtud_relay_vips") == 1
+        assert metric("pmtud_relay_ready") == 1
+
+        # a valid change is applied live
+        conf.write_text(f'interfaces = ["lo"]\nvips = ["{VIP}", "192.0.2.11"]\nsource_rate = 2\n'
+                        f'metrics_address = "127.0.0.1:{port}"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait(lambda: metric("pmtud_relay_config_reloads_total", result="success") == 1, what="reload success")
+        assert metric("pmtud_relay_vips") == 2
+
+        # an invalid file is refused; the daemon keeps running with the old configuration
+        conf.write_text("source_rate = -1\n")
+        proc.send_signal(signal.SIGHUP)
+        wait(lambda: metric("pmtud_relay_config_reloads_total", result="failure") == 1, what="reload failure")
+        assert f"{conf}: source_rate: must be > 0, got -1" in log()
+        assert metric("pmtud_relay_vips") == 2 and proc.poll() is None
+
+        # an interface that cannot be opened refuses the whole reload
+        conf.write_text(f'interfaces = ["lo", "pmr-nope0"]\nvips = ["{VIP}"]\nmetrics_address = "127.0.0.1:{port}"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait(lambda: metric("pmtud_relay_config_reloads_total", result="failure") == 2, what="second failure")
+        assert metric("pmtud_relay_vips") == 2
+        assert "event=config_reload_failed" in log() and "pmr-nope0" in log()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=15)
+        stderr.close()
+    assert rc == 0, log()
+    assert "Traceback" not in log(), log()
+
+
+def _ok(url: str) -> bool:
+    try:
+        return get(url)[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_port_in_use_is_one_sentence_naming_metrics_address(tmp_path):
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMTUD_RELAY_")}
+    env.update(PMTUD_RELAY_CONFIG="", PMTUD_RELAY_METRICS_ADDRESS=f"127.0.0.1:{port}")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pmtud_relay", "run", "-i", "lo", "--vip", VIP],
+                              capture_output=True, text=True, env=env, timeout=30)
+    finally:
+        holder.close()
+    assert proc.returncode == 1, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("pmtud-relay:")]
+    assert lines == [f"pmtud-relay: metrics_address 127.0.0.1:{port}: cannot listen: address already in use "
+                     "(another process listens there; choose another metrics_address, or \"\" to disable the listener)"]
+
+
+def test_config_check_subcommand(tmp_path, capsys, monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("PMTUD_RELAY_"):
+            monkeypatch.delenv(k)
+    good = tmp_path / "good.toml"
+    good.write_text('ports = [443]\n')
+    assert cli.main(["config", "check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "ports = [443]" in out and str(good) in out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("source_rte = 1\n")
+    assert cli.main(["config", "check", str(bad)]) == cli.EXIT_CONFIG
+    assert f"{bad}: source_rte: unknown key (did you mean 'source_rate'?)" in capsys.readouterr().err
