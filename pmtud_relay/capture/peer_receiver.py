@@ -1,0 +1,186 @@
+"""Peer receiver: UDP listener for relayed PTBs, and the loopback injector that hands an
+accepted PTB to this host's own receive path.
+
+Injection uses a raw IP socket with the header included: ``AF_INET/SOCK_RAW/IPPROTO_RAW`` (which
+implies ``IP_HDRINCL``) for IPv4, ``AF_INET6/SOCK_RAW/IPPROTO_RAW`` (which implies
+``IPV6_HDRINCL``, Linux >= 4.5) for IPv6. The PTB is sent, unchanged, to its own outer
+destination, a VIP of this host: the route is the ``local`` table's, the packet loops through
+``lo`` into ``ip_rcv``/``ipv6_rcv`` → ICMP → the owning socket's error handler, and the PMTU
+drops exactly as if the router's PTB had arrived here. It never touches a NIC, so the
+AF_PACKET capture on the uplinks never sees it, and it arrives with the output route attached,
+so reverse-path filtering does not apply. Why not TUN: docs/peers.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from pmtud_relay.core.peers import DEFAULT_PORT
+
+MAX_DATAGRAM = 65535
+DEFAULT_RCVBUF = 1 << 20
+IPV6_HDRINCL = 36  # linux/in6.h; IPPROTO_RAW sockets have it on already
+
+
+def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``ADDR:PORT``, ``[V6ADDR]:PORT``, ``ADDR`` or ``:PORT`` → (address, port).
+    An empty address means every address (dual-stack ``::`` when IPv6 works)."""
+    import ipaddress
+
+    text = text.strip()
+    port = default_port
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: expected [ADDRESS]:PORT")
+        port_text = rest[1:] if rest else ""
+    elif text.count(":") > 1:
+        host, port_text = text, ""
+    else:
+        host, _, port_text = text.partition(":")
+    if port_text:
+        if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{text!r}: port must be within 1..65535")
+        port = int(port_text)
+    if host in ("", "*"):
+        return "", port
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        raise ValueError(f"{text!r}: {host!r} is not an IP address") from None
+
+
+class PeerListener:
+    """Non-blocking UDP sockets bound to the listen addresses."""
+
+    def __init__(self, addresses: list[tuple[str, int]], rcvbuf: int = DEFAULT_RCVBUF):
+        self.socks: list[socket.socket] = []
+        try:
+            for host, port in addresses:
+                self.socks.append(self._bind(host, port, rcvbuf))
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _bind(host: str, port: int, rcvbuf: int) -> socket.socket:
+        if host == "":
+            try:  # dual-stack wildcard: IPv4 peers arrive as ::ffff:a.b.c.d
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            except OSError:
+                sock = None
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    sock.bind(("::", port))
+                except OSError as exc:
+                    sock.close()
+                    if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                        raise
+                    sock = None
+            if sock is None:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+                try:
+                    sock.bind(("0.0.0.0", port))
+                except BaseException:
+                    sock.close()
+                    raise
+        else:
+            af = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(af, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            try:
+                if af == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, port))
+            except BaseException:
+                sock.close()
+                raise
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        except OSError:
+            pass
+        return sock
+
+    def bound(self) -> list[str]:
+        out = []
+        for s in self.socks:
+            host, port = s.getsockname()[:2]
+            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return out
+
+    @staticmethod
+    def drain(sock: socket.socket, limit: int = 256) -> list[tuple[bytes, str, int]]:
+        """Up to ``limit`` queued datagrams: [(data, sender address, sender port), …]."""
+        out = []
+        for _ in range(limit):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP errors queued on the socket, e.g. ECONNREFUSED
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
+                raise
+            host = addr[0]
+            if host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+            out.append((data, host, addr[1]))
+        return out
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+        self.socks = []
+
+
+class LoopbackInjector:
+    """Raw header-included IP sockets that deliver a PTB to a local address via ``lo``."""
+
+    def __init__(self, families: tuple[int, ...] = (4, 6)):
+        self._socks: dict[int, socket.socket] = {}
+        self.unavailable: dict[int, str] = {}
+        try:
+            for family in families:
+                self._open(family)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, family: int) -> None:
+        af = socket.AF_INET6 if family == 6 else socket.AF_INET
+        try:
+            sock = socket.socket(af, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, socket.IPPROTO_RAW)
+        except PermissionError:
+            raise
+        except OSError as exc:  # no IPv6 on this host: IPv4 injection still works
+            self.unavailable[family] = exc.strerror or str(exc)
+            return
+        try:
+            if family == 6:  # implied by IPPROTO_RAW since Linux 4.5; say so explicitly
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+            sock.shutdown(socket.SHUT_RD)  # IPPROTO_RAW receives nothing; make it explicit
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                sock.close()
+                self.unavailable[family] = exc.strerror or str(exc)
+                return
+        self._socks[family] = sock
+
+    def inject(self, packet: bytes, family: int, dst: str) -> int:
+        """Send ``packet`` (a complete IP packet) to ``dst`` (a local address). 0 or errno."""
+        sock = self._socks.get(family)
+        if sock is None:
+            return errno.EAFNOSUPPORT
+        try:
+            sock.sendto(packet, (dst, 0))
+        except OSError as exc:
+            return exc.errno or -1
+        return 0
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()

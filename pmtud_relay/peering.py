@@ -1,0 +1,427 @@
+"""Peer relay across L3 fabrics: settings, command-line options and the service the daemon runs.
+
+``fanout`` chooses where a PTB this host captured and accepted goes:
+
+* ``l2`` (default): broadcast on the segment it arrived on (the original behaviour);
+* ``peers``: one signed UDP datagram to every peer serving its quoted source VIP;
+* ``both``: both.
+
+Independently, a host with ``--peer-listen`` (on by default with ``peers``/``both``) receives
+datagrams from peers, verifies them, re-checks the PTB with its own policy and injects it into its
+own receive path (:mod:`pmtud_relay.capture.peer_receiver`). A received PTB is never relayed
+again: the receive path has no reference to the fan-out, and the injected packet enters through
+``lo``, where no capture listens. Protocol, keys and threat model: docs/peers.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, TextIO
+
+from pmtud_relay import logs
+from pmtud_relay.core import peerproto
+from pmtud_relay.core.peerproto import Keyring, PeerDecoder, PeerReason, encode, ptb_packet
+from pmtud_relay.core.peers import (
+    DEFAULT_PEER_BURST, DEFAULT_PEER_RATE, DEFAULT_PORT, InboxConfig, InboxDecision, PeerInbox, PeerSpec,
+    PeerTable, parse_peer_spec,
+)
+from pmtud_relay.core.policy import Policy
+from pmtud_relay.core.reasons import Reason
+from pmtud_relay.core.relay import Decision
+from pmtud_relay.peerkeys import KeyFileError, file_stamp, load_keyring
+from pmtud_relay.peersource import DEFAULT_DNS_INTERVAL, PeerDirectory, local_addresses
+from pmtud_relay.report import decision_record, logfmt, to_json
+
+FANOUT_MODES = ("l2", "peers", "both")
+DEFAULT_REFRESH = 2.0  # seconds between polls of the peers file and the key file
+DEFAULT_LISTEN = ("", DEFAULT_PORT)  # every address, dual-stack
+_OFF = ("none", "off", "")
+
+
+class PeerConfigError(ValueError):
+    """A bad peer option; the message names the option."""
+
+
+class PeerError(RuntimeError):
+    """The peer service cannot start (bind, raw socket, key file). ``exit_code`` for the CLI."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    fanout: str = "l2"
+    peers: tuple[PeerSpec, ...] = ()
+    peers_files: tuple[str, ...] = ()
+    peers_dns: tuple[PeerSpec, ...] = ()
+    dns_interval: float = DEFAULT_DNS_INTERVAL
+    listen: tuple[tuple[str, int], ...] = ()
+    key_file: str | None = None
+    rate: float = DEFAULT_PEER_RATE
+    burst: float = DEFAULT_PEER_BURST
+    max_age: float = peerproto.DEFAULT_MAX_AGE
+    refresh: float = DEFAULT_REFRESH
+
+    @property
+    def sends(self) -> bool:
+        return self.fanout in ("peers", "both")
+
+    @property
+    def l2(self) -> bool:
+        return self.fanout in ("l2", "both")
+
+
+def build_settings(
+    fanout: str = "l2",
+    peers=(),
+    peers_files=(),
+    peers_dns=(),
+    listen=None,
+    key_file: str | None = None,
+    rate: float = DEFAULT_PEER_RATE,
+    burst: float = DEFAULT_PEER_BURST,
+    max_age: float = peerproto.DEFAULT_MAX_AGE,
+    dns_interval: float = DEFAULT_DNS_INTERVAL,
+    refresh: float = DEFAULT_REFRESH,
+    check_key_file: bool = True,
+) -> PeerSettings | None:
+    """Validate peer options (strings as typed); None when the peer relay is off entirely.
+    PeerConfigError names the option at fault. The flags, environment variables and TOML keys
+    that feed it are generated from pmtud_relay.config.SCHEMA (``config.peer_settings``)."""
+    from pmtud_relay.capture.peer_receiver import parse_listen
+
+    if fanout not in FANOUT_MODES:
+        raise PeerConfigError(f"--fanout: must be one of {', '.join(FANOUT_MODES)}, got {fanout!r}")
+    try:
+        static = tuple(parse_peer_spec(p) for p in peers or ())
+    except ValueError as exc:
+        raise PeerConfigError(f"--peer: {exc}") from None
+    try:
+        dns = tuple(parse_peer_spec(p) for p in peers_dns or ())
+    except ValueError as exc:
+        raise PeerConfigError(f"--peers-dns: {exc}") from None
+    for spec in dns:
+        if spec.is_address:
+            raise PeerConfigError(f"--peers-dns: {spec.host} is an address, not a name (use --peer)")
+    files = tuple(peers_files or ())
+    for name, value in (("--peer-rate", rate), ("--peers-dns-interval", dns_interval),
+                        ("--peer-max-age", max_age), ("--peers-refresh", refresh)):
+        if not value > 0:
+            raise PeerConfigError(f"{name}: must be > 0, got {value}")
+    if burst < 1:
+        raise PeerConfigError(f"--peer-burst: must be >= 1, got {burst}")
+    sends = fanout in ("peers", "both")
+    has_sources = bool(static or dns or files)
+    if sends and not has_sources:
+        raise PeerConfigError(f"--fanout {fanout}: name the peers with --peer, --peers-file or --peers-dns")
+    if not sends and has_sources:
+        raise PeerConfigError("--peer/--peers-file/--peers-dns: peers are only sent to with --fanout peers or both")
+    if listen is None or list(listen) == []:
+        addresses = (DEFAULT_LISTEN,) if sends else ()
+    elif any(str(v).strip().lower() in _OFF for v in listen):
+        if len(listen) > 1:
+            raise PeerConfigError("--peer-listen: 'none' cannot be combined with addresses")
+        addresses = ()
+    else:
+        try:
+            addresses = tuple(dict.fromkeys(parse_listen(v) for v in listen))
+        except ValueError as exc:
+            raise PeerConfigError(f"--peer-listen: {exc}") from None
+    if not sends and not addresses:
+        return None
+    if not key_file:
+        raise PeerConfigError("--peer-key-file: required for the peer relay (one or two KEYID:HEXKEY lines)")
+    if check_key_file:
+        try:
+            load_keyring(key_file)
+        except KeyFileError as exc:
+            raise PeerConfigError(f"--peer-key-file: {exc}") from None
+    return PeerSettings(fanout, static, files, dns, dns_interval, addresses, key_file, rate, burst, max_age, refresh)
+
+
+# -- the service ---------------------------------------------------------------------------------
+class PeerService:
+    """Sender (fan-out), receiver (listen → verify → policy → inject) and the refresh loop.
+
+    ``policy`` returns the host's current relay policy (its VIPs change with discovery).
+    """
+
+    def __init__(
+        self,
+        settings: PeerSettings,
+        policy: Callable[[], Policy],
+        *,
+        dry_run: bool = False,
+        out: TextIO = sys.stdout,
+        json_output: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        nonce: Callable[[int], bytes] = os.urandom,
+        own_addresses: Callable[[], frozenset[str]] = local_addresses,
+        resolver=None,
+    ):
+        self.settings = settings
+        self.policy = policy
+        self.dry_run = dry_run
+        self.out = out
+        self.json_output = json_output
+        self.clock = clock
+        self.wall = wall
+        self.nonce = nonce
+        self.own_addresses = own_addresses
+        self.log = logs.get()
+        now = clock()
+        self.table = PeerTable((), settings.rate, settings.burst, now)
+        self.directory = PeerDirectory(settings.peers, settings.peers_files, settings.peers_dns,
+                                       settings.dns_interval, resolver)
+        self.keyring: Keyring | None = None
+        self._key_stamp = None
+        self.decoder: PeerDecoder | None = None
+        self.inbox: PeerInbox | None = None
+        self.emitter = None
+        self.listener = None
+        self.injector = None
+        self.tx = 0  # datagrams sent (or, in dry-run, that would have been)
+        self.tx_errors: Counter[str] = Counter()
+        self.injected = 0
+        self.inject_errors: Counter[str] = Counter()
+        self.key_reloads = 0
+        self.internal_errors = 0
+        self._last_warn: dict[str, float] = {}
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_errors: tuple[str, ...] = ()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Load the keys, open the sockets. PeerError (with an exit code) on failure."""
+        from pmtud_relay.capture.peer_receiver import LoopbackInjector, PeerListener
+        from pmtud_relay.emit.peers import PeerEmitter
+
+        s = self.settings
+        try:
+            self.keyring = load_keyring(s.key_file)
+        except KeyFileError as exc:
+            raise PeerError(f"--peer-key-file: {exc}", 2) from None
+        self._key_stamp = file_stamp(s.key_file)
+        try:
+            if s.listen:
+                self.decoder = PeerDecoder(self.keyring, s.max_age)
+                self.inbox = PeerInbox(self.decoder, InboxConfig(
+                    sender_rate=2 * s.rate, sender_burst=2 * s.burst), now=self.clock())
+                if not self.dry_run:
+                    self.injector = LoopbackInjector()
+                self.listener = PeerListener(list(s.listen))
+            if s.sends and not self.dry_run:
+                self.emitter = PeerEmitter()
+        except PermissionError:
+            self.close()
+            raise PeerError("permission denied opening the raw IP socket that injects peer PTBs: "
+                            "it needs CAP_NET_RAW", 77) from None
+        except OSError as exc:
+            self.close()
+            where = ", ".join(f"{h or '*'}:{p}" for h, p in s.listen)
+            raise PeerError(f"--peer-listen {where}: {exc.strerror or exc}", 1) from None
+
+    async def start(self) -> None:
+        """Resolve the peers once (before the daemon says it is ready), then watch sources."""
+        self._loop = asyncio.get_running_loop()
+        await self.refresh()
+        if self.listener is not None:
+            for sock in self.listener.socks:
+                self._loop.add_reader(sock.fileno(), self._on_readable, sock)
+        self._task = asyncio.create_task(self._refresh_loop())
+
+    async def stop(self) -> None:
+        if self._loop is not None and self.listener is not None:
+            for sock in self.listener.socks:
+                self._loop.remove_reader(sock.fileno())
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def close(self) -> None:
+        for part in (self.listener, self.injector, self.emitter):
+            if part is not None:
+                part.close()
+        self.listener = self.injector = self.emitter = None
+
+    def describe(self) -> dict:
+        return {
+            "fanout": self.settings.fanout,
+            "peers": len(self.table.peers),
+            "peer_listen": ",".join(self.listener.bound()) if self.listener is not None else "none",
+            "peer_keys": ",".join(str(k) for k in self.keyring.ids) if self.keyring else "",
+        }
+
+    # -- refresh: peer list and keys -------------------------------------------------------------
+    async def refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = self.clock()
+        peers, errors, keyring, stamp = await loop.run_in_executor(None, self._refresh_blocking, now)
+        if self.table.update(peers, self.clock()):
+            self.log.info("peers_changed", extra={"kv": {
+                "count": len(peers), "peers": ",".join(_peer_text(p) for p in peers) or "none"}})
+        if errors != self._last_errors:
+            self._last_errors = errors
+            for err in errors:
+                self.log.warning("peer_source_error", extra={"kv": {"error": err}})
+        if keyring is not None:
+            self._key_stamp = stamp
+            if keyring != self.keyring:
+                self.keyring = keyring
+                if self.decoder is not None:
+                    self.decoder.set_keyring(keyring)
+                self.key_reloads += 1
+                self.log.info("peer_keys_reloaded", extra={"kv": {
+                    "keys": ",".join(str(k) for k in keyring.ids), "send_key": keyring.send_id}})
+
+    def _refresh_blocking(self, now: float):
+        try:
+            own = self.own_addresses()
+        except Exception:  # noqa: BLE001 - netlink trouble must not stop the refresh
+            own = frozenset()
+        peers = self.directory.refresh(now, own)
+        errors = tuple(self.directory.errors())
+        keyring = stamp = None
+        new_stamp = file_stamp(self.settings.key_file)
+        if new_stamp != self._key_stamp and new_stamp is not None:
+            try:
+                keyring = load_keyring(self.settings.key_file)
+                stamp = new_stamp
+            except KeyFileError as exc:
+                errors += (f"--peer-key-file: {exc} (keeping the previous keys)",)
+        return peers, errors, keyring, stamp
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.refresh)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001
+                self.internal_errors += 1
+                self._warn("peer_refresh_failed", {}, exc_info=True)
+
+    # -- sending ----------------------------------------------------------------------------------
+    def fanout(self, ptb, now: float) -> None:
+        """Send one relayed PTB to every peer serving its quoted source VIP (rate permitting)."""
+        if not self.settings.sends or self.keyring is None:
+            return
+        try:
+            targets = self.table.targets(ptb.inner_src, now)
+            if targets.send:
+                datagram = encode(ptb_packet(ptb), self.keyring, self.wall(), self.nonce(peerproto.NONCE_LEN))
+                emitter = self.emitter
+                for peer in targets.send:
+                    self.tx += 1
+                    if emitter is None:
+                        continue
+                    err = emitter.send(datagram, peer.address, peer.port)
+                    if err:
+                        name = errno.errorcode.get(err, str(err))
+                        self.tx_errors[name] += 1
+                        self._warn("peer_send_failed", {"peer": str(peer), "errno": name,
+                                                        "total": sum(self.tx_errors.values())})
+            if self.dry_run:
+                rec = decision_record(Decision(True, Reason.RELAYED, ptb, None), "peers")
+                rec["verdict"] = "send"
+                rec["peers"] = ",".join(str(p) for p in targets.send)
+                rec["limited"] = ",".join(str(p) for p in targets.limited)
+                self._write(rec)
+            elif targets.limited:
+                self._warn("peer_rate_limited", {"peers": ",".join(str(p) for p in targets.limited)})
+        except Exception:  # noqa: BLE001 - the L2 path and the other peers go on
+            self.internal_errors += 1
+            self._warn("peer_fanout_error", {}, exc_info=True)
+
+    # -- receiving ---------------------------------------------------------------------------------
+    def _on_readable(self, sock) -> None:
+        try:
+            batch = self.listener.drain(sock)
+            if not batch:
+                return
+            now, wall = self.clock(), self.wall()
+            policy = self.policy()
+            for data, host, port in batch:
+                self.handle_datagram(data, host, port, now, wall, policy)
+        except Exception:  # noqa: BLE001
+            self.internal_errors += 1
+            self._warn("peer_receive_error", {}, exc_info=True)
+
+    def handle_datagram(self, data: bytes, host: str, port: int, now: float, wall: float,
+                        policy: Policy) -> InboxDecision:
+        decision = self.inbox.handle(data, now, wall, host, policy)
+        sender = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if decision.inject and self.injector is not None:
+            ptb = decision.ptb
+            err = self.injector.inject(decision.packet, ptb.family, str(ipaddress.ip_address(ptb.outer_dst)))
+            if err:
+                name = errno.errorcode.get(err, str(err))
+                self.inject_errors[name] += 1
+                self._warn("peer_inject_failed", {"peer": sender, "errno": name})
+            else:
+                self.injected += 1
+        if self.dry_run:
+            rec = decision_record(Decision(decision.inject, decision.reason, decision.ptb, None), "peer")
+            rec["verdict"] = "inject" if decision.inject else "drop"
+            rec["peer"] = sender
+            rec["key_id"] = decision.key_id
+            self._write(rec)
+        elif decision.inject:
+            if self.log.isEnabledFor(10):
+                rec = decision_record(Decision(True, decision.reason, decision.ptb, None), "peer")
+                rec["peer"] = sender
+                self.log.debug("peer_injected", extra={"kv": rec})
+        else:
+            self._warn(f"peer_rejected:{decision.reason.value}", {"peer": sender})
+        return decision
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Totals since start, for the summary line (``peer_rx_<reason>`` for every outcome)."""
+        out = {"peers": len(self.table.peers), "peer_tx": self.tx,
+               "peer_tx_limited": sum(self.table.limited.values()),
+               "peer_tx_errors": sum(self.tx_errors.values())}
+        if self.inbox is not None:
+            for reason, n in self.inbox.counts.items():
+                if n:
+                    prefix = "peer_rx_" if isinstance(reason, PeerReason) else "peer_rx_ptb_"
+                    out[prefix + reason.value] = n
+            out["peer_injected"] = self.injected
+            out["peer_inject_errors"] = sum(self.inject_errors.values())
+        if self.key_reloads:
+            out["peer_key_reloads"] = self.key_reloads
+        return out
+
+    def _write(self, rec: dict) -> None:
+        self.out.write((to_json(rec) if self.json_output else logfmt(rec)) + "\n")
+        self.out.flush()
+
+    def _warn(self, event: str, kv: dict, exc_info: bool = False, every: float = 10.0) -> None:
+        """At most one line per event kind every ``every`` seconds."""
+        now = self.clock()
+        last = self._last_warn.get(event)
+        if last is not None and now - last < every:
+            return
+        self._last_warn[event] = now
+        name, _, reason = event.partition(":")
+        if reason:
+            kv = dict(kv, reason=reason)
+        self.log.warning(name, exc_info=exc_info, extra={"kv": kv})
+
+
+def _peer_text(peer) -> str:
+    text = str(peer)
+    if peer.prefixes is not None:
+        text += "=" + "+".join(str(n) for n in peer.prefixes.networks)
+    return text

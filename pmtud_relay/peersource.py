@@ -1,0 +1,205 @@
+"""Where the peer list comes from: static entries, a watched file, DNS names. Blocking calls
+(file reads, ``getaddrinfo``) happen here, in a worker thread; the result is a tuple of
+:class:`~pmtud_relay.core.peers.Peer` for the sans-IO :class:`~pmtud_relay.core.peers.PeerTable`.
+
+* Static (``--peer HOST[:PORT][=PREFIX,…]``, repeatable): addresses are used as given; names
+  are resolved like DNS sources.
+* File (``--peers-file PATH``): the same syntax, one entry per line, ``#`` comments. Watched by
+  polling its identity (mtime, size, inode) every refresh, so an edit, a rename-into-place or a
+  Kubernetes ConfigMap update is picked up without inotify. A file that fails to parse keeps the
+  previous list (and the error is reported once per change).
+* DNS (``--peers-dns NAME[:PORT][=PREFIX,…]``): every A and AAAA record of NAME is a peer, e.g.
+  a Kubernetes headless Service. The standard library exposes no TTLs, so names are re-resolved
+  with ``socket.getaddrinfo`` (honouring /etc/hosts, nsswitch and the system resolver's cache)
+  every ``dns_interval`` seconds (default 10 s, below the usual 30 s record TTLs and above
+  CoreDNS' 5 s). A temporary failure keeps the last answer; NXDOMAIN / no records empties it.
+
+Own addresses are removed from the result, so a list shared by every host (or a headless
+Service that includes this pod) never makes a host send to itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from pmtud_relay.core.peers import DEFAULT_PORT, Peer, PeerSpec, merge_peers, parse_peer_spec, peer_from_spec
+from pmtud_relay.peerkeys import file_stamp
+
+DEFAULT_DNS_INTERVAL = 10.0
+MAX_PEERS_FILE = 1 << 20  # bytes
+
+Resolver = Callable[..., list]  # socket.getaddrinfo's signature
+
+
+class PeerSourceError(ValueError):
+    """A peer entry or file that cannot be used; the message names the source."""
+
+
+def parse_peers_text(text: str, source: str, default_port: int = DEFAULT_PORT) -> list[PeerSpec]:
+    """Entries of a peers file: one ``HOST[:PORT][=PREFIX,…]`` per line, ``#`` comments."""
+    specs = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            specs.append(parse_peer_spec(line, default_port))
+        except ValueError as exc:
+            raise PeerSourceError(f"{source}:{lineno}: {exc}") from None
+    return specs
+
+
+@dataclass
+class _Resolution:
+    addresses: tuple[str, ...] = ()
+    at: float | None = None  # monotonic time of the last attempt
+    error: str | None = None
+
+
+class NameCache:
+    """Resolves DNS names through ``resolver`` (``socket.getaddrinfo`` by default) at most every
+    ``interval`` seconds each, remembering the last good answer."""
+
+    def __init__(self, interval: float = DEFAULT_DNS_INTERVAL, resolver: Resolver | None = None):
+        if not interval > 0:
+            raise ValueError("DNS re-resolve interval must be > 0")
+        self.interval = interval
+        self.resolver = resolver or socket.getaddrinfo
+        self._names: dict[str, _Resolution] = {}
+        self.errors: dict[str, str] = {}  # name -> last error text, cleared on success
+
+    def addresses(self, name: str, now: float) -> tuple[str, ...]:
+        res = self._names.get(name)
+        if res is None:
+            res = self._names[name] = _Resolution()
+        if res.at is None or now - res.at >= self.interval:
+            res.at = now
+            try:
+                infos = self.resolver(name, None, 0, socket.SOCK_DGRAM)
+            except socket.gaierror as exc:
+                if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+                    res.addresses = ()  # the name is gone: so are its peers
+                self.errors[name] = str(exc)  # other failures: keep the last answer
+            except (OSError, UnicodeError) as exc:
+                self.errors[name] = str(exc)
+            else:
+                found = []
+                for family, _type, _proto, _canon, sockaddr in infos:
+                    if family in (socket.AF_INET, socket.AF_INET6):
+                        try:
+                            found.append(str(ipaddress.ip_address(sockaddr[0].split("%", 1)[0])))
+                        except ValueError:
+                            continue
+                res.addresses = tuple(dict.fromkeys(found))
+                self.errors.pop(name, None)
+        return res.addresses
+
+    def forget_except(self, names: Iterable[str]) -> None:
+        keep = set(names)
+        for name in list(self._names):
+            if name not in keep:
+                del self._names[name]
+                self.errors.pop(name, None)
+
+
+class PeersFile:
+    """A peers file, re-read when its identity changes."""
+
+    def __init__(self, path: str, default_port: int = DEFAULT_PORT):
+        self.path = path
+        self.default_port = default_port
+        self.specs: list[PeerSpec] = []
+        self._stamp: tuple | None = None
+        self.error: str | None = None
+        self.loads = 0  # successful (re)loads
+
+    def poll(self) -> bool:
+        """Re-read the file if it changed. True if the entries changed. A missing file counts
+        as empty (peers come and go with it); an unreadable or malformed one keeps the old list."""
+        stamp = file_stamp(self.path)
+        if stamp == self._stamp and self.loads:
+            return False
+        self._stamp = stamp
+        if stamp is None:
+            self.error = f"{self.path}: no such file"
+            changed = bool(self.specs)
+            self.specs = []
+            return changed
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read(MAX_PEERS_FILE + 1)
+            if len(data) > MAX_PEERS_FILE:
+                raise PeerSourceError(f"{self.path}: larger than {MAX_PEERS_FILE} bytes")
+            specs = parse_peers_text(data.decode("utf-8"), self.path, self.default_port)
+        except (OSError, UnicodeDecodeError) as exc:
+            self.error = f"{self.path}: {getattr(exc, 'strerror', None) or exc}"
+            return False
+        except PeerSourceError as exc:
+            self.error = str(exc)
+            return False
+        self.error = None
+        self.loads += 1
+        changed = specs != self.specs
+        self.specs = specs
+        return changed
+
+
+class PeerDirectory:
+    """All peer sources together. :meth:`refresh` returns the merged, resolved peer list."""
+
+    def __init__(
+        self,
+        static: Sequence[PeerSpec] = (),
+        files: Sequence[str] = (),
+        dns: Sequence[PeerSpec] = (),
+        dns_interval: float = DEFAULT_DNS_INTERVAL,
+        resolver: Resolver | None = None,
+        default_port: int = DEFAULT_PORT,
+    ):
+        self.static = list(static)
+        self.files = [PeersFile(p, default_port) for p in files]
+        self.dns = list(dns)
+        self.names = NameCache(dns_interval, resolver)
+
+    def errors(self) -> list[str]:
+        out = [f.error for f in self.files if f.error]
+        out += [f"{name}: {err}" for name, err in self.names.errors.items()]
+        return out
+
+    def refresh(self, now: float, exclude: Iterable[str] = ()) -> tuple[Peer, ...]:
+        """Poll files, re-resolve names that are due, and return the peers (own addresses in
+        ``exclude`` removed)."""
+        for f in self.files:
+            f.poll()
+        specs = self.static + [s for f in self.files for s in f.specs] + self.dns
+        peers: list[Peer] = []
+        names = []
+        for spec in specs:
+            if spec.is_address:
+                peers.append(peer_from_spec(spec, spec.host))
+            else:
+                names.append(spec.host)
+                peers.extend(peer_from_spec(spec, a) for a in self.names.addresses(spec.host, now))
+        self.names.forget_except(names)
+        return merge_peers(peers, exclude)
+
+
+def local_addresses() -> frozenset[str]:
+    """Every address configured on this host's interfaces (to never send to ourselves)."""
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:  # pragma: no cover - pyroute2 is a dependency
+        return frozenset()
+    out = set()
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if text:
+                try:
+                    out.add(str(ipaddress.ip_address(text.split("%", 1)[0])))
+                except ValueError:
+                    continue
+    return frozenset(out)

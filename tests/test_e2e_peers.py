@@ -1,0 +1,345 @@
+"""End to end across L3: the peer relay closes the ECMP black hole when no L2 segment is shared.
+
+The routed lab (pmtud_relay.lab.routed): client — router (L4 ECMP, its ICMP for the VIP forced to
+s1) — s1..s3 each in its own subnet, strict rp_filter on the servers. Every relay runs with this
+interpreter (``python -m pmtud_relay``) inside its server namespace. Relay datagrams are sent to the
+peer port from the router namespace with hand-made contents for the negative cases.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import secrets
+import time
+
+import pytest
+
+from pmtud_relay.lab import LabError, LabProcess
+from pmtud_relay.lab.routed import RoutedLab
+
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+FLOW_TIMEOUT = 6.0  # with the relay every flow finishes in well under a second
+STALL_TIMEOUT = 3.0
+SIZE = 262144
+PORT = 2106
+UNREACHABLE = "198.51.100.250"  # servers hold an `unreachable` route for it: sendto fails at once
+NOWHERE = "192.0.2.99"  # routed to the router, which has no route: dropped there
+
+SEND_PY = (
+    "import socket, sys\n"
+    "host, port = sys.argv[1], int(sys.argv[2])\n"
+    "s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for h in sys.argv[3:]:\n"
+    "    s.sendto(bytes.fromhex(h), (host, port))\n"
+)
+
+
+@pytest.fixture
+def routed_lab(netns_ok):
+    with RoutedLab(servers=3) as lab:
+        yield lab
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "peer.key"
+    key = secrets.token_hex(32)
+    path.write_text(f"1:{key}\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def key_bytes(key_file: str) -> bytes:
+    return bytes.fromhex(open(key_file).read().split(":", 1)[1].strip())
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def start(lab: RoutedLab, nodes: dict[str, list[str]]) -> dict[str, LabProcess]:
+    procs = {name: lab.spawn_python(name, "pmtud_relay", *argv) for name, argv in nodes.items()}
+    for name, p in procs.items():
+        try:
+            p.wait_for(r"event=ready", stream="stderr", timeout=READY_TIMEOUT)
+        except (TimeoutError, LabError) as e:
+            pytest.fail(f"relay in {name} not ready: {e}", pytrace=False)
+    return procs
+
+
+def stop(procs: dict[str, LabProcess]) -> dict[str, dict]:
+    """Stop every relay (they must still be alive) and return each one's final counters."""
+    for p in procs.values():
+        assert p.poll() is None, f"relay in {p.node} died early rc={p.poll()}\n{p.stderr}"
+        p.terminate()
+    out = {}
+    for name, p in procs.items():
+        rc = p.stop(timeout=STOP_TIMEOUT)
+        assert rc == 0, f"relay in {name} exited {rc}\n{p.stderr}"
+        out[name] = last_event(p, "stopped")
+    return out
+
+
+def logfmt(line: str) -> dict[str, str]:
+    out = {}
+    for token in line.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            out[key] = value.strip('"')
+    return out
+
+
+def last_event(p: LabProcess, event: str) -> dict[str, str]:
+    for line in reversed(p.lines("stderr")):
+        rec = logfmt(line)
+        if rec.get("event") == event:
+            return rec
+    return {}
+
+
+def wait_counters(p: LabProcess, want: dict[str, int], timeout: float = 5.0) -> dict[str, str]:
+    """Wait for a summary line whose counters are at least ``want``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = last_event(p, "summary")
+        if all(int(rec.get(k, 0)) >= v for k, v in want.items()):
+            return rec
+        if time.monotonic() > deadline:
+            pytest.fail(f"{p.node}: counters {want} not reached; last summary {rec}\n{p.stderr}", pytrace=False)
+        time.sleep(0.05)
+
+
+def peer_argv(lab: RoutedLab, name: str, key_file: str, family: int, *extra: str,
+              fanout: str = "peers") -> list[str]:
+    return ["run", "-i", "eth0", "--fanout", fanout, "--peer-key-file", key_file,
+            "--summary-interval", "0.25", *lab.peer_args(name, family), *extra]
+
+
+def by_server(flows):
+    out = collections.defaultdict(list)
+    for f in flows:
+        out[f.server].append(f)
+    return dict(out)
+
+
+def describe(flows) -> str:
+    return "\n".join(f"  #{f.index} {f.server} port={f.client_port} bytes={f.bytes} "
+                     f"completed={f.completed} {f.seconds:.3f}s err={f.error}" for f in flows)
+
+
+def dump(procs: dict[str, LabProcess]) -> str:
+    return "\n".join(f"--- {n} stderr ---\n{p.stderr}" for n, p in procs.items())
+
+
+def transfers(lab: RoutedLab, family: int, timeout: float = FLOW_TIMEOUT, min_servers: int = 3):
+    lab.flush_pmtu()
+    flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=timeout, min_servers=min_servers,
+                                     attempts=4)
+    return flows, by_server(flows)
+
+
+def assert_all_complete(lab, family, flows, groups, procs, servers=("s1", "s2", "s3")):
+    table = describe(flows)
+    assert all(f.completed and f.bytes == SIZE for f in flows), \
+        f"IPv{family}: flows stalled with the peer relay running:\n{table}\n{dump(procs)}"
+    client = lab.client_addr(family)
+    for name in sorted(set(groups) - {"s1"}):
+        assert name in servers, f"flow on unexpected server {name}:\n{table}"
+        assert lab.learned_pmtu(name, client) == 1400, f"IPv{family}: {name} learned no PMTU"
+
+
+def ptb_packet(lab: RoutedLab, family: int, mtu: int = 1400, inner_src: str | None = None) -> bytes:
+    """A PTB (router -> ``inner_src``, default the VIP) quoting an ICMP echo reply (v4) / request
+    (v6) from ``inner_src`` to the client: the kernel learns a PMTU from it without a socket."""
+    import frames as F
+    from scapy.layers.inet import ICMP
+
+    src = inner_src or lab.vip(family)
+    if family == 4:
+        frame = F.ptb_v4(outer_src=lab.router_addr(4), outer_dst=src, src=src, dst=lab.client_addr(4),
+                         proto=ICMP(type=0, id=7, seq=1), mtu=mtu, length=1500, flags="DF")
+    else:
+        frame = F.ptb_v6(outer_src=lab.router_addr(6), outer_dst=src, src=src, dst=lab.client_addr(6),
+                         proto="icmp-echo", mtu=mtu, length=1500)
+    return frame[14:]
+
+
+def send_from_router(lab: RoutedLab, host: str, datagrams: list[bytes], port: int = PORT) -> None:
+    lab.run("router", [lab.python, "-c", SEND_PY, host, str(port), *(d.hex() for d in datagrams)])
+
+
+# -- the black hole, without and with the peer relay -----------------------------------------------------
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_flows_stall_without_a_relay(routed_lab: RoutedLab, family: int) -> None:
+    lab = routed_lab
+    flows, groups = transfers(lab, family, timeout=STALL_TIMEOUT, min_servers=2)
+    table = describe(flows)
+    others = sorted(set(groups) - {"s1"})
+    assert others, f"IPv{family}: every flow hashed to s1:\n{table}"
+    assert all(f.completed for f in groups.get("s1", [])), f"IPv{family}: s1 flow stalled:\n{table}"
+    assert not any(f.completed for n in others for f in groups[n]), \
+        f"IPv{family}: a flow on {others} completed without any relay:\n{table}"
+    for name in others:
+        assert lab.learned_pmtu(name, lab.client_addr(family)) is None
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_peer_relay_closes_the_blackhole_across_l3(routed_lab: RoutedLab, key_file: str, family: int) -> None:
+    """``run --fanout peers`` on every server, peers = the other servers (over IPv{family}).
+    Also: no PTB ever appears on s2/s3's uplink (injection stays on lo, so their capture sees
+    nothing), and s2/s3 never relay what they received."""
+    lab = routed_lab
+    assert lab.rp_filter_values("s2")["all"] == 1  # strict reverse-path filtering on the servers
+    lab.start_transfer_servers()
+    sniffers = {n: lab.sniff(n) for n in ("s2", "s3")}
+    lo_sniffers = {n: lab.sniff(n, "lo") for n in ("s2", "s3")}
+    procs = start(lab, {n: peer_argv(lab, n, key_file, family) for n in lab.server_names})
+    flows, groups = transfers(lab, family)
+    assert_all_complete(lab, family, flows, groups, procs)
+    assert len(groups) == 3, describe(flows)
+    final = stop(procs)
+    vip = lab.vip(family)
+    for name, sniffer in sniffers.items():
+        seen = lab.sniff_result(sniffer)
+        assert seen == [], f"{name}: a PTB frame crossed eth0 (injection must stay on lo): {seen}"
+        on_lo = [f for f in lab.sniff_result(lo_sniffers[name])
+                 if f.get("outer_dst") == vip and f.get("inner_src") == vip and f.get("mtu") == 1400]
+        assert on_lo, f"{name}: the injected PTB never passed lo"
+    assert int(final["s1"].get("peer_tx", 0)) >= 2, final["s1"]
+    for name in ("s2", "s3"):
+        rec = final[name]
+        assert int(rec.get("peer_injected", 0)) >= 1, rec
+        assert int(rec.get("peer_inject_errors", 0)) == 0, rec
+        assert "relayed" not in rec and int(rec.get("peer_tx", 0)) == 0, \
+            f"{name} relayed something it received: {rec}"
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(150)
+def test_fanout_both_and_l2_hosts_receiving_from_peers(routed_lab: RoutedLab, key_file: str) -> None:
+    """s1 broadcasts on its own segment AND sends to peers; s2/s3 broadcast (l2) and receive."""
+    lab = routed_lab
+    lab.start_transfer_servers()
+    router_sniffer = lab.sniff("router", "r1")
+    receivers = ["run", "-i", "eth0", "--fanout", "l2", "--peer-listen", f":{PORT}", "--peer-key-file", key_file,
+                 "--summary-interval", "0.25"]
+    procs = start(lab, {"s1": peer_argv(lab, "s1", key_file, 4, fanout="both"), "s2": receivers, "s3": receivers})
+    for family in (4, 6):
+        flows, groups = transfers(lab, family)
+        assert_all_complete(lab, family, flows, groups, procs)
+    final = stop(procs)
+    copies = [f for f in lab.sniff_result(router_sniffer) if f.get("pkttype") in ("broadcast", "multicast")]
+    assert copies, "s1 with --fanout both sent no L2 copy on its segment"
+    assert int(final["s2"].get("peer_injected", 0)) + int(final["s3"].get("peer_injected", 0)) >= 2, final
+
+
+# -- hostile relay datagrams ---------------------------------------------------------------------------------
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: RoutedLab, key_file: str,
+                                                                  family: int) -> None:
+    from pmtud_relay.core.peerproto import Keyring, encode
+
+    lab = routed_lab
+    s2 = lab.server("s2")
+    target = s2.addr(family)
+    procs = start(lab, {"s2": ["run", "-i", "eth0", "--peer-listen", f":{PORT}", "--peer-key-file", key_file,
+                               "--summary-interval", "0.2", "--peer-max-age", "5"]})
+    relay = procs["s2"]
+    ring = Keyring([(1, key_bytes(key_file))])
+    packet = ptb_packet(lab, family)
+    now = time.time()
+
+    def signed(pkt=packet, stamp=None, keyring=ring):
+        return encode(pkt, keyring, stamp if stamp is not None else time.time(), secrets.token_bytes(12))
+
+    valid = signed()
+    tampered = bytearray(signed())
+    mtu_at = 32 + (20 + 6 if family == 4 else 40 + 4)  # a byte of the ICMP MTU field
+    tampered[mtu_at + 1] ^= 0x20
+    hostile = [
+        os.urandom(200),  # not our protocol
+        valid[:-32],  # no MAC at all
+        signed(keyring=Keyring([(1, secrets.token_bytes(32))])),  # the right key id, a wrong key
+        signed(keyring=Keyring([(9, secrets.token_bytes(32))])),  # an unknown key id
+        bytes(tampered),  # a genuine message with its MTU changed on the way
+        signed(stamp=now - 60),  # genuine but stale
+        # genuine, but about an address that is not one of s2's VIPs: the receiver's own policy says no
+        signed(pkt=ptb_packet(lab, family, inner_src=("192.0.2.99" if family == 4 else "2001:db8:ffff::99"))),
+    ]
+    client = lab.client_addr(family)
+    lab.flush_pmtu()
+    send_from_router(lab, target, hostile)
+    rec = wait_counters(relay, {"peer_rx_bad_magic": 1, "peer_rx_too_short": 1, "peer_rx_bad_mac": 2,
+                                "peer_rx_unknown_key": 1, "peer_rx_stale": 1, "peer_rx_ptb_not_vip": 1})
+    assert int(rec.get("peer_injected", 0)) == 0, rec
+    assert lab.learned_pmtu("s2", client) is None, "a hostile datagram changed s2's PMTU"
+
+    # control: the genuine datagram is injected and the PMTU drops (so the check above means something)
+    send_from_router(lab, target, [valid])
+    wait_counters(relay, {"peer_injected": 1})
+    assert lab.learned_pmtu("s2", client) == 1400
+
+    # replayed: refused, PMTU untouched
+    lab.flush_pmtu()
+    send_from_router(lab, target, [valid, valid])
+    rec = wait_counters(relay, {"peer_rx_replay": 2})
+    assert int(rec["peer_injected"]) == 1, rec
+    assert lab.learned_pmtu("s2", client) is None, "a replayed datagram was injected"
+    final = stop(procs)
+    assert int(final["s2"]["peer_rx_accepted"]) == 1, final
+
+
+# -- a peer going away and coming back ----------------------------------------------------------------------
+@pytest.mark.netns
+@pytest.mark.timeout(240)
+def test_peer_going_away_and_coming_back(routed_lab: RoutedLab, key_file: str) -> None:
+    lab = routed_lab
+    lab.start_transfer_servers()
+    for s in lab.servers:  # a peer whose address has no route at all: sendto fails at once
+        lab.ip(s.name, "route", "add", "unreachable", f"{UNREACHABLE}/32")
+    extra = ["--peer", UNREACHABLE, "--peer", NOWHERE]
+    argv = {n: peer_argv(lab, n, key_file, 4, *extra) for n in lab.server_names}
+    procs = start(lab, argv)
+
+    # everyone up
+    flows, groups = transfers(lab, 4)
+    assert_all_complete(lab, 4, flows, groups, procs)
+
+    # s3's relay stops: s1 keeps sending to it (port unreachable) and to the dead peers; s2 is unaffected
+    procs["s3"].stop(timeout=STOP_TIMEOUT)
+    down = procs.pop("s3")
+    flows, groups = transfers(lab, 4, timeout=STALL_TIMEOUT)
+    table = describe(flows)
+    assert all(f.completed for n in ("s1", "s2") for f in groups.get(n, [])), \
+        f"s1/s2 flows stalled while s3's relay was down:\n{table}\n{dump(procs)}"
+    assert "s2" in groups, table
+    if "s3" in groups:
+        assert not any(f.completed for f in groups["s3"]), f"s3 completed without its relay:\n{table}\n{down.stderr}"
+
+    # s3's relay is back: it receives again
+    procs.update(start(lab, {"s3": argv["s3"]}))
+    flows, groups = transfers(lab, 4)
+    assert_all_complete(lab, 4, flows, groups, procs)
+    assert "s3" in groups
+
+    # s3's link goes down: the router stops hashing to it; s1's datagrams to it die at the router
+    lab.set_server_link("s3", up=False)
+    flows, groups = transfers(lab, 4, min_servers=2)
+    assert "s3" not in groups, describe(flows)
+    assert_all_complete(lab, 4, flows, groups, procs)
+
+    # and comes back: the same relay process (its sockets survived) receives again
+    lab.set_server_link("s3", up=True)
+    for family in (4, 6):
+        flows, groups = transfers(lab, family)
+        assert "s3" in groups, describe(flows)
+        assert_all_complete(lab, family, flows, groups, procs)
+
+    final = stop(procs)
+    assert int(final["s1"].get("peer_tx_errors", 0)) >= 1, final["s1"]  # the unreachable peer, counted
+    assert int(final["s3"].get("peer_injected", 0)) >= 1, final["s3"]

@@ -1,0 +1,322 @@
+"""Peer relay settings, command line and service (pmtud_relay.peering), without namespaces.
+
+Real UDP sockets on 127.0.0.1 only; raw-socket injection is exercised in tests/test_e2e_peers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import json
+import os
+import socket
+import time
+
+import pytest
+
+import frames as F
+from pmtud_relay import config as cfg
+from pmtud_relay import peering
+from pmtud_relay.cli import EXIT_CONFIG, build_parser, main
+from pmtud_relay.core.packet import parse_frame
+from pmtud_relay.core.peerproto import Keyring, PeerReason, encode
+from pmtud_relay.core.peers import Peer, PeerSpec
+from pmtud_relay.core.policy import Policy, VipSet
+from pmtud_relay.peering import PeerConfigError, PeerService, PeerSettings, build_settings
+
+KEY_HEX = "5a" * 32
+POLICY = Policy(vips=VipSet([F.VIP4, F.VIP6]))
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "peer.key"
+    path.write_text(f"1:{KEY_HEX}\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def args(*argv: str):
+    return build_parser().parse_args(["run", *argv])
+
+
+def peer_settings(*argv: str):
+    """Flags → the daemon's PeerSettings, the way ``run`` builds them (no environment, no file)."""
+    loaded = cfg.load(args(*argv), environ={}, use_default_path=False)
+    return cfg.peer_settings(loaded.settings)
+
+
+# -- settings ---------------------------------------------------------------------------------------
+def test_default_is_l2_only_and_peer_relay_off():
+    assert peer_settings() is None
+
+
+def test_peers_mode_from_the_command_line(key_file):
+    s = peer_settings(
+        "--fanout", "peers", "--peer", "198.51.100.18", "--peer", "[2001:db8:5:3::2]:2200=192.0.2.0/24",
+        "--peers-file", "/etc/pmtud-relay/peers", "--peers-dns", "relays.example=2001:db8:ffff::/64",
+        "--peer-key-file", key_file, "--peer-rate", "5", "--peer-burst", "7", "--peer-max-age", "3",
+        "--peers-dns-interval", "30", "--peers-refresh", "0.5")
+    assert s.fanout == "peers" and s.sends and not s.l2
+    assert [str(p) for p in s.peers] == ["198.51.100.18:2106", "[2001:db8:5:3::2]:2200=192.0.2.0/24"]
+    assert s.peers_files == ("/etc/pmtud-relay/peers",)
+    assert [str(p) for p in s.peers_dns] == ["relays.example:2106=2001:db8:ffff::/64"]
+    assert s.listen == (("", 2106),)  # receives by default
+    assert (s.rate, s.burst, s.max_age, s.dns_interval, s.refresh) == (5, 7, 3, 30, 0.5)
+
+
+def test_l2_host_can_receive_from_peers(key_file):
+    s = peer_settings("--peer-listen", "198.51.100.2:2107", "--peer-listen", "[::1]",
+                      "--peer-key-file", key_file)
+    assert s.fanout == "l2" and s.l2 and not s.sends
+    assert s.listen == (("198.51.100.2", 2107), ("::1", 2106))
+
+
+def test_both_and_listen_none(key_file):
+    s = peer_settings("--fanout", "both", "--peer", "198.51.100.18", "--peer-listen", "none",
+                      "--peer-key-file", key_file)
+    assert s.sends and s.l2 and s.listen == ()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--fanout", "peers"], "--fanout peers: name the peers"),
+        (["--peer", "198.51.100.18"], "only sent to with --fanout peers or both"),
+        (["--fanout", "peers", "--peer", "198.51.100.18"], "--peer-key-file: required"),
+        (["--peer-listen", ":2106"], "--peer-key-file: required"),
+        (["--peer-listen", "none", "--peer-listen", ":1", "--peer-key-file", "K"], "cannot be combined"),
+        (["--peer-listen", ":2106", "--peer-key-file", "/nonexistent/key"], "--peer-key-file: /nonexistent/key: no such"),
+    ],
+)
+def test_bad_peer_options_name_the_option(argv, message, key_file):
+    argv = [key_file if a == "K" else a for a in argv]
+    with pytest.raises(cfg.ConfigError, match=message.replace("(", r"\(")):
+        peer_settings(*argv)
+
+
+def test_build_settings_validates_strings_from_files_and_environment(key_file):
+    """Values from TOML or PMTUD_RELAY_* do not pass through argparse: build_settings checks them."""
+    for kw, message in [
+        ({"fanout": "peers", "peers": ["198.51.100.18:0"]}, "--peer: "),
+        ({"fanout": "peers", "peers_dns": ["198.51.100.18"]}, "not a name"),
+        ({"listen": ["bogus:1"]}, "--peer-listen: "),
+    ]:
+        with pytest.raises(PeerConfigError, match=message):
+            build_settings(key_file=key_file, **kw)
+
+
+def test_build_settings_validates_numbers():
+    for kw, opt in [({"rate": 0}, "--peer-rate"), ({"burst": 0.5}, "--peer-burst"), ({"max_age": 0}, "--peer-max-age"),
+                    ({"dns_interval": -1}, "--peers-dns-interval"), ({"fanout": "mesh"}, "--fanout")]:
+        with pytest.raises(PeerConfigError, match=opt):
+            build_settings(**kw)
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--fanout", "mesh"], "--fanout"),
+        (["--peer-rate", "0"], "--peer-rate"),
+        (["--peer-max-age", "x"], "--peer-max-age"),
+        (["--peer", "198.51.100.18:0"], "--peer"),
+        (["--peers-dns", "198.51.100.18"], "--peers-dns"),
+        (["--peer-listen", "bogus:1"], "--peer-listen"),
+    ],
+)
+def test_parser_rejects_bad_values_naming_the_flag(capsys, argv, flag):
+    with pytest.raises(SystemExit) as exc:
+        args(*argv)
+    assert exc.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_main_reports_peer_config_errors_before_touching_sockets(capsys, tmp_path):
+    loose = tmp_path / "loose.key"
+    loose.write_text(f"1:{KEY_HEX}\n")
+    os.chmod(loose, 0o644)
+    rc = main(["run", "-i", "lo", "--fanout", "peers", "--peer", "198.51.100.18", "--peer-key-file", str(loose)])
+    assert rc == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "--peer-key-file" in err and "0644" in err and KEY_HEX not in err
+
+
+# -- the service, in process ----------------------------------------------------------------------------
+class FakeEmitter:
+    def __init__(self, fail: dict | None = None):
+        self.sent: list[tuple[str, int, bytes]] = []
+        self.fail = fail or {}
+
+    def send(self, datagram, address, port):
+        self.sent.append((address, port, datagram))
+        return self.fail.get(address, 0)
+
+    def close(self):
+        pass
+
+
+class FakeInjector:
+    def __init__(self):
+        self.injected: list[tuple[bytes, int, str]] = []
+
+    def inject(self, packet, family, dst):
+        self.injected.append((packet, family, dst))
+        return 0
+
+    def close(self):
+        pass
+
+
+def service(key_file, peers=(), *, listen=(), fanout="peers", dry_run=False, out=None, rate=100.0, burst=100.0):
+    settings = PeerSettings(fanout=fanout, peers=tuple(peers), listen=listen, key_file=key_file, rate=rate, burst=burst)
+    wall = [1_700_000_000.0]
+    svc = PeerService(settings, lambda: POLICY, dry_run=dry_run, out=out or io.StringIO(), json_output=True,
+                      clock=lambda: 0.0, wall=lambda: wall[0], own_addresses=frozenset)
+    return svc
+
+
+def prime(svc, key_file, peers):
+    from pmtud_relay.core.peerproto import PeerDecoder
+    from pmtud_relay.core.peers import InboxConfig, PeerInbox
+    from pmtud_relay.peerkeys import load_keyring
+
+    svc.keyring = load_keyring(key_file)
+    svc.decoder = PeerDecoder(svc.keyring)
+    svc.inbox = PeerInbox(svc.decoder, InboxConfig())
+    svc.table.update(peers, 0.0)
+
+
+def test_fanout_targets_serving_peers_and_errors_do_not_stop_the_others(key_file):
+    svc = service(key_file)
+    peers = [Peer("198.51.100.18"), Peer("198.51.100.34", prefixes=VipSet(["192.0.2.200"])),
+             Peer("198.51.100.50"), Peer("2001:db8:5:4::2", 2200)]
+    prime(svc, key_file, peers)
+    svc.emitter = FakeEmitter(fail={"198.51.100.18": errno.ENETUNREACH})
+    ptb = parse_frame(F.ptb_v4())
+    svc.fanout(ptb, 0.0)
+    sent_to = [(a, p) for a, p, _ in svc.emitter.sent]
+    assert sent_to == [("198.51.100.18", 2106), ("198.51.100.50", 2106), ("2001:db8:5:4::2", 2200)]
+    assert len({d for _, _, d in svc.emitter.sent}) == 1  # one datagram, signed once
+    assert svc.stats()["peer_tx"] == 3 and svc.stats()["peer_tx_errors"] == 1
+    assert svc.tx_errors == {"ENETUNREACH": 1}
+
+
+def test_fanout_rate_limits_per_peer(key_file):
+    svc = service(key_file, rate=1.0, burst=2)
+    prime(svc, key_file, [Peer("198.51.100.18")])
+    svc.emitter = FakeEmitter()
+    for _ in range(5):
+        svc.fanout(parse_frame(F.ptb_v4()), 0.0)
+    assert len(svc.emitter.sent) == 2 and svc.stats()["peer_tx_limited"] == 3
+
+
+def test_received_ptb_is_injected_and_never_relayed_again(key_file):
+    """Loop freedom, structurally: the receive path injects and never reaches the fan-out."""
+    svc = service(key_file, listen=(("127.0.0.1", 0),), fanout="both")
+    prime(svc, key_file, [Peer("198.51.100.18"), Peer("198.51.100.34")])
+    svc.emitter = FakeEmitter()
+    svc.injector = FakeInjector()
+    calls = []
+    svc.fanout = lambda *a: calls.append(a)  # any call would be a relay loop
+    pkt = F.ptb_v6()[14:]
+    data = encode(pkt, Keyring([(1, bytes.fromhex(KEY_HEX))]), 1_700_000_000.0, b"\x01" * 12)
+    d = svc.handle_datagram(data, "198.51.100.18", 40000, 0.0, 1_700_000_000.0, POLICY)
+    assert d.inject
+    assert svc.injector.injected == [(pkt, 6, F.VIP6)]
+    assert calls == [] and svc.emitter.sent == []
+    # the same datagram again is a replay: counted, not injected
+    d = svc.handle_datagram(data, "198.51.100.18", 40000, 0.0, 1_700_000_000.0, POLICY)
+    assert d.reason is PeerReason.REPLAY and len(svc.injector.injected) == 1
+    assert svc.stats()["peer_rx_replay"] == 1 and svc.stats()["peer_injected"] == 1
+
+
+def test_dry_run_reports_and_injects_nothing(key_file):
+    out = io.StringIO()
+    svc = service(key_file, listen=(("127.0.0.1", 0),), dry_run=True, out=out)
+    prime(svc, key_file, [Peer("198.51.100.18")])
+    ptb = parse_frame(F.ptb_v4())
+    svc.fanout(ptb, 0.0)
+    data = encode(F.ptb_v4()[14:], Keyring([(1, bytes.fromhex(KEY_HEX))]), 1_700_000_000.0, b"\x02" * 12)
+    svc.handle_datagram(data, "198.51.100.18", 40000, 0.0, 1_700_000_000.0, POLICY)
+    svc.handle_datagram(b"junk" * 20, "198.51.100.99", 40000, 0.0, 1_700_000_000.0, POLICY)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(l["verdict"], l["reason"]) for l in lines] == [("send", "relayed"), ("inject", "accepted"),
+                                                            ("drop", "bad_magic")]
+    assert lines[0]["peers"] == "198.51.100.18:2106" and lines[1]["peer"] == "198.51.100.18:40000"
+    assert lines[1]["inner_src"] == F.VIP4 and lines[1]["key_id"] == 1
+    assert svc.emitter is None and svc.injector is None
+
+
+def test_service_over_real_loopback_udp(key_file):
+    """A sending and a receiving service in one event loop, talking over 127.0.0.1."""
+    async def scenario():
+        out = io.StringIO()
+        rx = service(key_file, listen=(("127.0.0.1", 0),), fanout="l2", dry_run=True, out=out)
+        rx.open()
+        port = rx.listener.socks[0].getsockname()[1]
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        dead_port = closed.getsockname()[1]
+        closed.close()  # nobody listens here: ICMP port unreachable, never noticed by the sender
+        tx = service(key_file, peers=(PeerSpec("127.0.0.1", dead_port), PeerSpec("127.0.0.1", port)))
+        tx.open()
+        try:
+            await rx.start()
+            await tx.start()
+            assert {str(p) for p in tx.table.peers} == {f"127.0.0.1:{dead_port}", f"127.0.0.1:{port}"}
+            t0 = time.perf_counter()
+            for dport in range(40000, 40005):
+                tx.fanout(parse_frame(F.ptb_v4(dport=dport)), 0.0)
+            elapsed = time.perf_counter() - t0
+            deadline = time.monotonic() + 3
+            while out.getvalue().count("\n") < 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            await tx.stop()
+            await rx.stop()
+            tx.close()
+            rx.close()
+        return out.getvalue(), elapsed, tx.stats(), rx.stats()
+
+    text, elapsed, txs, rxs = asyncio.run(scenario())
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [l["verdict"] for l in lines] == ["inject"] * 5, lines
+    assert sorted(l["dport"] for l in lines) == list(range(40000, 40005))
+    assert txs["peer_tx"] == 10 and elapsed < 0.5
+    assert rxs["peer_rx_accepted"] == 5
+
+
+def test_open_reports_a_busy_port(key_file):
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    try:
+        svc = service(key_file, listen=(("127.0.0.1", busy.getsockname()[1]),), fanout="l2", dry_run=True)
+        with pytest.raises(peering.PeerError, match="--peer-listen 127.0.0.1:.*in use"):
+            svc.open()
+    finally:
+        busy.close()
+
+
+def test_key_rotation_is_picked_up_by_refresh(key_file):
+    async def scenario():
+        svc = service(key_file, listen=(("127.0.0.1", 0),), fanout="l2", dry_run=True)
+        svc.open()
+        try:
+            await svc.refresh()
+            assert svc.keyring.ids == (1,)
+            tmp = key_file + ".new"
+            with open(tmp, "w") as f:
+                f.write(f"2:{'6b' * 32}\n1:{KEY_HEX}\n")
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, key_file)
+            await svc.refresh()
+            assert svc.keyring.ids == (2, 1) and svc.decoder.keyring.send_id == 2
+            os.chmod(key_file, 0o644)  # a broken change keeps the running keys
+            os.utime(key_file, ns=(5, 5))
+            await svc.refresh()
+            assert svc.keyring.ids == (2, 1) and svc.key_reloads == 1
+        finally:
+            svc.close()
+
+    asyncio.run(scenario())
