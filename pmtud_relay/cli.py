@@ -7,7 +7,8 @@ import errno
 import ipaddress
 import sys
 
-from pmtud_relay import __version__, logs
+from pmtud_relay import __version__, analyze, doctor, labcmd, logs
+from pmtud_relay import config as cfg
 from pmtud_relay.core import dedup, policy as pol, ratelimit as rl
 from pmtud_relay.core.policy import Policy, VipSet, protocol_numbers
 from pmtud_relay.core.relay import RelayConfig
@@ -16,8 +17,7 @@ EXIT_CONFIG = 2
 EXIT_PRIVILEGE = 77  # sysexits EX_NOPERM
 
 
-class ConfigError(ValueError):
-    """A bad option: the message names the option and the reason."""
+ConfigError = cfg.ConfigError
 
 
 def _positive_float(text: str) -> float:
@@ -68,57 +68,100 @@ def _prefix(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 def _add_relay_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("capture")
-    g.add_argument(
-        "-i",
-        "--interface",
-        action="append",
-        dest="interfaces",
-        metavar="IFNAME",
-        help="interface to capture PTBs on and send copies out of (repeatable; "
-        "default: the interface holding the default route)",
-    )
-    g = p.add_argument_group("policy")
-    g.add_argument(
-        "--vip",
-        action="append",
-        type=_prefix,
-        dest="vips",
-        metavar="PREFIX",
-        help="service address or prefix (repeatable); replaces discovery from lo and dummy interfaces",
-    )
-    g.add_argument("--floor-v4", type=int, default=pol.DEFAULT_FLOOR_V4, metavar="BYTES",
-                   help="lowest IPv4 MTU relayed (default %(default)s, the kernel's min_pmtu)")
-    g.add_argument("--floor-v6", type=int, default=pol.DEFAULT_FLOOR_V6, metavar="BYTES",
-                   help="lowest IPv6 MTU relayed (default %(default)s)")
-    g.add_argument("--protocol", action="append", dest="protocols", metavar="NAME",
-                   help="relay only PTBs quoting this protocol: tcp, udp, sctp, udplite, icmp or a number (repeatable)")
-    g.add_argument("--port", action="append", type=_port, dest="ports", metavar="PORT",
-                   help="relay only PTBs quoting this source (service) port (repeatable)")
-    g = p.add_argument_group("dedup and rate limits")
-    g.add_argument("--dedup-window", type=_non_negative_float, default=dedup.DEFAULT_WINDOW, metavar="SECONDS",
-                   help="relay the same (flow, MTU) once per window (default %(default)s)")
-    g.add_argument("--dedup-capacity", type=_positive_int, default=dedup.DEFAULT_CAPACITY, metavar="KEYS",
-                   help="dedup table size (default %(default)s)")
-    g.add_argument("--source-rate", type=_positive_float, default=rl.DEFAULT_SOURCE_RATE, metavar="PPS",
-                   help="PTBs per second relayed per sending router (default %(default)s)")
-    g.add_argument("--source-burst", type=_positive_float, default=rl.DEFAULT_SOURCE_BURST, metavar="N",
-                   help="per-source burst (default %(default)s)")
-    g.add_argument("--global-rate", type=_positive_float, default=rl.DEFAULT_GLOBAL_RATE, metavar="PPS",
-                   help="PTBs per second relayed in total (default %(default)s)")
-    g.add_argument("--global-burst", type=_positive_float, default=rl.DEFAULT_GLOBAL_BURST, metavar="N",
-                   help="global burst (default %(default)s)")
-    g.add_argument("--source-capacity", type=_positive_int, default=rl.DEFAULT_SOURCE_CAPACITY, metavar="N",
-                   help="sources tracked by the per-source limiter (default %(default)s)")
-    g = p.add_argument_group("output")
-    g.add_argument("--v6-broadcast", action="store_true",
-                   help="send IPv6 copies to ff:ff:ff:ff:ff:ff instead of 33:33:00:00:00:01")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    g.add_argument("--log-format", default="logfmt", choices=["logfmt", "json"])
-    g.add_argument("--vip-refresh", type=_positive_float, default=5.0, metavar="SECONDS",
-                   help="how often discovered service addresses are re-read (default %(default)s)")
-    g.add_argument("--summary-interval", type=_positive_float, default=60.0, metavar="SECONDS",
-                   help="how often an info-level summary is logged (default %(default)s)")
+    """Every configuration key as a flag (pmtud_relay.config.SCHEMA), plus --config."""
+    cfg.add_arguments(p)
+
+
+def _group(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"NFLOG group must be within 0..65535, got {text}")
+    return value
+
+
+def _add_nflog_options(g) -> None:
+    from pmtud_relay.capture.nflog import DEFAULT_GROUP
+
+    g.add_argument("--capture", choices=["afpacket", "nflog"], default="afpacket",
+                   help="afpacket: BPF-filtered packet socket per interface (default); nflog: PTBs the "
+                   "firewall logs to --nflog-group (see docs/nflog-and-rules.md)")
+    g.add_argument("--nflog-group", type=_group, default=DEFAULT_GROUP, metavar="N",
+                   help="NFLOG group for --capture nflog (default %(default)s)")
+    g.add_argument("--manage-rules", action="store_true",
+                   help="with --capture nflog: install the firewall rules at start, remove them at stop")
+    g.add_argument("--rules-backend", choices=["auto", "nft", "iptables"], default="auto",
+                   help="firewall for --manage-rules (default auto: nft if it works, else iptables)")
+
+
+def _add_rules_parser(sub) -> None:
+    from pmtud_relay.capture.nflog import DEFAULT_GROUP
+
+    rules = sub.add_parser("rules", help="show, install or remove the firewall rules for --capture nflog")
+    rules.add_argument("action", choices=["show", "install", "remove"],
+                       help="show: print the exact rules install would load; install: load them (replacing "
+                       "earlier ones); remove: delete them")
+    rules.add_argument("--backend", choices=["auto", "nft", "iptables"], default="auto",
+                       help="auto (default): nft if it works, else iptables; remove with auto clears both")
+    rules.add_argument("-i", "--interface", action="append", dest="interfaces", metavar="IFNAME",
+                       help="interface the PTBs arrive on (repeatable; default: the default-route interface)")
+    rules.add_argument("--nflog-group", type=_group, default=DEFAULT_GROUP, metavar="N",
+                       help="NFLOG group (default %(default)s)")
+    g = rules.add_argument_group("limits (the userspace limits; the in-kernel ones are twice these)")
+    g.add_argument("--source-rate", type=_positive_float, default=rl.DEFAULT_SOURCE_RATE, metavar="PPS")
+    g.add_argument("--source-burst", type=_positive_float, default=rl.DEFAULT_SOURCE_BURST, metavar="N")
+    g.add_argument("--global-rate", type=_positive_float, default=rl.DEFAULT_GLOBAL_RATE, metavar="PPS")
+    g.add_argument("--global-burst", type=_positive_float, default=rl.DEFAULT_GLOBAL_BURST, metavar="N")
+
+
+def _rules_command(args: argparse.Namespace) -> int:
+    from pmtud_relay import hostinfo, rules
+
+    try:
+        if args.action == "remove":
+            backends = [rules.resolve(args.backend)]
+            if args.backend == "auto":
+                backends += rules.others(backends[0])
+            for backend in backends:
+                removed = backend.remove()
+                print(f"{backend.name}: {'removed' if removed else 'nothing to remove'}")
+            return 0
+        try:
+            interfaces = tuple(dict.fromkeys(args.interfaces)) if args.interfaces else (hostinfo.default_interface(),)
+        except hostinfo.HostInfoError as exc:
+            print(f"pmtud-relay: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            spec = rules.RuleSpec.from_limits(interfaces, args.nflog_group, args.source_rate, args.source_burst,
+                                              args.global_rate, args.global_burst)
+        except ValueError as exc:
+            print(f"pmtud-relay: --interface: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if args.action == "show":  # needs no privilege: falls back to a guess without one
+            backend = rules.get_backend(args.backend if args.backend != "auto" else _guess_backend())
+            sys.stdout.write(backend.render(spec))
+            return 0
+        backend = rules.resolve(args.backend)
+        backend.install(spec)
+        print(f"{backend.name}: installed for {', '.join(interfaces)}, NFLOG group {spec.group}")
+        return 0
+    except rules.RulesError as exc:
+        print(f"pmtud-relay: {exc}", file=sys.stderr)
+        text = str(exc)
+        return EXIT_PRIVILEGE if "CAP_NET_ADMIN" in text or "not permitted" in text else 1
+
+
+def _guess_backend() -> str:
+    """What ``auto`` would pick; without the privilege to ask the kernel, nft if it is installed."""
+    from pmtud_relay import rules
+    from pmtud_relay.rules.nft import nft_binary
+
+    try:
+        return rules.detect().name
+    except rules.RulesError:
+        return "nft" if nft_binary() else "iptables"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,71 +178,72 @@ def build_parser() -> argparse.ArgumentParser:
     dry = sub.add_parser("dry-run", help="capture and decide like run, send nothing, print every decision")
     _add_relay_options(dry)
     dry.add_argument("--json", action="store_true", help="print decisions as JSON lines")
+    _add_rules_parser(sub)
+    conf = sub.add_parser("config", help="configuration tools")
+    conf_sub = conf.add_subparsers(dest="config_command", metavar="ACTION")
+    conf_sub.required = True
+    check = conf_sub.add_parser("check", help="validate FILE and print the effective configuration "
+                                "(file + PMTUD_RELAY_* environment + defaults) with each value's source")
+    check.add_argument("file", metavar="FILE")
+    analyze.add_parser(sub)
+    doctor.add_parser(sub)
+    labcmd.add_parser(sub).set_defaults(handler=labcmd.main)
     return parser
 
 
 def relay_config(args: argparse.Namespace) -> tuple[RelayConfig, bool]:
-    """Build the core configuration from options; ConfigError names the option at fault."""
-    try:
-        protocols = protocol_numbers(args.protocols) if args.protocols else None
-    except ValueError as exc:
-        raise ConfigError(f"--protocol: {exc}") from None
-    try:
-        policy = Policy(
-            vips=VipSet(args.vips or ()),
-            floor_v4=args.floor_v4,
-            floor_v6=args.floor_v6,
-            protocols=protocols,
-            ports=frozenset(args.ports) if args.ports else None,
-        )
-    except ValueError as exc:
-        option = "--floor-v4" if "floor_v4" in str(exc) else "--floor-v6" if "floor_v6" in str(exc) else "--port"
-        raise ConfigError(f"{option}: {exc}") from None
-    if args.source_burst < 1:
-        raise ConfigError("--source-burst: must be >= 1")
-    if args.global_burst < 1:
-        raise ConfigError("--global-burst: must be >= 1")
-    config = RelayConfig(
-        policy=policy,
-        dedup_window=args.dedup_window,
-        dedup_capacity=args.dedup_capacity,
-        source_rate=args.source_rate,
-        source_burst=args.source_burst,
-        global_rate=args.global_rate,
-        global_burst=args.global_burst,
-        source_capacity=args.source_capacity,
-        v6_broadcast=args.v6_broadcast,
-    )
-    return config, not args.vips
+    """The core configuration from flags (and --config) only; (config, discover_vips)."""
+    settings = cfg.load(args, environ={}, use_default_path=False).settings
+    return cfg.relay_config(settings), cfg.discover_vips(settings)
 
 
 def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
-    from pmtud_relay import hostinfo
+    from pmtud_relay import hostinfo, metrics, peering
     from pmtud_relay.daemon import DaemonSettings, RelayDaemon, run_event_loop
 
-    log = logs.setup(args.log_level, args.log_format)
     try:
-        config, discover = relay_config(args)
+        loaded = cfg.load(args)  # flags > PMTUD_RELAY_* > config file > defaults
     except ConfigError as exc:
         print(f"pmtud-relay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    s = loaded.settings
+    log = logs.setup(s.log_level, s.log_format)
     try:
-        interfaces = tuple(dict.fromkeys(args.interfaces)) if args.interfaces else (hostinfo.default_interface(),)
+        interfaces = s.interfaces or (hostinfo.default_interface(),)
     except hostinfo.HostInfoError as exc:
         print(f"pmtud-relay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     settings = DaemonSettings(
         interfaces=interfaces,
-        relay=config,
-        discover_vips=discover,
+        relay=cfg.relay_config(s),
+        discover_vips=cfg.discover_vips(s),
         dry_run=dry_run,
         json_output=getattr(args, "json", False),
-        vip_refresh=args.vip_refresh,
-        summary_interval=args.summary_interval,
+        vip_refresh=s.vip_refresh,
+        summary_interval=s.summary_interval,
+        capture=s.capture,
+        nflog_group=s.nflog_group,
+        manage_rules=s.manage_rules,
+        rules_backend=s.rules_backend,
+        peers=cfg.peer_settings(s),  # validated by cfg.load
     )
+    from pmtud_relay.capture.nflog import NflogError
+    from pmtud_relay.rules import RulesError
+
     daemon = RelayDaemon(settings)
+    daemon.config = s
+    daemon.reloader = lambda: cfg.reload(args)  # SIGHUP: same flags and environment, file re-read
     try:
         daemon.open()
+    except NflogError as exc:
+        print(f"pmtud-relay: {exc.strerror}", file=sys.stderr)
+        return EXIT_PRIVILEGE if isinstance(exc, PermissionError) else 1
+    except RulesError as exc:
+        print(f"pmtud-relay: {exc}", file=sys.stderr)
+        return 1
+    except peering.PeerError as exc:
+        print(f"pmtud-relay: {exc}", file=sys.stderr)
+        return exc.exit_code
     except PermissionError:
         print(
             "pmtud-relay: permission denied opening AF_PACKET sockets: it needs CAP_NET_RAW "
@@ -213,12 +257,23 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
             return EXIT_CONFIG
         print(f"pmtud-relay: cannot open capture on {', '.join(interfaces)}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    # dry-run runs next to the service: it listens only when --metrics-address is on its command line.
+    serve_metrics = s.metrics_address and (not dry_run or loaded.sources["metrics_address"].startswith("-"))
+    if serve_metrics:  # after the capture: its errors (busy NFLOG group, EPERM) come first
+        try:
+            daemon.metrics_sock = metrics.bind(s.metrics_address)
+        except metrics.MetricsError as exc:
+            print(f"pmtud-relay: {exc}", file=sys.stderr)
+            daemon.close()
+            return 1
     try:
         run_event_loop(daemon.serve)
     except KeyboardInterrupt:
         pass
     finally:
         daemon.close()
+        if daemon.metrics_sock is not None:
+            daemon.metrics_sock.close()
     log.debug("exit")
     return 0
 
@@ -229,4 +284,15 @@ def main(argv: list[str] | None = None) -> int:
         return _run_daemon(args, dry_run=False)
     if args.command == "dry-run":
         return _run_daemon(args, dry_run=True)
+    if args.command == "rules":
+        return _rules_command(args)
+    if args.command == "config":
+        ok, text = cfg.check(args.file)
+        if ok:
+            sys.stdout.write(text)
+            return 0
+        sys.stderr.write(f"pmtud-relay: {text}")
+        return EXIT_CONFIG
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
     return EXIT_CONFIG  # unreachable: argparse enforces a command

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import signal
 import sys
@@ -18,9 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable, TextIO
 
-from pmtud_relay import hostinfo, logs
+from pmtud_relay import hostinfo, logs, metrics
 from pmtud_relay.sdnotify import Notifier
 from pmtud_relay.capture.afpacket import PacketCapture
+from pmtud_relay.capture.nflog import DEFAULT_GROUP as NFLOG_DEFAULT_GROUP
 from pmtud_relay.core.policy import VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Decision, Relay, RelayConfig
@@ -37,6 +39,11 @@ class DaemonSettings:
     json_output: bool = False  # dry-run decision lines as JSON
     vip_refresh: float = 5.0  # seconds between service-address re-discovery
     summary_interval: float = 60.0
+    capture: str = "afpacket"  # or "nflog"
+    nflog_group: int = NFLOG_DEFAULT_GROUP
+    manage_rules: bool = False  # install the NFLOG rules at start, remove them at stop
+    rules_backend: str = "auto"  # auto, nft or iptables
+    peers: "PeerSettings | None" = None  # peer relay across L3 (pmtud_relay.peering); None: off
 
 
 class _Port:
@@ -44,9 +51,9 @@ class _Port:
 
     __slots__ = ("ifname", "capture", "emitter", "mac")
 
-    def __init__(self, ifname: str, dry_run: bool):
+    def __init__(self, ifname: str, dry_run: bool, capture=None):
         self.ifname = ifname
-        self.capture = PacketCapture(ifname)
+        self.capture = capture if capture is not None else PacketCapture(ifname)
         self.emitter = None if dry_run else L2Emitter(ifname)
         self.mac = self.capture.mac
 
@@ -72,23 +79,95 @@ class RelayDaemon:
         self.send_errors: Counter[str] = Counter()
         self.internal_errors = 0
         self._last_error_log = 0.0
+        # Metrics: plain counters, read by metrics.RelayCollector only when Prometheus scrapes.
+        self.stats = metrics.Stats(settings.interfaces)
+        self.metrics_sock = None  # listening socket from metrics.bind(), opened by the CLI
+        self.reloader = None  # () -> config.Loaded, raises config.ConfigError (SIGHUP)
+        self.config = None  # the config.Settings in force, for reload diffs
         self._stop = asyncio.Event()
         self.notifier = Notifier()
+        self.nflog = None  # the shared NflogCapture when settings.capture == "nflog"
+        self.rules = None  # a RuleManager when settings.manage_rules
+        self.peering = None  # a peering.PeerService when settings.peers
 
     # -- set-up ---------------------------------------------------------------
     def open(self) -> None:
         """Open every capture and emit socket; raises OSError (e.g. EPERM) to the CLI."""
         try:
-            for ifname in self.settings.interfaces:
-                self.ports.append(_Port(ifname, self.settings.dry_run))
+            if self.settings.capture == "nflog":
+                self._open_nflog()
+                nflog = self.nflog
+                self.stats.overrun_probes["nflog"] = metrics.delta_probe(lambda: nflog.overruns + nflog.lost)
+            else:
+                for ifname in self.settings.interfaces:
+                    self._add_port(ifname)
+            if self.settings.peers is not None:
+                self._open_peers()
         except BaseException:
             self.close()
             raise
 
+    def _open_nflog(self) -> None:
+        """Bind the NFLOG group first (a busy group must not cost another instance its
+        rules), then install the rules if asked to. RulesError/NflogError go to the CLI."""
+        from pmtud_relay.capture.nflog import NflogCapture
+
+        s = self.settings
+        self.nflog = NflogCapture(s.nflog_group, s.interfaces)
+        for ifname in s.interfaces:
+            self.ports.append(_Port(ifname, self._no_l2_emitter, capture=self.nflog.port(ifname)))
+        if s.manage_rules:
+            from pmtud_relay import rules
+
+            spec = rules.RuleSpec.from_limits(
+                s.interfaces, s.nflog_group, s.relay.source_rate, s.relay.source_burst,
+                s.relay.global_rate, s.relay.global_burst,
+            )
+            manager = rules.RuleManager(rules.resolve(s.rules_backend), spec)
+            manager.install()
+            self.rules = manager
+            self.log.info("rules_installed", extra={"kv": {"backend": manager.backend.name, "group": s.nflog_group}})
+
+    @property
+    def _no_l2_emitter(self) -> bool:
+        """Dry-run, or fan-out to peers only: no L2 copies are sent."""
+        peers = self.settings.peers
+        return self.settings.dry_run or (peers is not None and not peers.l2)
+
+    def _open_peers(self) -> None:
+        """The peer relay (docs/peers.md): sender, receiver, injector. PeerError goes to the CLI."""
+        from pmtud_relay.peering import PeerService
+
+        s = self.settings
+        self.peering = PeerService(s.peers, lambda: self.relay.policy, dry_run=s.dry_run, out=self.out,
+                                   json_output=s.json_output, clock=self.clock)
+        self.peering.open()
+
+    def _add_port(self, ifname: str) -> _Port:
+        port = _Port(ifname, self._no_l2_emitter)
+        self.ports.append(port)
+        self.stats.overrun_probes[ifname] = functools.partial(metrics.afpacket_drops, port.capture.sock)
+        if ifname not in self.stats.interfaces:
+            self.stats.interfaces.append(ifname)
+        return port
+
     def close(self) -> None:
+        if self.rules is not None:
+            manager, self.rules = self.rules, None
+            try:
+                manager.remove()
+                self.log.info("rules_removed", extra={"kv": {"backend": manager.backend.name}})
+            except Exception as exc:  # noqa: BLE001 - stopping must go on; the next start replaces them
+                self.log.error("rules_remove_failed", extra={"kv": {"backend": manager.backend.name, "error": str(exc)}})
         for port in self.ports:
             port.close()
         self.ports.clear()
+        if self.nflog is not None:
+            self.nflog.close()
+            self.nflog = None
+        if self.peering is not None:
+            self.peering.close()
+            self.peering = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -100,22 +179,48 @@ class RelayDaemon:
             if not batch:
                 return
             now = self.clock()
+            started = time.perf_counter()
             handle = self.relay.handle
             emitter = port.emitter
+            # Copies go into the emitter's TX ring and leave with one send() per batch
+            # (queue() flushes on its own every few copies, see emit/l2.py).
+            queue = emitter.queue if emitter is not None else None
             mac = port.mac
+            peering = self.peering
+            ifname = port.ifname
+            counts = self.stats.decisions
+            dry_run = self.settings.dry_run
+            debug = not dry_run and self.log.isEnabledFor(10)  # once per batch, not per packet
             for frame, pkttype in batch:
                 decision = handle(frame, now, mac, pkttype)
-                if decision.relay and emitter is not None:
-                    err = emitter.send(decision.copy)
-                    if err:
-                        self._send_error(err, port.ifname)
-                if self.settings.dry_run:
-                    self._report(decision, port.ifname)
-                elif decision.relay and self.log.isEnabledFor(10):
-                    self.log.debug("relayed", extra={"kv": decision_record(decision, port.ifname)})
+                ptb = decision.ptb
+                key = (ifname, ptb.family if ptb is not None else 0, decision.reason)
+                counts[key] = counts.get(key, 0) + 1
+                if decision.relay:
+                    if queue is not None:
+                        err = queue(decision.copy)
+                        if err:
+                            self._send_error(err, ifname)
+                    if peering is not None:
+                        peering.fanout(ptb, now)
+                    if debug:
+                        self.log.debug("relayed", extra={"kv": decision_record(decision, ifname)})
+                if dry_run:
+                    self._report(decision, ifname)
+            if emitter is not None:
+                err = emitter.flush()
+                if err:
+                    self._send_error(err, ifname)
+            self.stats.latency.observe(time.perf_counter() - started)
         except Exception:  # never let one bad frame or a bug kill the daemon
             self.internal_errors += 1
+            self.stats.internal_errors += 1
             self._rate_limited_error("packet_path_error", port.ifname)
+
+    def _on_nflog_readable(self) -> None:
+        """One NFLOG socket serves every port: the first drain reads it, each port gets its share."""
+        for port in self.ports:
+            self._on_readable(port)
 
     def _report(self, decision: Decision, ifname: str) -> None:
         rec = decision_record(decision, ifname)
@@ -124,7 +229,7 @@ class RelayDaemon:
         self.out.flush()
 
     def _send_error(self, err: int, ifname: str) -> None:
-        name = errno.errorcode.get(err, str(err))
+        name = self.stats.send_error(ifname, err)
         self.send_errors[name] += 1
         now = self.clock()
         if now - self._last_error_log >= 10.0:
@@ -136,6 +241,79 @@ class RelayDaemon:
         if now - self._last_error_log >= 10.0:
             self._last_error_log = now
             self.log.error(what, exc_info=True, extra={"kv": {"interface": ifname, "total": self.internal_errors}})
+
+    # -- reload (SIGHUP) -------------------------------------------------------
+    def reload(self) -> bool:
+        """Load the configuration again and apply what can change live, between two batches
+        (nothing in flight is dropped). An invalid configuration, or an interface that cannot
+        be opened, is logged and counted and the running configuration stays. True if applied."""
+        from pmtud_relay import config  # here, not at the top: config imports this module
+
+        if self.reloader is None or self.config is None:
+            return False
+        try:
+            new = self.reloader().settings
+        except config.ConfigError as exc:
+            return self._reload_failed(str(exc))
+        old = self.config
+        live, restart = config.changes(old, new)
+        if "interfaces" in live and self.settings.capture != "afpacket":
+            live.remove("interfaces")  # one NFLOG socket and its rules: a restart applies it
+            restart.append("interfaces")
+        new = replace(new, **{k: getattr(old, k) for k in restart})
+        if "interfaces" in live and new.interfaces:  # empty: keep the default-route ports open
+            error = self._apply_interfaces(new.interfaces)
+            if error:
+                return self._reload_failed(f"interfaces: {error}")
+        if restart:
+            self.log.warning("config_restart_needed", extra={"kv": {"keys": ",".join(restart)}})
+        discover = config.discover_vips(new)
+        relay_config = config.relay_config(new, vips=self.relay.policy.vips if discover else None)
+        self.relay.reconfigure(relay_config, self.clock())
+        self.settings = replace(self.settings, relay=relay_config, discover_vips=discover,
+                                vip_refresh=new.vip_refresh, summary_interval=new.summary_interval,
+                                interfaces=tuple(p.ifname for p in self.ports))
+        if new.log_format != old.log_format:
+            logs.setup(new.log_level, new.log_format)
+        elif new.log_level != old.log_level:
+            logs.set_level(new.log_level)
+        self.config = new
+        self.stats.reloaded(True)
+        self.log.info("config_reloaded", extra={"kv": {"changed": ",".join(live) or "none"}})
+        if discover and not config.discover_vips(old):
+            asyncio.get_running_loop().create_task(self.refresh_vips())
+        return True
+
+    def _reload_failed(self, error: str) -> bool:
+        self.stats.reloaded(False)
+        self.log.error("config_reload_failed", extra={"kv": {"error": error}})
+        return False
+
+    def _apply_interfaces(self, wanted: tuple[str, ...]) -> str | None:
+        """Open ports for new interfaces first (all or nothing), then close the removed ones.
+        Returns None, or the error that left everything as it was."""
+        loop = asyncio.get_running_loop()
+        current = {p.ifname: p for p in self.ports}
+        added = []
+        try:
+            for ifname in wanted:
+                if ifname not in current:
+                    added.append(self._add_port(ifname))
+        except OSError as exc:
+            for port in added:
+                self.ports.remove(port)
+                self.stats.overrun_probes.pop(port.ifname, None)
+                port.close()
+            return f"{ifname}: {exc.strerror or exc}"
+        for port in added:
+            loop.add_reader(port.capture.fileno(), self._on_readable, port)
+        for ifname, port in current.items():
+            if ifname not in wanted:
+                loop.remove_reader(port.capture.fileno())
+                self.stats.overrun_probes.pop(ifname, None)
+                self.ports.remove(port)
+                port.close()
+        return None
 
     # -- service addresses ----------------------------------------------------
     def apply_vips(self, vips: VipSet) -> bool:
@@ -166,6 +344,8 @@ class RelayDaemon:
                 pass
             else:
                 break
+            if not self.settings.discover_vips:
+                continue
             try:
                 await self.refresh_vips()
             except Exception:
@@ -187,6 +367,10 @@ class RelayDaemon:
             kv["send_errors"] = sum(self.send_errors.values())
             kv["dedup_keys"] = len(self.relay.dedup)
             kv["rate_sources"] = len(self.relay.limiter)
+            if self.nflog is not None:
+                kv.update(self.nflog.stats())
+            if self.peering is not None:
+                kv.update(self.peering.stats())
             self.log.info("summary", extra={"kv": kv})
             self.notifier.notify(f"STATUS=relayed {self.relay.counts[Reason.RELAYED]} PTBs since start")
 
@@ -203,38 +387,63 @@ class RelayDaemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        server = None
+        if self.metrics_sock is not None:
+            registry = metrics.build_registry(self.stats, lambda: self.relay, logs.dropped)
+            server = metrics.MetricsServer(registry, ready=lambda: self.stats.ready)
+            await server.start(self.metrics_sock)
         tasks = []
         if self.settings.discover_vips:
             await self.refresh_vips()
-            tasks.append(asyncio.create_task(self._vip_loop()))
-        for port in self.ports:
-            loop.add_reader(port.capture.fileno(), self._on_readable, port)
+        tasks.append(asyncio.create_task(self._vip_loop()))
+        if self.nflog is not None:
+            loop.add_reader(self.nflog.fileno(), self._on_nflog_readable)
+        else:
+            for port in self.ports:
+                loop.add_reader(port.capture.fileno(), self._on_readable, port)
         tasks.append(asyncio.create_task(self._summary_loop()))
         if self.notifier.watchdog_interval:
             tasks.append(asyncio.create_task(self._watchdog_loop(self.notifier.watchdog_interval)))
+        if self.peering is not None:
+            await self.peering.start()
         self.log.info(
             "ready",
             extra={
                 "kv": {
                     "interfaces": ",".join(p.ifname for p in self.ports),
-                    "mode": "dry-run" if self.settings.dry_run else "l2",
+                    "mode": "dry-run" if self.settings.dry_run else (self.settings.peers.fanout if self.settings.peers else "l2"),
+                    "capture": self.settings.capture if self.nflog is None else f"nflog:{self.nflog.group}",
                     "vips": _vip_text(self.relay.policy.vips),
+                    **(self.peering.describe() if self.peering is not None else {}),
                 }
             },
         )
+        self.stats.ready = True
         self.notifier.notify("READY=1", f"STATUS=relaying on {','.join(p.ifname for p in self.ports)}")
         try:
             await self._stop.wait()
         finally:
             self.notifier.notify("STOPPING=1")
-            for port in self.ports:
-                loop.remove_reader(port.capture.fileno())
+            self.stats.ready = False
+            loop.remove_signal_handler(signal.SIGHUP)
+            if server is not None:
+                await server.close()
+            if self.peering is not None:
+                await self.peering.stop()
+            if self.nflog is not None:
+                loop.remove_reader(self.nflog.fileno())
+            else:
+                for port in self.ports:
+                    loop.remove_reader(port.capture.fileno())
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             counts = {r.value: n for r, n in self.relay.counts.items() if n}
+            if self.peering is not None:
+                counts.update(self.peering.stats())
             self.log.info("stopped", extra={"kv": counts})
             self.notifier.close()
 
