@@ -441,6 +441,9 @@ class RelayDaemon:
             await asyncio.gather(*tasks, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+                # A second signal during shutdown must not kill us before managed rules are
+                # removed (systemd's TimeoutStopSec/SIGKILL still bounds a hung stop).
+                signal.signal(sig, signal.SIG_IGN)
             counts = {r.value: n for r, n in self.relay.counts.items() if n}
             if self.peering is not None:
                 counts.update(self.peering.stats())
