@@ -145,7 +145,7 @@ def installable_unit(tmp_path) -> pathlib.Path:
 
 @needs_analyze
 def test_systemd_analyze_verify(installable_unit):
-    proc = subprocess.run([ANALYZE, "verify", str(installable_unit)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([ANALYZE, "verify", "--man=no", str(installable_unit)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     problems = [line for line in proc.stderr.splitlines() if "pmtud-relay" in line]
     assert not problems, proc.stderr
