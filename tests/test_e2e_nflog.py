@@ -21,6 +21,7 @@ import pytest
 
 from test_rules import VIP4, VIP6, NetNS, assert_exactly_one_set, installed_state, need_backend, need_root_and, wait_ready
 
+from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.rules import RuleSpec
 
 # Shared by the in-namespace scripts: PTB frame builders (stdlib only) and a capture helper.
@@ -281,7 +282,7 @@ def test_flood_from_one_source_is_cut_in_the_kernel(backend: str, family: int) -
     received = int(summaries[-1]["nflog_received"])
     assert received == c["logged"], report
     assert int(summaries[-1]["nflog_lost"]) == 0 and int(summaries[-1]["nflog_overruns"]) == 0, report
-    user_allowed = 10 + 5 * (r["elapsed"] + 0.5)  # userspace's own per-source bucket: burst 10, 5/s
+    user_allowed = _rl.DEFAULT_SOURCE_BURST + _rl.DEFAULT_SOURCE_RATE * (r["elapsed"] + 0.5)  # userspace's own per-source bucket
     assert int(stopped.get("rate_limited_source", 0)) >= received - 5 - user_allowed, report
     # The legitimate PTBs from other sources were all relayed (copies seen on the wire).
     copies = collections.Counter(r["copies"])

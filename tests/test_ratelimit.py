@@ -16,6 +16,7 @@ from pmtud_relay.core.ratelimit import (
     RateLimiter,
     TokenBucket,
 )
+from pmtud_relay.core import ratelimit
 from pmtud_relay.core.reasons import Reason
 
 A = bytes([198, 51, 100, 1])
@@ -83,7 +84,9 @@ def test_defaults():
 
 def test_default_source_burst_then_limited():
     limiter = RateLimiter()
-    assert results(limiter, A, 0.0, 10) == [None] * 10
+    burst = int(ratelimit.DEFAULT_SOURCE_BURST)
+    assert burst < ratelimit.DEFAULT_GLOBAL_BURST  # so the source bucket is the one that runs dry
+    assert results(limiter, A, 0.0, burst) == [None] * burst
     assert limiter.check(A, 0.0) is SRC
 
 

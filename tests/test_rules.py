@@ -182,7 +182,7 @@ def assert_exactly_one_set(ns: NetNS, backend: str, spec: RuleSpec) -> None:
 # --- pure: rendering ----------------------------------------------------------------------------------
 def test_kernel_limits_are_twice_the_userspace_limits() -> None:
     spec = RuleSpec.from_limits(["eth0"])
-    assert (spec.source_rate, spec.source_burst, spec.global_rate, spec.global_burst) == (10, 20, 100, 200)
+    assert (spec.source_rate, spec.source_burst, spec.global_rate, spec.global_burst) == (20, 100, 200, 1000)
     assert spec.group == 2105 and spec.source_timeout == 10
     odd = RuleSpec.from_limits(["eth0"], 7, source_rate=0.3, source_burst=1, global_rate=2.5, global_burst=3)
     assert (odd.source_rate, odd.source_burst, odd.global_rate, odd.global_burst) == (1, 2, 5, 6)
@@ -224,7 +224,7 @@ def test_nft_commands_replace_the_table_in_one_transaction() -> None:
 
 
 def test_nft_render() -> None:
-    text = nft.render(RuleSpec(("eth0",)))
+    text = nft.render(RuleSpec(("eth0",), source_rate=10, source_burst=20, global_rate=100, global_burst=200))
     assert '\t\tiifname "eth0" meta pkttype host icmp type destination-unreachable icmp code frag-needed counter ' \
            'jump ptb4 comment "ipv4 frag-needed to this host"' in text.splitlines()
     assert "\t\tupdate @src6 { ip6 saddr limit rate over 10/second burst 20 packets } counter return " \
@@ -235,7 +235,8 @@ def test_nft_render() -> None:
 
 
 def test_iptables_render() -> None:
-    lines = ipt.render_family(RuleSpec(("eth0",), group=9), 6)
+    lines = ipt.render_family(
+        RuleSpec(("eth0",), group=9, source_rate=10, source_burst=20, global_rate=100, global_burst=200), 6)
     assert lines == [
         ":PMTUD_RELAY - [0:0]",
         ":PMTUD_RELAY_LOG - [0:0]",
