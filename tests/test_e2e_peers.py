@@ -108,10 +108,15 @@ def wait_counters(p: LabProcess, want: dict[str, int], timeout: float = 5.0) -> 
         time.sleep(0.05)
 
 
+# A retried spread (24-48 flows) makes more PTBs at once than the production bursts (10 per router,
+# 40 per peer) allow; the tests are about delivery, not limits (those have unit tests).
+BURSTS = ["--source-burst", "100", "--peer-burst", "100"]
+
+
 def peer_argv(lab: RoutedLab, name: str, key_file: str, family: int, *extra: str,
               fanout: str = "peers") -> list[str]:
     return ["run", "-i", "eth0", "--fanout", fanout, "--peer-key-file", key_file,
-            "--summary-interval", "0.25", *lab.peer_args(name, family), *extra]
+            "--summary-interval", "0.25", *BURSTS, *lab.peer_args(name, family), *extra]
 
 
 def by_server(flows):
@@ -163,6 +168,16 @@ def ptb_packet(lab: RoutedLab, family: int, mtu: int = 1400, inner_src: str | No
     return frame[14:]
 
 
+SCRAPE_PY = (
+    "import urllib.request\n"
+    "print(urllib.request.urlopen('http://127.0.0.1:9781/metrics', timeout=5).read().decode())\n"
+)
+
+
+def scrape(lab: RoutedLab, node: str) -> str:
+    return lab.run(node, [lab.python, "-c", SCRAPE_PY]).stdout
+
+
 def send_from_router(lab: RoutedLab, host: str, datagrams: list[bytes], port: int = PORT) -> None:
     lab.run("router", [lab.python, "-c", SEND_PY, host, str(port), *(d.hex() for d in datagrams)])
 
@@ -209,12 +224,15 @@ def test_peer_relay_closes_the_blackhole_across_l3(routed_lab: RoutedLab, key_fi
                  if f.get("outer_dst") == vip and f.get("inner_src") == vip and f.get("mtu") == 1400]
         assert on_lo, f"{name}: the injected PTB never passed lo"
     assert int(final["s1"].get("peer_tx", 0)) >= 2, final["s1"]
+    from pmtud_relay.core.reasons import Reason
+
     for name in ("s2", "s3"):
         rec = final[name]
         assert int(rec.get("peer_injected", 0)) >= 1, rec
         assert int(rec.get("peer_inject_errors", 0)) == 0, rec
-        assert "relayed" not in rec and int(rec.get("peer_tx", 0)) == 0, \
-            f"{name} relayed something it received: {rec}"
+        assert int(rec.get("peer_tx", 0)) == 0, f"{name} relayed something it received: {rec}"
+        decided = {r.value for r in Reason} & set(rec)  # any capture decision at all, relay or drop
+        assert not decided, f"{name}'s capture saw injected PTBs: {rec}"
 
 
 @pytest.mark.netns
@@ -225,7 +243,7 @@ def test_fanout_both_and_l2_hosts_receiving_from_peers(routed_lab: RoutedLab, ke
     lab.start_transfer_servers()
     router_sniffer = lab.sniff("router", "r1")
     receivers = ["run", "-i", "eth0", "--fanout", "l2", "--peer-listen", f":{PORT}", "--peer-key-file", key_file,
-                 "--summary-interval", "0.25"]
+                 "--summary-interval", "0.25", *BURSTS]
     procs = start(lab, {"s1": peer_argv(lab, "s1", key_file, 4, fanout="both"), "s2": receivers, "s3": receivers})
     for family in (4, 6):
         flows, groups = transfers(lab, family)
@@ -290,8 +308,39 @@ def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: R
     rec = wait_counters(relay, {"peer_rx_replay": 2})
     assert int(rec["peer_injected"]) == 1, rec
     assert lab.learned_pmtu("s2", client) is None, "a replayed datagram was injected"
+    text = scrape(lab, "s2")  # the same counters on /metrics (default 127.0.0.1:9781 in s2's namespace)
+    for reason, n in [("accepted", 1), ("replay", 2), ("bad_mac", 2), ("unknown_key", 1), ("stale", 1),
+                      ("too_short", 1), ("bad_magic", 1), ("ptb_not_vip", 1)]:
+        assert f'pmtud_relay_peer_datagrams_received_total{{reason="{reason}"}} {n}.0' in text, (reason, text)
+    assert "pmtud_relay_peer_injected_total 1.0" in text
     final = stop(procs)
     assert int(final["s2"]["peer_rx_accepted"]) == 1, final
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+def test_dry_run_receiver_reports_and_injects_nothing(routed_lab: RoutedLab, key_file: str) -> None:
+    from pmtud_relay.core.peerproto import Keyring, encode
+
+    lab = routed_lab
+    procs = start(lab, {"s2": ["dry-run", "-i", "eth0", "--json", "--peer-listen", f":{PORT}",
+                               "--peer-key-file", key_file]})
+    ring = Keyring([(1, key_bytes(key_file))])
+    lab.flush_pmtu()
+    good = encode(ptb_packet(lab, 4), ring, time.time(), secrets.token_bytes(12))
+    forged = encode(ptb_packet(lab, 4), Keyring([(1, secrets.token_bytes(32))]), time.time(), secrets.token_bytes(12))
+    send_from_router(lab, lab.server("s2").ipv4, [good, forged])
+    deadline = time.monotonic() + 5
+    while len([l for l in procs["s2"].json_lines() if l.get("interface") == "peer"]) < 2:
+        assert time.monotonic() < deadline, procs["s2"].stdout + procs["s2"].stderr
+        time.sleep(0.05)
+    lines = [l for l in procs["s2"].json_lines() if l.get("interface") == "peer"]
+    assert [(l["verdict"], l["reason"]) for l in lines] == [("inject", "accepted"), ("drop", "bad_mac")], lines
+    assert lines[0]["inner_src"] == lab.vip(4) and lines[0]["mtu"] == 1400 and lines[0]["key_id"] == 1
+    assert lines[0]["peer"].startswith(lab.router_addr(4, "s2") + ":"), lines[0]
+    time.sleep(0.3)
+    assert lab.learned_pmtu("s2", lab.client_addr(4)) is None, "dry-run injected a PTB"
+    stop(procs)
 
 
 # -- a peer going away and coming back ----------------------------------------------------------------------

@@ -320,3 +320,36 @@ def test_key_rotation_is_picked_up_by_refresh(key_file):
             svc.close()
 
     asyncio.run(scenario())
+
+
+def test_prometheus_collector_exports_closed_label_sets(key_file):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pmtud_relay.peermetrics import RX_REASONS, PeerCollector
+
+    svc = service(key_file, listen=(("127.0.0.1", 0),), fanout="both")
+    prime(svc, key_file, [Peer("198.51.100.18"), Peer("198.51.100.34")])
+    svc.emitter = FakeEmitter(fail={"198.51.100.34": errno.EHOSTUNREACH})
+    svc.injector = FakeInjector()
+    svc.fanout(parse_frame(F.ptb_v4()), 0.0)
+    data = encode(F.ptb_v4()[14:], Keyring([(1, bytes.fromhex(KEY_HEX))]), 1_700_000_000.0, b"\x03" * 12)
+    svc.handle_datagram(data, "198.51.100.18", 40000, 0.0, 1_700_000_000.0, POLICY)
+    svc.handle_datagram(data, "198.51.100.18", 40000, 0.0, 1_700_000_000.0, POLICY)
+    bad = encode(F.ptb_v4(outer_dst="192.0.2.99", src="192.0.2.99")[14:], Keyring([(1, bytes.fromhex(KEY_HEX))]),
+                 1_700_000_000.0, b"\x04" * 12)
+    svc.handle_datagram(bad, "198.51.100.18", 40000, 0.0, 1_700_000_000.0, POLICY)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PeerCollector(lambda: svc))
+    text = generate_latest(registry).decode()
+    assert "pmtud_relay_peers 2.0" in text
+    assert "pmtud_relay_peer_datagrams_sent_total 2.0" in text
+    assert 'pmtud_relay_peer_send_errors_total{errno="EHOSTUNREACH"} 1.0' in text
+    assert 'pmtud_relay_peer_datagrams_received_total{reason="accepted"} 1.0' in text
+    assert 'pmtud_relay_peer_datagrams_received_total{reason="replay"} 1.0' in text
+    assert 'pmtud_relay_peer_datagrams_received_total{reason="ptb_not_vip"} 1.0' in text
+    assert 'pmtud_relay_peer_datagrams_received_total{reason="bad_mac"} 0.0' in text  # exported before it happens
+    assert text.count("pmtud_relay_peer_datagrams_received_total{") == len(RX_REASONS)
+    assert "pmtud_relay_peer_injected_total 1.0" in text
+    empty = CollectorRegistry(auto_describe=False)
+    empty.register(PeerCollector(lambda: None))
+    assert "pmtud_relay_peer" not in generate_latest(empty).decode()

@@ -122,8 +122,11 @@ class Policy:
             raise ValueError("ports must be within 1..65535")
 
     def check(self, ptb: PTB, pkttype: int = PACKET_HOST) -> Reason | None:
-        """Return the reason to drop ``ptb``, or None if policy allows relaying it."""
-        if pkttype != PACKET_HOST or ptb.frame[0] & 1:
+        """Return the reason to drop ``ptb``, or None if policy allows relaying it.
+
+        The L2 test (group bit of the destination MAC) applies only to PTBs parsed from a frame;
+        a bare IP packet (``l3_offset`` 0, as a peer relays it) has no MAC to test."""
+        if pkttype != PACKET_HOST or (ptb.l3_offset and ptb.frame[0] & 1):
             if pkttype == PACKET_OUTGOING:
                 return Reason.OWN_FRAME
             if pkttype == PACKET_OTHERHOST:
@@ -131,7 +134,9 @@ class Policy:
             return Reason.NOT_UNICAST
         if ptb.outer_dst != ptb.inner_src:
             return Reason.DST_NOT_QUOTED_SRC
-        if ptb.inner_src not in self.vips:
+        vips = self.vips
+        # The exact-address set first: a C-level lookup; VipSet.__contains__ is a Python call.
+        if ptb.inner_src not in vips._exact and (not vips._prefixes or ptb.inner_src not in vips):
             return Reason.NOT_VIP
         if ptb.mtu < (self.floor_v4 if ptb.family == 4 else self.floor_v6):
             return Reason.MTU_BELOW_FLOOR

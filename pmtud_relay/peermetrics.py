@@ -1,0 +1,64 @@
+"""Prometheus metrics of the peer relay, read from the running PeerService at scrape time.
+
+Label sets are closed: ``reason`` is a :class:`~pmtud_relay.core.peerproto.PeerReason` value or
+``ptb_`` + a :class:`~pmtud_relay.core.reasons.Reason` value (every one exported from the start,
+at 0); ``errno`` is an errno name. No per-peer labels: a DNS-sourced peer list has no fixed size.
+
+Register with ``registry.register(PeerCollector(lambda: daemon.peering))``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from pmtud_relay.core.peerproto import PeerReason
+from pmtud_relay.core.reasons import Reason
+
+PREFIX = "pmtud_relay_peer"
+
+#: Every receive outcome, in the order the receiver checks them.
+RX_REASONS = tuple(r.value for r in PeerReason) + tuple(
+    "ptb_" + r.value for r in Reason if r is not Reason.RELAYED
+)
+
+
+class PeerCollector:
+    def __init__(self, service: Callable[[], object]):
+        self.service = service
+
+    def describe(self):
+        return []  # registration must not run collect()
+
+    def collect(self):
+        svc = self.service()
+        if svc is None:
+            return
+        yield GaugeMetricFamily(f"{PREFIX}s", "Peers in the current list (after resolution, without this host).",
+                                value=len(svc.table.peers))
+        yield CounterMetricFamily(f"{PREFIX}_datagrams_sent", "Relay datagrams sent to peers "
+                                  "(one per PTB and target peer; in dry-run: that would be sent).", value=svc.tx)
+        yield CounterMetricFamily(f"{PREFIX}_send_rate_limited", "PTBs not sent to a peer because its "
+                                  "token bucket was empty.", value=sum(svc.table.limited.values()))
+        errors = CounterMetricFamily(f"{PREFIX}_send_errors", "Failed sends to peers, by errno.", labels=["errno"])
+        for name, n in sorted(svc.tx_errors.items()):
+            errors.add_metric([name], n)
+        yield errors
+        if svc.inbox is None:
+            return
+        received = CounterMetricFamily(f"{PREFIX}_datagrams_received", "Datagrams received from peers, by "
+                                       "outcome: accepted (injected), a protocol rejection, or ptb_<reason> "
+                                       "when the PTB inside failed this host's own checks.", labels=["reason"])
+        counts = {("ptb_" + r.value if isinstance(r, Reason) else r.value): n for r, n in dict(svc.inbox.counts).items()}
+        for reason in RX_REASONS:
+            received.add_metric([reason], counts.get(reason, 0))
+        yield received
+        yield CounterMetricFamily(f"{PREFIX}_injected", "PTBs from peers injected into this host's receive path.",
+                                  value=svc.injected)
+        inject_errors = CounterMetricFamily(f"{PREFIX}_inject_errors", "Failed injections, by errno.",
+                                            labels=["errno"])
+        for name, n in sorted(svc.inject_errors.items()):
+            inject_errors.add_metric([name], n)
+        yield inject_errors
+        yield CounterMetricFamily(f"{PREFIX}_key_reloads", "Key file changes applied.", value=svc.key_reloads)
