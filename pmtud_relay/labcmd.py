@@ -8,9 +8,13 @@ before/after table and tears everything down (also on Ctrl-C or failure).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import secrets
 import statistics
 import sys
+import tempfile
 import time
 
 FAMILIES = {"ipv4": (4,), "ipv6": (6,), "both": (4, 6)}
@@ -28,8 +32,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--flows", type=int, default=12, help="TCP flows per phase and family (default %(default)s)")
     p.add_argument("--size", type=int, default=262144, help="bytes per flow (default %(default)s)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds before a flow counts as stalled (default %(default)s)")
-    p.add_argument("--topology", choices=["l2"], default="l2",
-                   help="l2: servers share one bridge (routed L3 topologies come with peer mode)")
+    p.add_argument("--topology", choices=["l2", "l3"], default="l2",
+                   help="l2: servers share one bridge, the relay broadcasts (default); l3: each server in "
+                   "its own subnet behind the router, the relay sends signed UDP to its peers")
     p.add_argument("--json", action="store_true", help="print the results as one JSON document")
     return p
 
@@ -68,14 +73,29 @@ def main(args: argparse.Namespace) -> int:
         return 2
     results = []
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    with Lab(servers=args.servers, injector=False, size=args.size) as lab:
-        say(f"lab up: {args.servers} servers behind an L4-ECMP router; the router's ICMP goes to s1 only")
+    with contextlib.ExitStack() as stack:
+        if args.topology == "l3":
+            from pmtud_relay.lab.routed import RoutedLab
+
+            lab = stack.enter_context(RoutedLab(servers=args.servers, injector=False, size=args.size))
+            keydir = stack.enter_context(tempfile.TemporaryDirectory(prefix="pmtud-lab-"))
+            key_file = os.path.join(keydir, "peer.key")
+            with open(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+                fh.write(f"1:{secrets.token_hex(32)}\n")
+            say(f"lab up: {args.servers} servers in separate subnets behind an L4-ECMP router; "
+                "the router's ICMP goes to s1 only")
+        else:
+            lab = stack.enter_context(Lab(servers=args.servers, injector=False, size=args.size))
+            key_file = None
+            say(f"lab up: {args.servers} servers on one bridge behind an L4-ECMP router; "
+                "the router's ICMP goes to s1 only")
         lab.start_transfer_servers()
         for family in FAMILIES[args.family]:
             say(f"IPv{family}: {args.flows} flows of {args.size} bytes without the relay …")
             before = _phase(lab, family, args)
             say(f"IPv{family}: the same with pmtud-relay on every server …")
-            relays = [lab.spawn_python(s, "pmtud_relay", "run", "-i", "eth0") for s in lab.server_names]
+            relays = [lab.spawn_python(s, "pmtud_relay", *_relay_argv(lab, s, family, key_file))
+                      for s in lab.server_names]
             try:
                 for proc in relays:
                     proc.wait_for(r"event=ready", stream="stderr", timeout=15)
@@ -85,11 +105,19 @@ def main(args: argparse.Namespace) -> int:
                     proc.stop(timeout=5)
             results.append({"family": family, "without_relay": before, "with_relay": after})
     if args.json:
-        print(json.dumps({"servers": args.servers, "results": results}, indent=2))
+        print(json.dumps({"servers": args.servers, "topology": args.topology, "results": results}, indent=2))
     else:
         print(render(results, args))
     fixed = all(r["with_relay"]["stalled"] == 0 for r in results)
     return 0 if fixed else 1
+
+
+def _relay_argv(lab, server: str, family: int, key_file: str | None) -> list[str]:
+    """The relay's command line in the lab: L2 broadcast, or signed UDP to the other servers."""
+    argv = ["run", "-i", "eth0", "--metrics-address", "", "--config", ""]
+    if key_file is not None:
+        argv += ["--fanout", "peers", "--peer-key-file", key_file, *lab.peer_args(server, family)]
+    return argv
 
 
 def render(results: list[dict], args) -> str:

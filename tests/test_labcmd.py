@@ -12,9 +12,11 @@ pytestmark = pytest.mark.netns
 
 
 @pytest.mark.timeout(120)
-def test_lab_command_before_and_after(netns_ok):
+@pytest.mark.parametrize("topology", ["l2", "l3"])
+def test_lab_command_before_and_after(netns_ok, topology):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pmtud_relay", "lab", "--family", "both", "--flows", "12", "--json"],
+        [sys.executable, "-m", "pmtud_relay", "lab", "--family", "both", "--flows", "12", "--json",
+         "--topology", topology],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -23,6 +25,7 @@ def test_lab_command_before_and_after(netns_ok):
         proc.kill()
     assert proc.returncode == 0, err
     doc = json.loads(out)
+    assert doc["topology"] == topology
     assert [r["family"] for r in doc["results"]] == [4, 6]
     for r in doc["results"]:
         without, with_relay = r["without_relay"], r["with_relay"]
