@@ -148,7 +148,7 @@ def test_interface_names_with_dots_use_slashes(tmp_path):
 
 @pytest.mark.parametrize(
     "all_v,eth0,severity,strict",
-    [(0, 0, Severity.OK, []), (0, 1, Severity.WARNING, ["eth0"]), (1, 0, Severity.WARNING, ["eth0", "eth1"]),
+    [(0, 0, Severity.OK, []), (0, 1, Severity.INFO, ["eth0"]), (1, 0, Severity.INFO, ["eth0", "eth1"]),
      (2, 1, Severity.OK, []), (0, 2, Severity.OK, [])],
 )
 def test_rp_filter_effective_value_is_max(tmp_path, all_v, eth0, severity, strict):
@@ -731,7 +731,7 @@ def test_doctor_in_namespace_reports_what_was_set_up(doc_netns):
     assert drop["severity"] == "critical"
     assert drop["data"]["dropping_ipv4"] == ["h0"] and drop["data"]["dropping_ipv6"] == ["h0"]
     assert "net.ipv4.conf.h0.drop_unicast_in_l2_multicast=0" in drop["fix"]
-    assert one("sysctl.rp_filter")["severity"] == "warning" and "h0" in one("sysctl.rp_filter")["data"]["strict"]
+    assert one("sysctl.rp_filter")["severity"] == "info" and "h0" in one("sysctl.rp_filter")["data"]["strict"]
     assert one("sysctl.ip_no_pmtu_disc")["severity"] == "critical"
     assert one("sysctl.tcp_mtu_probing")["severity"] == "info"
     assert one("sysctl.ipv4.mtu_expires")["severity"] == "warning"

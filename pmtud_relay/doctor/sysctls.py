@@ -163,14 +163,17 @@ def check_rp_filter(proc_root, interfaces: Iterable[str] | None = None) -> Findi
     if strict:
         return Finding(
             "sysctl.rp_filter",
-            Severity.WARNING,
-            "strict reverse-path filtering on " + ", ".join(strict) + " (matters for peer mode)",
-            "A relayed copy keeps the original PTB's source: the router that sent it. Strict rp_filter (1) "
-            "drops a packet unless the route back to its source leaves through the interface it arrived on. "
-            "Copies arriving on the LAN from a same-segment relay pass; copies arriving another way (peer "
-            "mode across L3, a tunnel, a second NIC, asymmetric routing) are dropped silently, and the "
-            "kernel's IPv4 decision is max(all, interface).",
-            "use loose mode (2) on interfaces that receive relayed copies: "
+            Severity.INFO,
+            "strict reverse-path filtering on " + ", ".join(strict) + " (fine for the relay in a symmetric network)",
+            "A relayed copy keeps the original PTB's source, the router that sent it; strict rp_filter (1) drops "
+            "a packet unless the route back to its source leaves by the interface it arrived on (the kernel uses "
+            "max(all, interface)). Copies broadcast on the segment the router is on pass. Peer mode does not "
+            "depend on it: the injected PTB enters through lo and skips reverse-path validation (the routed "
+            "lab runs with rp_filter=1), and peer datagrams are plain unicast UDP. It matters only with "
+            "asymmetric routing: copies or peer datagrams arriving on an interface other than the one their "
+            "route back uses are dropped silently (TcpExtIPReversePathFilter rises).",
+            "only if TcpExtIPReversePathFilter rises while the relay runs, use loose mode (2) on the interfaces "
+            "that receive copies or peer datagrams: "
             + _persist([f"{sysctl_name('net', 'ipv4', 'conf', n, 'rp_filter')}=2" for n in strict]
                        + (["net.ipv4.conf.all.rp_filter=2"] if all_v == 1 else [])),
             data,
