@@ -3,15 +3,28 @@
 The socket is opened with protocol 0 (it receives nothing), the filter and options are
 set, and only then is it bound to the interface with ETH_P_ALL, so no unfiltered
 packet is ever queued. Frames whose VLAN tag was stripped into metadata get it back
-from PACKET_AUXDATA, so the copy leaves on the VLAN the PTB arrived on.
+(from the ring's frame header, or PACKET_AUXDATA), so the copy leaves on the VLAN the PTB
+arrived on.
+
+Frames are read from a PACKET_RX_RING (TPACKET_V2) shared with the kernel through mmap:
+the kernel writes each frame into the next slot and hands it over by setting the slot's
+status; ``drain()`` copies out every ready frame and hands the slots back, with no system
+call per frame (the per-frame recvmsg() was most of the receive cost). V2, not V3: a V3
+block is only handed over when full or when its timer fires (milliseconds), which would
+delay a lone PTB; a V2 slot wakes the reader as soon as it is filled. Where the ring cannot
+be used (no mmap support, or a CPU without x86's store ordering, where reading the status
+word from Python gives no acquire barrier) capture falls back to one recvmsg() per frame.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
+import platform
 import socket
 import struct
+import time
 
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.frame import insert_vlan_tag
@@ -25,10 +38,30 @@ SO_RCVBUFFORCE = 33
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 
+PACKET_RX_RING = 5
+PACKET_VERSION = 10
+TPACKET_V2 = 1
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 0x1
+
 _AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
 _CMSG_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
 MAX_FRAME = 65536
 DEFAULT_RCVBUF = 4 << 20
+
+#: struct tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec, vlan_tci, vlan_tpid.
+_TP2_HDR = struct.Struct("=IIIHHIIHH")
+_TP2_PKTTYPE = 32 + 10  # sockaddr_ll follows at TPACKET_ALIGN(32); sll_pkttype is at +10
+_TPACKET_REQ = struct.Struct("=IIII")  # struct tpacket_req: block size, blocks, frame size, frames
+#: Ring geometry: 2 KiB slots hold any PTB (an ICMPv6 error is at most 1280 bytes of IP, an
+#: ICMPv4 one 576 by RFC 1812; larger frames are counted as truncated), 4 MiB in all, as
+#: much as the receive buffer the socket path uses: 2048 frames of burst.
+RING_FRAME_SIZE = 2048
+RING_BLOCK_SIZE = 1 << 16
+RING_BLOCKS = 64
+#: Seconds of wake-ups that find no frame at the reader's slot before it resynchronises.
+RESYNC_AFTER = 0.01
+_RING_ARCHES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
 
 class _SockFprog(ctypes.Structure):
@@ -44,31 +77,70 @@ def attach_filter(sock: socket.socket, program: list[bpf.Insn]) -> None:
 
 
 class PacketCapture:
-    """A non-blocking PTB capture socket bound to one interface."""
+    """A non-blocking PTB capture socket bound to one interface.
 
-    def __init__(self, ifname: str, rcvbuf: int = DEFAULT_RCVBUF, program: list[bpf.Insn] | None = None):
+    ``ring``: read through a PACKET_RX_RING (None: where the CPU allows it, see the module
+    docstring); False: one recvmsg() per frame.
+    """
+
+    def __init__(
+        self,
+        ifname: str,
+        rcvbuf: int = DEFAULT_RCVBUF,
+        program: list[bpf.Insn] | None = None,
+        ring: bool | None = None,
+    ):
         self.ifname = ifname
+        if ring is None:
+            ring = platform.machine().lower() in _RING_ARCHES
+        self.ring: mmap.mmap | None = None
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             attach_filter(sock, program if program is not None else bpf.ptb_filter())
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
-            except PermissionError:  # without CAP_NET_ADMIN: capped by net.core.rmem_max
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if ring:
+                try:
+                    self.ring = _setup_ring(sock)
+                except OSError:  # e.g. no CONFIG_PACKET_MMAP-era support, or no memory: fall back
+                    self.ring = None
+            if self.ring is None:
+                sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+                except PermissionError:  # without CAP_NET_ADMIN: capped by net.core.rmem_max
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.setblocking(False)
             sock.bind((ifname, ETH_P_ALL))
         except BaseException:
+            if self.ring is not None:
+                self.ring.close()
             sock.close()
             raise
         self.sock = sock
+        self._program = program if program is not None else bpf.ptb_filter()
+        self.blocked: frozenset[bytes] = frozenset()
         self.mac: bytes = sock.getsockname()[4]
         self.ifindex = socket.if_nametoindex(ifname)
         self.truncated = 0
+        self.resyncs = 0
+        self._idle_since: float | None = None
+        self._slot = 0  # the next ring slot to look at
+        self._slots = RING_BLOCK_SIZE // RING_FRAME_SIZE * RING_BLOCKS
+        if self.ring is not None:
+            self.drain = self._drain_ring
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def set_blocked(self, sources) -> None:
+        """Drop frames from these outer IPv4/IPv6 sources in the kernel (the PTB filter with a
+        prefix; see core/shun.py). Replacing a socket filter is atomic. Only untagged frames
+        are matched: a flood on a VLAN still reaches userspace and its rate limits."""
+        sources = frozenset(sources)
+        if sources == self.blocked:
+            return
+        attach_filter(self.sock, blocklist_prefix(sources) + self._program)
+        self.blocked = sources
 
     def drain(self, limit: int = 256) -> list[tuple[bytes, int]]:
         """Read up to ``limit`` queued frames without blocking: [(frame, pkttype), …]."""
@@ -94,5 +166,112 @@ class PacketCapture:
             out.append((data, addr[2]))
         return out
 
+    def _drain_ring(self, limit: int = 256) -> list[tuple[bytes, int]]:
+        """``drain`` for the ring: copy out up to ``limit`` ready frames, hand their slots back."""
+        out = []
+        append = out.append
+        ring = self.ring
+        unpack = _TP2_HDR.unpack_from
+        release = _U32_PACK
+        slot = self._slot
+        slots = self._slots
+        for _ in range(limit):
+            base = slot * RING_FRAME_SIZE
+            status, length, snaplen, mac, _net, _sec, _nsec, tci, tpid = unpack(ring, base)
+            if not status & TP_STATUS_USER:
+                if not out:
+                    slot = self._check_stuck(slot)
+                break
+            if snaplen < length:  # larger than a slot: cannot be a usable PTB anyway
+                self.truncated += 1
+            else:
+                start = base + mac
+                data = ring[start : start + snaplen]
+                if status & TP_STATUS_VLAN_VALID:
+                    data = insert_vlan_tag(data, tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100, tci)
+                append((data, ring[base + _TP2_PKTTYPE]))
+            release(ring, base, TP_STATUS_KERNEL)
+            slot += 1
+            if slot == slots:
+                slot = 0
+        self._slot = slot
+        if out:
+            self._idle_since = None
+        return out
+
+    def _check_stuck(self, slot: int) -> int:
+        """A wake-up found no frame at ``slot``. Normally the kernel is still copying into it
+        (it hands slots over in order, but frames on two CPUs can finish out of order) and the
+        next wake-up finds it. Seen under overload on 6.18: the reader's slot stays empty
+        while later slots hold frames, so every wake-up finds nothing and the event loop spins.
+        If that lasts RESYNC_AFTER seconds, carry on from the oldest frame the ring holds
+        (by kernel timestamp); ``resyncs`` counts it."""
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+            return slot
+        if now - self._idle_since < RESYNC_AFTER:
+            return slot
+        self._idle_since = None
+        ring = self.ring
+        oldest = None
+        for i in range(self._slots):
+            status, _l, _s, _m, _n, sec, nsec, _t, _p = _TP2_HDR.unpack_from(ring, i * RING_FRAME_SIZE)
+            if status & TP_STATUS_USER and (oldest is None or (sec, nsec) < oldest[0]):
+                oldest = ((sec, nsec), i)
+        if oldest is None:
+            return slot
+        self.resyncs += 1
+        return oldest[1]
+
     def close(self) -> None:
+        if self.ring is not None:
+            try:
+                self.ring.close()
+            except BufferError:  # a memoryview still points into it; the socket close unmaps nothing
+                pass
         self.sock.close()
+
+
+_U32_PACK = struct.Struct("=I").pack_into
+
+
+def blocklist_prefix(sources) -> list[bpf.Insn]:
+    """BPF instructions that drop untagged frames from ``sources`` (4- or 16-byte outer IP
+    sources) and fall through to whatever follows for every other frame."""
+    v4 = sorted(s for s in sources if len(s) == 4)
+    v6 = sorted(s for s in sources if len(s) == 16)
+    if not v4 and not v6:
+        return []
+    a = bpf._Asm()
+    a.op(bpf.LD | bpf.H | bpf.ABS, 12)
+    a.jump(bpf.JMP | bpf.JEQ | bpf.K, 0x0800, "v4", None)
+    a.jump(bpf.JMP | bpf.JEQ | bpf.K, 0x86DD, "v6", "pass")
+    a.label("v4")
+    if v4:
+        a.op(bpf.LD | bpf.W | bpf.ABS, 14 + 12)
+        for src in v4:
+            a.jump(bpf.JMP | bpf.JEQ | bpf.K, int.from_bytes(src, "big"), "drop", None)
+    a.goto("pass")
+    a.label("v6")
+    for i, src in enumerate(v6):
+        nxt = f"v6_{i + 1}"
+        for w in range(4):
+            a.op(bpf.LD | bpf.W | bpf.ABS, 14 + 8 + 4 * w)
+            word = int.from_bytes(src[4 * w : 4 * w + 4], "big")
+            a.jump(bpf.JMP | bpf.JEQ | bpf.K, word, "drop" if w == 3 else None, nxt)
+        a.label(nxt)
+    a.goto("pass")
+    a.label("drop")
+    a.op(bpf.RET | bpf.K, 0)
+    a.label("pass")
+    prog = a.assemble()
+    return prog
+
+
+def _setup_ring(sock: socket.socket) -> mmap.mmap:
+    """TPACKET_V2 receive ring of RING_BLOCKS blocks; returns the mapping."""
+    sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+    frames = RING_BLOCK_SIZE // RING_FRAME_SIZE * RING_BLOCKS
+    sock.setsockopt(SOL_PACKET, PACKET_RX_RING, _TPACKET_REQ.pack(RING_BLOCK_SIZE, RING_BLOCKS, RING_FRAME_SIZE, frames))
+    return mmap.mmap(sock.fileno(), RING_BLOCK_SIZE * RING_BLOCKS, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)

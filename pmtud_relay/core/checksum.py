@@ -9,12 +9,35 @@ CPython does that reduction in C, which is far faster than summing words.
 from __future__ import annotations
 
 _MOD = 0xFFFF
+_from_bytes = int.from_bytes
+#: Regions longer than this are read as four numbers and added (see region_sum).
+_SPLIT = 768
 
 
 def region_sum(data, start: int, end: int) -> int:
-    """The checksum-equivalent value of ``data[start:end]`` (odd lengths zero-padded)."""
-    value = int.from_bytes(data[start:end], "big")
-    if (end - start) & 1:
+    """A value congruent (mod 0xffff) to the one's-complement sum of ``data[start:end]``
+    (odd lengths zero-padded); zero only if the region is all zeros.
+
+    A long region is read as four numbers split at even offsets and added: each split
+    point is a multiple of 16 bits, and 2**16 == 1 mod 0xffff, so the sum is congruent to
+    the whole; the later ``% 0xffff`` (a per-digit division in CPython) then runs on a
+    number a quarter as long, which is measurably cheaper than one long remainder.
+    """
+    length = end - start
+    if length > _SPLIT:
+        q = (length >> 3) << 1  # a quarter, rounded down to an even length
+        a = start + q
+        b = a + q
+        c = b + q
+        value = (
+            _from_bytes(data[start:a], "big")
+            + _from_bytes(data[a:b], "big")
+            + _from_bytes(data[b:c], "big")
+            + (_from_bytes(data[c:end], "big") << 8 if (end - c) & 1 else _from_bytes(data[c:end], "big"))
+        )
+        return value
+    value = _from_bytes(data[start:end], "big")
+    if length & 1:
         value <<= 8
     return value
 

@@ -51,6 +51,10 @@ _U16 = struct.Struct("!H").unpack_from
 _U32 = struct.Struct("!I").unpack_from
 _PORTS = struct.Struct("!HH").unpack_from
 _IPV4_FIXED = struct.Struct("!BxHxxHxBH").unpack_from  # vihl, total, frag, proto, csum
+_TYPE_CODE_MTU4 = struct.Struct("!H4xH").unpack_from  # ICMPv4 type+code, next-hop MTU
+_TYPE_CODE_MTU6 = struct.Struct("!H2xI").unpack_from  # ICMPv6 type+code, MTU
+_from_bytes = int.from_bytes
+_new = tuple.__new__
 
 
 class PTB(NamedTuple):
@@ -77,21 +81,30 @@ class PTB(NamedTuple):
 
 ParseResult = Union[PTB, Reason]
 
+# The frequent verdicts, bound once (attribute lookups on the Enum class cost per packet).
+_TOO_SHORT = Reason.TOO_SHORT
+_NOT_PTB = Reason.NOT_PTB
+_BAD_CHECKSUM = Reason.BAD_CHECKSUM
+
 
 def parse_frame(frame: bytes) -> ParseResult:
     """Parse an Ethernet II frame; return a :class:`PTB` or the :class:`Reason` it is not one."""
     n = len(frame)
     if n < ETH_HLEN:
-        return Reason.TOO_SHORT
-    (ethertype,) = _U16(frame, 12)
+        return _TOO_SHORT
+    ethertype = frame[12] << 8 | frame[13]
+    if ethertype == ETH_P_IP:  # untagged: the common case, no loop
+        return parse_ipv4(frame, ETH_HLEN)
+    if ethertype == ETH_P_IPV6:
+        return parse_ipv6(frame, ETH_HLEN)
     off = ETH_HLEN
     tags = 0
     while ethertype in VLAN_TPIDS:
         if tags == MAX_VLAN_TAGS:
             return Reason.BAD_L2
         if n < off + 4:
-            return Reason.TOO_SHORT
-        (ethertype,) = _U16(frame, off + 2)
+            return _TOO_SHORT
+        ethertype = frame[off + 2] << 8 | frame[off + 3]
         off += 4
         tags += 1
     if ethertype == ETH_P_IP:
@@ -105,28 +118,30 @@ def parse_ipv4(frame: bytes, l3: int) -> ParseResult:
     """Parse an IPv4 PTB starting at offset ``l3`` of ``frame``."""
     n = len(frame)
     if n < l3 + 20:
-        return Reason.TOO_SHORT
+        return _TOO_SHORT
     vihl, total, frag, proto, _csum = _IPV4_FIXED(frame, l3)
     ihl = (vihl & 0x0F) << 2
     if vihl >> 4 != 4 or ihl < 20 or total < ihl:
         return Reason.BAD_IP
     end = l3 + total  # anything after is Ethernet padding
     if end > n:
-        return Reason.TOO_SHORT
-    if not verifies(region_sum(frame, l3, l3 + ihl)):
-        return Reason.BAD_CHECKSUM
+        return _TOO_SHORT
+    icmp = l3 + ihl
+    # Header checksum (IHL is a multiple of 4: no odd byte). Inlined region_sum/verifies.
+    value = _from_bytes(frame[l3:icmp], "big")
+    if value % 0xFFFF or not value:
+        return _BAD_CHECKSUM
     if frag & 0x3FFF:  # MF set or non-zero offset
         return Reason.FRAGMENT
     if proto != IPPROTO_ICMP:
-        return Reason.NOT_PTB
-    icmp = l3 + ihl
+        return _NOT_PTB
     if end - icmp < 8:
-        return Reason.TOO_SHORT
-    if frame[icmp] != ICMP_DEST_UNREACH or frame[icmp + 1] != ICMP_FRAG_NEEDED:
-        return Reason.NOT_PTB
+        return _TOO_SHORT
+    type_code, mtu = _TYPE_CODE_MTU4(frame, icmp)
+    if type_code != 0x0304:  # ICMP_DEST_UNREACH / ICMP_FRAG_NEEDED
+        return _NOT_PTB
     if not verifies(region_sum(frame, icmp, end)):
-        return Reason.BAD_CHECKSUM
-    (mtu,) = _U16(frame, icmp + 6)
+        return _BAD_CHECKSUM
 
     # The quoted packet: an IPv4 header and at least the first 8 bytes of its payload.
     q = icmp + 8
@@ -146,20 +161,24 @@ def parse_ipv4(frame: bytes, l3: int) -> ParseResult:
                 sport, dport = _PORTS(frame, l4)
         elif qproto == IPPROTO_ICMP and end > l4 and frame[l4] in ICMP4_ERROR_TYPES:
             return Reason.INNER_ICMP_ERROR
-    return PTB(
-        4,
-        frame[l3 + 12 : l3 + 16],
-        frame[l3 + 16 : l3 + 20],
-        mtu,
-        frame[q + 12 : q + 16],
-        frame[q + 16 : q + 20],
-        qproto,
-        sport,
-        dport,
-        qtotal,
-        l3,
-        icmp,
-        frame,
+    # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level call.
+    return _new(
+        PTB,
+        (
+            4,
+            frame[l3 + 12 : l3 + 16],
+            frame[l3 + 16 : l3 + 20],
+            mtu,
+            frame[q + 12 : q + 16],
+            frame[q + 16 : q + 20],
+            qproto,
+            sport,
+            dport,
+            qtotal,
+            l3,
+            icmp,
+            frame,
+        ),
     )
 
 
@@ -167,68 +186,85 @@ def parse_ipv6(frame: bytes, l3: int) -> ParseResult:
     """Parse an IPv6 PTB starting at offset ``l3`` of ``frame``."""
     n = len(frame)
     if n < l3 + 40:
-        return Reason.TOO_SHORT
+        return _TOO_SHORT
     if frame[l3] >> 4 != 6:
         return Reason.BAD_IP
-    (plen,) = _U16(frame, l3 + 4)
+    plen = frame[l3 + 4] << 8 | frame[l3 + 5]
     if plen == 0:  # jumbogram or nonsense; a PTB is at most 1280 bytes
         return Reason.BAD_IP
     end = l3 + 40 + plen
     if end > n:
-        return Reason.TOO_SHORT
+        return _TOO_SHORT
     nh = frame[l3 + 6]
     off = l3 + 40
-    for _ in range(MAX_EXT_HEADERS + 1):
-        if nh == IPPROTO_ICMPV6:
-            break
-        if end - off < 8:
-            return Reason.TOO_SHORT if nh in _GENERIC_EXT or nh in (IPPROTO_FRAGMENT, IPPROTO_AH) else Reason.NOT_PTB
-        if nh in _GENERIC_EXT:
-            nh, off = frame[off], off + ((frame[off + 1] + 1) << 3)
-        elif nh == IPPROTO_FRAGMENT:
-            if _U16(frame, off + 2)[0] & 0xFFF9:  # offset != 0 or more fragments follow
-                return Reason.FRAGMENT
-            nh, off = frame[off], off + 8
-        elif nh == IPPROTO_AH:
-            nh, off = frame[off], off + ((frame[off + 1] + 2) << 2)
+    if nh != IPPROTO_ICMPV6:
+        for _ in range(MAX_EXT_HEADERS + 1):
+            if nh == IPPROTO_ICMPV6:
+                break
+            if end - off < 8:
+                return _TOO_SHORT if nh in _GENERIC_EXT or nh in (IPPROTO_FRAGMENT, IPPROTO_AH) else _NOT_PTB
+            if nh in _GENERIC_EXT:
+                nh, off = frame[off], off + ((frame[off + 1] + 1) << 3)
+            elif nh == IPPROTO_FRAGMENT:
+                if _U16(frame, off + 2)[0] & 0xFFF9:  # offset != 0 or more fragments follow
+                    return Reason.FRAGMENT
+                nh, off = frame[off], off + 8
+            elif nh == IPPROTO_AH:
+                nh, off = frame[off], off + ((frame[off + 1] + 2) << 2)
+            else:
+                return _NOT_PTB
         else:
-            return Reason.NOT_PTB
-    else:
-        return Reason.BAD_EXT_HEADER
+            return Reason.BAD_EXT_HEADER
     icmp = off
     if end - icmp < 8:
-        return Reason.TOO_SHORT
-    if frame[icmp] != ICMPV6_PKT_TOOBIG or frame[icmp + 1] != 0:
-        return Reason.NOT_PTB
+        return _TOO_SHORT
+    type_code, mtu = _TYPE_CODE_MTU6(frame, icmp)
+    if type_code != 0x0200:  # ICMPV6_PKT_TOOBIG, code 0
+        return _NOT_PTB
     # Checksum over the pseudo-header (src, dst, upper-layer length, next header) + message.
-    total = region_sum(frame, l3 + 8, l3 + 40) + (end - icmp) + IPPROTO_ICMPV6 + region_sum(frame, icmp, end)
+    if icmp == l3 + 40:
+        # No extension header: addresses and message are one contiguous region. The
+        # addresses are 32 bytes (an even length), so reading [src … end) as one number
+        # is congruent to adding the two parts (an odd message is padded by region_sum).
+        total = region_sum(frame, l3 + 8, end) + (end - icmp) + IPPROTO_ICMPV6
+    else:
+        total = region_sum(frame, l3 + 8, l3 + 40) + (end - icmp) + IPPROTO_ICMPV6 + region_sum(frame, icmp, end)
     if not verifies(total):
-        return Reason.BAD_CHECKSUM
-    (mtu,) = _U32(frame, icmp + 4)
+        return _BAD_CHECKSUM
 
     q = icmp + 8
     if end - q < 40:
         return Reason.SHORT_QUOTE
     if frame[q] >> 4 != 6:
         return Reason.BAD_INNER
-    (qplen,) = _U16(frame, q + 4)
-    proto, sport, dport = _quoted_ipv6_l4(frame, q, end)
-    if proto < 0:
-        return Reason.INNER_ICMP_ERROR
-    return PTB(
-        6,
-        frame[l3 + 8 : l3 + 24],
-        frame[l3 + 24 : l3 + 40],
-        mtu,
-        frame[q + 8 : q + 24],
-        frame[q + 24 : q + 40],
-        proto,
-        sport,
-        dport,
-        40 + qplen,
-        l3,
-        icmp,
-        frame,
+    qplen = frame[q + 4] << 8 | frame[q + 5]
+    proto = frame[q + 6]
+    if proto in PORT_PROTOCOLS:  # no quoted extension header: the common case
+        if end - q >= 44:
+            sport, dport = _PORTS(frame, q + 40)
+        else:
+            sport = dport = -1
+    else:
+        proto, sport, dport = _quoted_ipv6_l4(frame, q, end)
+        if proto < 0:
+            return Reason.INNER_ICMP_ERROR
+    return _new(
+        PTB,
+        (
+            6,
+            frame[l3 + 8 : l3 + 24],
+            frame[l3 + 24 : l3 + 40],
+            mtu,
+            frame[q + 8 : q + 24],
+            frame[q + 24 : q + 40],
+            proto,
+            sport,
+            dport,
+            40 + qplen,
+            l3,
+            icmp,
+            frame,
+        ),
     )
 
 

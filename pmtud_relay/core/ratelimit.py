@@ -51,7 +51,7 @@ class RateLimiter:
     Per-source state is two floats in a list to keep the per-packet cost low.
     """
 
-    __slots__ = ("source_rate", "source_burst", "capacity", "_sources", "_global", "evictions")
+    __slots__ = ("source_rate", "source_burst", "capacity", "_sources", "_global", "evictions", "source_drops")
 
     def __init__(
         self,
@@ -74,9 +74,17 @@ class RateLimiter:
         self._sources: OrderedDict[bytes, list[float]] = OrderedDict()
         self._global = TokenBucket(global_rate, global_burst, now)
         self.evictions = 0
+        #: PTBs dropped per source by its own bucket since :meth:`take_source_drops` (at most
+        #: one entry per source in the table): what the flood shunner looks at.
+        self.source_drops: dict[bytes, int] = {}
 
     def __len__(self) -> int:
         return len(self._sources)
+
+    def take_source_drops(self) -> dict[bytes, int]:
+        """Per-source drop counts since the previous call; starts counting afresh."""
+        drops, self.source_drops = self.source_drops, {}
+        return drops
 
     def check(self, source: bytes, now: float) -> Reason | None:
         """Spend one token from ``source``'s bucket and the global one, or say which is empty."""
@@ -95,6 +103,12 @@ class RateLimiter:
                 state[0] = tokens if tokens < burst else burst
                 state[1] = now
         if state[0] < 1.0:
+            drops = self.source_drops
+            n = drops.get(source)
+            if n is not None:
+                drops[source] = n + 1
+            elif len(drops) < self.capacity:  # bounded even if nobody takes the counts
+                drops[source] = 1
             return _LIMITED_SOURCE
         bucket = self._global  # TokenBucket.has_token, inlined (one call less per packet)
         tokens = bucket.tokens

@@ -47,6 +47,11 @@ class Reason(enum.Enum):
     def __str__(self) -> str:  # logfmt / JSON friendly
         return self.value
 
+    # Members are singletons compared by identity: hash them by identity too. Enum's own
+    # __hash__ is a Python-level function (hash of the name), and the relay's per-reason
+    # counters hash a Reason twice per packet.
+    __hash__ = object.__hash__
+
 
 PARSE_REASONS = frozenset(
     {

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core import ratelimit as _rl
+from pmtud_relay.core import shun as _shun
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC, build_copy
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import PACKET_HOST, Policy
@@ -31,6 +32,10 @@ class Decision(NamedTuple):
     ptb: PTB | None
     copy: bytes | None
 
+
+_new = tuple.__new__  # NamedTuple construction without its Python-level __new__
+_RELAYED = Reason.RELAYED
+_DUPLICATE = Reason.DUPLICATE
 
 #: Parser rejections carry no per-packet data: one shared Decision each.
 _PARSE_DROPS = {r: Decision(False, r, None, None) for r in Reason}
@@ -63,6 +68,7 @@ class Relay:
     def __init__(self, config: RelayConfig | None = None, now: float = 0.0):
         self.config = config or RelayConfig()
         self.counts: dict[Reason, int] = dict.fromkeys(Reason, 0)
+        self.shunner = _shun.Shunner(now=now)
         self._build_state(now)
 
     def _build_state(self, now: float) -> None:
@@ -102,6 +108,14 @@ class Relay:
                 now,
             )
 
+    def kernel_blocklist(self, now: float) -> frozenset[bytes] | None:
+        """Outer sources a capture adapter should drop in the kernel (see core/shun.py): the
+        new set when it changed, else None. Cheap enough to call once per batch."""
+        shunner = self.shunner
+        if not shunner.due(now):
+            return None
+        return shunner.update(self.limiter.take_source_drops(), now)
+
     def handle(self, frame: bytes, now: float, src_mac: bytes, pkttype: int = PACKET_HOST) -> Decision:
         """Decide about one received frame.
 
@@ -115,15 +129,18 @@ class Relay:
             return _PARSE_DROPS[ptb]
         reason = self.policy.check(ptb, pkttype)
         if reason is None:
-            key = _dedup.dedup_key(ptb)
-            if self.dedup.is_duplicate(key, now):
-                reason = Reason.DUPLICATE
+            # (mtu, inner src, inner dst, proto, sport, dport): one C-level slice of the
+            # record, equivalent to dedup_key() (the family is the length of the addresses).
+            key = ptb[3:9]
+            dedup = self.dedup
+            if dedup.is_duplicate(key, now):
+                reason = _DUPLICATE
             else:
                 reason = self.limiter.check(ptb.outer_src, now)
                 if reason is None:
-                    self.dedup.remember(key, now)
-                    self.counts[Reason.RELAYED] += 1
+                    dedup.remember(key, now)
+                    self.counts[_RELAYED] += 1
                     dst = BROADCAST_MAC if ptb.family == 4 else self._dst_v6
-                    return Decision(True, Reason.RELAYED, ptb, build_copy(frame, dst, src_mac))
+                    return _new(Decision, (True, _RELAYED, ptb, dst + src_mac + frame[12:]))  # frame.build_copy
         self.counts[reason] += 1
-        return Decision(False, reason, ptb, None)
+        return _new(Decision, (False, reason, ptb, None))

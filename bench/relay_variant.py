@@ -1,0 +1,15 @@
+"""Run pmtud-relay with its adapters as they were before the ring work, for A/B runs:
+one recvmsg() per captured frame and one send() per copy (``ring=False`` for both).
+
+    python bench/relay_variant.py run -i eth0 ...   (same arguments as ``pmtud-relay``)
+"""
+import runpy
+import sys
+
+import pmtud_relay.capture.afpacket as afpacket
+import pmtud_relay.emit.l2 as l2
+
+afpacket.PacketCapture.__init__.__defaults__ = afpacket.PacketCapture.__init__.__defaults__[:-1] + (False,)
+l2.L2Emitter.__init__.__defaults__ = (False,)
+sys.argv = ["pmtud_relay", *sys.argv[1:]]
+runpy.run_module("pmtud_relay", run_name="__main__", alter_sys=True)
