@@ -266,6 +266,10 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
             print(f"pmtud-relay: {exc}", file=sys.stderr)
             daemon.close()
             return 1
+    from pmtud_relay import privileges
+
+    # Every socket is open: keep only what re-binding and rule removal need (docs/security.md).
+    privileges.drop_after_setup(s.capture, s.manage_rules, log)
     try:
         run_event_loop(daemon.serve)
     except KeyboardInterrupt:

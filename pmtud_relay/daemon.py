@@ -13,13 +13,14 @@ import errno
 import functools
 import ipaddress
 import signal
+import socket
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Callable, TextIO
 
-from pmtud_relay import hostinfo, logs, metrics
+from pmtud_relay import hostinfo, linkwatch, logs, metrics
 from pmtud_relay.sdnotify import Notifier
 from pmtud_relay.capture.afpacket import PacketCapture
 from pmtud_relay.capture.nflog import DEFAULT_GROUP as NFLOG_DEFAULT_GROUP
@@ -89,6 +90,8 @@ class RelayDaemon:
         self.nflog = None  # the shared NflogCapture when settings.capture == "nflog"
         self.rules = None  # a RuleManager when settings.manage_rules
         self.peering = None  # a peering.PeerService when settings.peers
+        self.links = None  # a linkwatch.LinkWatcher (afpacket capture): re-binds interfaces that come back
+        self._waiting: set[str] = set()  # configured interfaces without an open port (down, deleted, renamed)
 
     # -- set-up ---------------------------------------------------------------
     def open(self) -> None:
@@ -99,6 +102,7 @@ class RelayDaemon:
                 nflog = self.nflog
                 self.stats.overrun_probes["nflog"] = metrics.delta_probe(lambda: nflog.overruns + nflog.lost)
             else:
+                self._open_links()  # first: no link event between opening a port and watching is lost
                 for ifname in self.settings.interfaces:
                     self._add_port(ifname)
             if self.settings.peers is not None:
@@ -113,7 +117,10 @@ class RelayDaemon:
         from pmtud_relay.capture.nflog import NflogCapture
 
         s = self.settings
-        self.nflog = NflogCapture(s.nflog_group, s.interfaces)
+        # NETLINK_NO_ENOBUFS: on overrun the kernel would flag a socket error, which libuv (uvloop)
+        # reports as fatal for the watcher: capture would stop for good. Losses are still
+        # counted exactly from the NFLOG sequence numbers (nflog_lost).
+        self.nflog = NflogCapture(s.nflog_group, s.interfaces, no_enobufs=True)
         for ifname in s.interfaces:
             self.ports.append(_Port(ifname, self._no_l2_emitter, capture=self.nflog.port(ifname)))
         if s.manage_rules:
@@ -152,6 +159,9 @@ class RelayDaemon:
         return port
 
     def close(self) -> None:
+        if self.links is not None:
+            self.links.close()
+            self.links = None
         if self.rules is not None:
             manager, self.rules = self.rules, None
             try:
@@ -177,6 +187,7 @@ class RelayDaemon:
         try:
             batch = port.capture.drain()
             if not batch:
+                self._idle_wakeup(port)  # cold path: maybe the socket's error (link down) woke us
                 return
             now = self.clock()
             started = time.perf_counter()
@@ -211,6 +222,17 @@ class RelayDaemon:
                 err = emitter.flush()
                 if err:
                     self._send_error(err, ifname)
+            # Sources flooding far past their bucket are dropped in the kernel for a while
+            # (core/shun.py decides, AF_PACKET captures apply it; NFLOG has its own limits).
+            blocked = self.relay.kernel_blocklist(now)
+            if blocked is not None:
+                for other in self.ports:
+                    set_blocked = getattr(other.capture, "set_blocked", None)
+                    if set_blocked is not None:
+                        set_blocked(blocked)
+                self.log.warning("flood_sources_dropped_in_kernel", extra={"kv": {
+                    "sources": ",".join(sorted(str(ipaddress.ip_address(b)) for b in blocked)) or "none",
+                    "count": len(blocked)}})
             self.stats.latency.observe(time.perf_counter() - started)
         except Exception:  # never let one bad frame or a bug kill the daemon
             self.internal_errors += 1
@@ -242,6 +264,83 @@ class RelayDaemon:
             self._last_error_log = now
             self.log.error(what, exc_info=True, extra={"kv": {"interface": ifname, "total": self.internal_errors}})
 
+    # -- interfaces that go away and come back (docs/operations.md) -------------
+    def _open_links(self) -> None:
+        try:
+            self.links = linkwatch.LinkWatcher()
+        except OSError as exc:  # no rtnetlink (a very unusual sandbox): run on, without re-binding
+            self.log.warning("link_events_unavailable", extra={"kv": {"error": exc.strerror or str(exc)}})
+
+    def _on_link_events(self) -> None:
+        """Link events, in order: let go of a port whose interface went down, was deleted or
+        renamed away; then bind every configured name that is (back) up."""
+        try:
+            events, overrun = self.links.read()
+            touched: set[str] = set()
+            for ev in events:
+                for port in list(self.ports):
+                    if ev.index == port.capture.ifindex and (ev.deleted or not ev.up or ev.name != port.ifname):
+                        why = "deleted" if ev.deleted else ("down" if not ev.up else f"renamed to {ev.name}")
+                        self._drop_port(port, why)
+                if ev.name is not None and ev.name in self._waiting:
+                    touched.add(ev.name)
+            if overrun:  # events were lost (a flap among them may have cost a port its reader): re-open all
+                for port in list(self.ports):
+                    self._drop_port(port, "link events lost")
+                touched.update(self._waiting)
+            for ifname in sorted(touched):
+                self._reconcile(ifname)
+        except Exception:
+            self.internal_errors += 1
+            self.stats.internal_errors += 1
+            self._rate_limited_error("link_event_error", "-")
+
+    def _idle_wakeup(self, port: _Port) -> None:
+        """A wake-up with no frame. When the interface went down the kernel flags the capture
+        socket with ENETDOWN (the event loop sees an error, not data): read and clear it, let go
+        of the port and bind again as soon as the name is up (right away if it already is)."""
+        if self.links is None or port not in self.ports:
+            return
+        try:
+            err = port.capture.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            err = exc.errno or errno.EBADF
+        if err:
+            self._drop_port(port, errno.errorcode.get(err, str(err)))
+            self._reconcile(port.ifname)
+
+    def _drop_port(self, port: _Port, why: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.remove_reader(port.capture.fileno())
+        except (OSError, ValueError):
+            pass
+        self.stats.overrun_probes.pop(port.ifname, None)
+        self.ports.remove(port)
+        port.close()
+        self._waiting.add(port.ifname)
+        self.log.warning("interface_lost", extra={"kv": {"interface": port.ifname, "reason": why}})
+
+    def _reconcile(self, ifname: str) -> None:
+        """Bind ``ifname`` if an interface of that name is up and no port serves it."""
+        if ifname not in self._waiting or any(p.ifname == ifname for p in self.ports):
+            return
+        state = self.links.state(ifname)
+        if state is None or not state[1]:
+            return
+        try:
+            port = self._add_port(ifname)
+        except OSError as exc:  # gone again, or no longer permitted: the next event retries
+            self.log.warning("interface_bind_failed", extra={"kv": {"interface": ifname, "error": exc.strerror or str(exc)}})
+            return
+        self._waiting.discard(ifname)
+        held = self.relay.shunner.held
+        set_blocked = getattr(port.capture, "set_blocked", None)
+        if held and set_blocked is not None:  # a new socket starts with no kernel drops: re-apply them
+            set_blocked(held)
+        asyncio.get_running_loop().add_reader(port.capture.fileno(), self._on_readable, port)
+        self.log.info("interface_bound", extra={"kv": {"interface": ifname, "ifindex": port.capture.ifindex}})
+
     # -- reload (SIGHUP) -------------------------------------------------------
     def reload(self) -> bool:
         """Load the configuration again and apply what can change live, between two batches
@@ -272,7 +371,7 @@ class RelayDaemon:
         self.relay.reconfigure(relay_config, self.clock())
         self.settings = replace(self.settings, relay=relay_config, discover_vips=discover,
                                 vip_refresh=new.vip_refresh, summary_interval=new.summary_interval,
-                                interfaces=tuple(p.ifname for p in self.ports))
+                                interfaces=tuple(p.ifname for p in self.ports) + tuple(sorted(self._waiting)))
         if new.log_format != old.log_format:
             logs.setup(new.log_level, new.log_format)
         elif new.log_level != old.log_level:
@@ -297,7 +396,7 @@ class RelayDaemon:
         added = []
         try:
             for ifname in wanted:
-                if ifname not in current:
+                if ifname not in current and ifname not in self._waiting:
                     added.append(self._add_port(ifname))
         except OSError as exc:
             for port in added:
@@ -307,6 +406,7 @@ class RelayDaemon:
             return f"{ifname}: {exc.strerror or exc}"
         for port in added:
             loop.add_reader(port.capture.fileno(), self._on_readable, port)
+        self._waiting &= set(wanted)
         for ifname, port in current.items():
             if ifname not in wanted:
                 loop.remove_reader(port.capture.fileno())
@@ -391,6 +491,10 @@ class RelayDaemon:
         server = None
         if self.metrics_sock is not None:
             registry = metrics.build_registry(self.stats, lambda: self.relay, logs.dropped)
+            if self.peering is not None:
+                from pmtud_relay.peermetrics import PeerCollector
+
+                registry.register(PeerCollector(lambda: self.peering))
             server = metrics.MetricsServer(registry, ready=lambda: self.stats.ready)
             await server.start(self.metrics_sock)
         tasks = []
@@ -402,6 +506,11 @@ class RelayDaemon:
         else:
             for port in self.ports:
                 loop.add_reader(port.capture.fileno(), self._on_readable, port)
+        if self.links is not None:
+            loop.add_reader(self.links.fileno(), self._on_link_events)
+            for port in list(self.ports):  # bound while down: its socket carries ENETDOWN until up
+                if self.links.state(port.ifname) != (port.capture.ifindex, True):
+                    self._drop_port(port, "down")
         tasks.append(asyncio.create_task(self._summary_loop()))
         if self.notifier.watchdog_interval:
             tasks.append(asyncio.create_task(self._watchdog_loop(self.notifier.watchdog_interval)))
@@ -436,6 +545,8 @@ class RelayDaemon:
             else:
                 for port in self.ports:
                     loop.remove_reader(port.capture.fileno())
+            if self.links is not None:
+                loop.remove_reader(self.links.fileno())
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -211,10 +211,15 @@ class ReplayCache:
         return len(self._seen)
 
     def expire(self, horizon_ms: int) -> None:
-        """Forget nonces stamped before ``horizon_ms`` (they are refused as stale anyway)."""
+        """Forget nonces stamped before ``horizon_ms`` (they are refused as stale anyway) and
+        raise the floor to them: should the wall clock step back later, a forgotten message is
+        still refused instead of becoming fresh, and first-time, again."""
         heap, seen = self._heap, self._seen
         while heap and heap[0][0] < horizon_ms:
-            seen.discard(heapq.heappop(heap)[1])
+            stamp, nonce = heapq.heappop(heap)
+            seen.discard(nonce)
+            if stamp > self.floor:
+                self.floor = stamp
 
     def seen(self, nonce: bytes, stamp_ms: int) -> bool:
         return stamp_ms <= self.floor or nonce in self._seen

@@ -1,0 +1,159 @@
+"""Link events from the kernel, so the daemon can re-bind when an interface comes back.
+
+A plain ``AF_NETLINK``/``NETLINK_ROUTE`` socket subscribed to ``RTMGRP_LINK``, registered with
+the daemon's event loop like a capture socket: no thread, no second event loop (pyroute2's
+synchronous ``IPRoute`` runs one of its own), no extra dependency, and joining the group needs
+no privilege. The kernel multicasts an ``RTM_NEWLINK`` for every change of a link (up, down,
+rename, carrier, MTU) and an ``RTM_DELLINK`` when one is deleted; only the ``ifinfomsg``
+header (index, flags) and the ``IFLA_IFNAME`` attribute are read.
+
+:func:`parse_link_messages` is total: for any bytes it returns the events it could read and
+never raises (fuzzed in ``tests/test_linkwatch.py``). Only messages from the kernel (netlink
+port id 0) are accepted; sending to the group needs CAP_NET_ADMIN anyway.
+
+The *configured name* is what counts (docs/operations.md, "Interfaces that go away"): the
+daemon binds to whichever interface carries that name while it is up, and lets go of it when
+it goes down, is deleted or is renamed away.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import socket
+import struct
+from typing import NamedTuple
+
+NETLINK_ROUTE = 0
+RTMGRP_LINK = 1
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+IFLA_IFNAME = 3
+IFF_UP = 0x1
+IFNAMSIZ = 16
+SIOCGIFFLAGS = 0x8913
+SIOCGIFINDEX = 0x8933
+
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_RTATTR = struct.Struct("=HH")  # len, type
+_IFREQ_FLAGS = struct.Struct("16sh22x")  # struct ifreq: name, ifr_flags (union padded to 24)
+_IFREQ_INDEX = struct.Struct("16si20x")  # struct ifreq: name, ifr_ifindex; 40 bytes in all
+RCVBUF = 1 << 20
+
+
+class LinkEvent(NamedTuple):
+    deleted: bool  # RTM_DELLINK
+    index: int
+    name: str | None  # IFLA_IFNAME, None when absent or not text
+    up: bool  # IFF_UP (administratively up)
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def parse_link_messages(data: bytes) -> list[LinkEvent]:
+    """The RTM_NEWLINK/RTM_DELLINK events in one datagram. Never raises; stops at the first
+    message whose length is inconsistent."""
+    events: list[LinkEvent] = []
+    n = len(data)
+    off = 0
+    while n - off >= _NLMSGHDR.size:
+        length, kind = _NLMSGHDR.unpack_from(data, off)[:2]
+        if length < _NLMSGHDR.size or length > n - off:
+            break
+        end = off + length
+        body = off + _NLMSGHDR.size
+        if kind in (RTM_NEWLINK, RTM_DELLINK) and end - body >= _IFINFOMSG.size:
+            _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, body)
+            name = None
+            a = body + _IFINFOMSG.size
+            while end - a >= _RTATTR.size:
+                alen, akind = _RTATTR.unpack_from(data, a)
+                if alen < _RTATTR.size or alen > end - a:
+                    break
+                if akind & 0x3FFF == IFLA_IFNAME:
+                    raw = bytes(data[a + _RTATTR.size : a + alen]).split(b"\0", 1)[0]
+                    if 0 < len(raw) < IFNAMSIZ:
+                        try:
+                            name = raw.decode("ascii")
+                        except UnicodeDecodeError:
+                            name = None
+                a += _align(alen)
+            events.append(LinkEvent(kind == RTM_DELLINK, index, name, bool(flags & IFF_UP)))
+        off += _align(length)
+    return events
+
+
+class LinkWatcher:
+    """The subscribed netlink socket (non-blocking). ``read()`` drains it."""
+
+    def __init__(self) -> None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                             NETLINK_ROUTE)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            except OSError:
+                pass
+            sock.bind((0, RTMGRP_LINK))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.overruns = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self, limit: int = 256) -> tuple[list[LinkEvent], bool]:
+        """(events, overrun): every queued event; ``overrun`` when the kernel dropped some
+        (ENOBUFS), after which the caller must look at every link it cares about again."""
+        events: list[LinkEvent] = []
+        overrun = False
+        for _ in range(limit):
+            try:
+                data, addr = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    overrun = True
+                    self.overruns += 1
+                    continue
+                raise
+            if addr[0] != 0:  # not from the kernel
+                continue
+            events.extend(parse_link_messages(data))
+        return events, overrun
+
+    def state(self, name: str) -> tuple[int, bool] | None:
+        """(ifindex, administratively up) of the interface called ``name`` now, or None."""
+        return link_state(name, self.sock)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def link_state(name: str, sock: socket.socket | None = None) -> tuple[int, bool] | None:
+    """(ifindex, IFF_UP) of ``name`` from two ioctls (any socket of this network namespace
+    will do), or None when no interface has that name."""
+    raw = name.encode("ascii", "replace")
+    if not 0 < len(raw) < IFNAMSIZ:
+        return None
+    own = sock is None
+    if own:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    try:
+        try:
+            index = _IFREQ_INDEX.unpack(fcntl.ioctl(sock, SIOCGIFINDEX, _IFREQ_INDEX.pack(raw, 0)))[1]
+            flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, _IFREQ_FLAGS.pack(raw, 0)))[1]
+        except OSError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENXIO):
+                return None
+            raise
+        return index, bool(flags & IFF_UP)
+    finally:
+        if own:
+            sock.close()

@@ -1,0 +1,182 @@
+"""linkwatch: the rtnetlink link-event parser (total on hostile bytes) and privileges.needed()."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pmtud_relay import linkwatch as L
+from pmtud_relay import privileges as P
+
+
+def attr(kind: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return struct.pack("=HH", n, kind) + payload + b"\0" * (-n % 4)
+
+
+def link_msg(kind: int, index: int, flags: int, name: bytes | None, extra: bytes = b"") -> bytes:
+    body = struct.pack("=BxHiII", 0, 1, index, flags, 0xFFFFFFFF)
+    if name is not None:
+        body += attr(L.IFLA_IFNAME, name + b"\0")
+    body += extra
+    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+
+
+def test_new_and_deleted_links():
+    data = (link_msg(L.RTM_NEWLINK, 3, 0x1003, b"eth0", attr(4, b"\0\0\x05\xdc"))
+            + link_msg(L.RTM_NEWLINK, 3, 0x1002, b"eth0")
+            + link_msg(L.RTM_DELLINK, 4, 0, b"v1"))
+    assert L.parse_link_messages(data) == [
+        L.LinkEvent(False, 3, "eth0", True),
+        L.LinkEvent(False, 3, "eth0", False),
+        L.LinkEvent(True, 4, "v1", False),
+    ]
+
+
+def test_other_messages_and_odd_names_are_skipped_or_nameless():
+    route = struct.pack("=IHHII", 28, 24, 0, 0, 0) + b"\0" * 12  # RTM_NEWROUTE
+    too_long = link_msg(L.RTM_NEWLINK, 5, 1, b"x" * 16)
+    not_ascii = link_msg(L.RTM_NEWLINK, 6, 1, "é".encode())
+    nameless = link_msg(L.RTM_NEWLINK, 7, 1, None)
+    events = L.parse_link_messages(route + too_long + not_ascii + nameless)
+    assert events == [L.LinkEvent(False, 5, None, True), L.LinkEvent(False, 6, None, True),
+                      L.LinkEvent(False, 7, None, True)]
+
+
+def test_a_bad_length_stops_the_walk_but_keeps_what_came_before():
+    good = link_msg(L.RTM_NEWLINK, 3, 1, b"eth0")
+    bad = struct.pack("=IHHII", 9999, L.RTM_NEWLINK, 0, 0, 0)
+    assert L.parse_link_messages(good + bad + good) == [L.LinkEvent(False, 3, "eth0", True)]
+    assert L.parse_link_messages(good[:-1]) == []
+
+
+@settings(max_examples=2000, deadline=None, database=None)
+@given(st.binary(max_size=600))
+def test_parser_is_total_on_arbitrary_bytes(data):
+    for ev in L.parse_link_messages(data):
+        assert ev.name is None or (0 < len(ev.name) < 16 and ev.name.isascii())
+
+
+@settings(max_examples=2000, deadline=None, database=None)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+       st.integers(0, 3))
+def test_parser_is_total_on_mutated_messages(flips, cut):
+    data = bytearray(link_msg(L.RTM_NEWLINK, 3, 1, b"eth0", attr(4, b"\0\0\x05\xdc"))
+                     + link_msg(L.RTM_DELLINK, 4, 0, b"v1"))
+    for at, value in flips:
+        if at < len(data):
+            data[at] = value
+    L.parse_link_messages(bytes(data[: len(data) - cut * 7]))
+
+
+def test_link_state_of_loopback_and_of_nothing():
+    index, up = L.link_state("lo")
+    assert index >= 1 and up
+    assert L.link_state("pmr-no-such0") is None
+    assert L.link_state("") is None and L.link_state("x" * 16) is None
+
+
+def test_capabilities_kept_after_setup():
+    assert P.needed("afpacket", False) == 1 << P.CAP_NET_RAW
+    assert P.needed("nflog", False) == 1 << P.CAP_NET_RAW | 1 << P.CAP_NET_ADMIN
+    assert P.needed("afpacket", True) == 1 << P.CAP_NET_RAW | 1 << P.CAP_NET_ADMIN
+    assert P.describe(P.needed("nflog", True)) == "CAP_NET_ADMIN,CAP_NET_RAW"
+
+
+# --- the daemon's reactions, with a fake watcher and fake ports (no kernel) --------------------------
+import asyncio  # noqa: E402
+import socket  # noqa: E402
+
+from pmtud_relay.core.relay import RelayConfig  # noqa: E402
+from pmtud_relay.daemon import DaemonSettings, RelayDaemon, _Port  # noqa: E402
+
+
+class _Capture:
+    def __init__(self, ifindex):
+        self.sock, self._peer = socket.socketpair()
+        self.ifindex = ifindex
+        self.closed = False
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def drain(self):
+        return []
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+        self._peer.close()
+
+
+class _Links:
+    def __init__(self):
+        self.events, self.overrun, self.links = [], False, {"eth0": (7, True)}
+
+    def read(self):
+        events, self.events = self.events, []
+        overrun, self.overrun = self.overrun, False
+        return events, overrun
+
+    def state(self, name):
+        return self.links.get(name)
+
+
+def _daemon(monkeypatch):
+    d = RelayDaemon(DaemonSettings(interfaces=("eth0",), relay=RelayConfig(), discover_vips=False))
+    d.links = _Links()
+
+    def add_port(ifname):
+        port = _Port.__new__(_Port)
+        port.ifname, port.emitter, port.mac = ifname, None, b"\0" * 6
+        port.capture = _Capture(d.links.links[ifname][0])
+        d.ports.append(port)
+        return port
+
+    monkeypatch.setattr(d, "_add_port", add_port)
+    add_port("eth0")
+    return d
+
+
+def test_down_up_delete_rename_and_lost_events(monkeypatch):
+    async def scenario():
+        d = _daemon(monkeypatch)
+        loop = asyncio.get_running_loop()
+        first = d.ports[0]
+        loop.add_reader(first.capture.fileno(), d._on_readable, first)
+        # down: let go
+        d.links.links["eth0"] = (7, False)
+        d.links.events = [L.LinkEvent(False, 7, "eth0", False)]
+        d._on_link_events()
+        assert d.ports == [] and d._waiting == {"eth0"} and first.capture.closed
+        # up: bound again
+        d.links.links["eth0"] = (7, True)
+        d.links.events = [L.LinkEvent(False, 7, "eth0", True)]
+        d._on_link_events()
+        assert [p.ifname for p in d.ports] == ["eth0"] and not d._waiting
+        # renamed away (and up again under the other name): let go, not followed
+        d.links.links = {"other": (7, True)}
+        d.links.events = [L.LinkEvent(False, 7, "other", True)]
+        d._on_link_events()
+        assert d.ports == [] and d._waiting == {"eth0"}
+        # a new interface takes the name
+        d.links.links["eth0"] = (9, True)
+        d.links.events = [L.LinkEvent(False, 9, "eth0", True)]
+        d._on_link_events()
+        assert d.ports[0].capture.ifindex == 9
+        # events lost: every port is opened afresh
+        before = d.ports[0]
+        d.links.overrun = True
+        d._on_link_events()
+        assert before.capture.closed and len(d.ports) == 1 and d.ports[0] is not before
+        # a deleted interface of another name changes nothing
+        d.links.events = [L.LinkEvent(True, 3, "eth9", False)]
+        d._on_link_events()
+        assert len(d.ports) == 1 and d.internal_errors == 0
+        for p in d.ports:
+            loop.remove_reader(p.capture.fileno())
+            p.close()
+
+    asyncio.run(scenario())
