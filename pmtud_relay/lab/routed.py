@@ -28,6 +28,7 @@ Everything else (lifecycle, processes, transfers, PMTU queries, teardown) is
 from __future__ import annotations
 
 import json
+import time
 
 from .topology import (
     CLIENT4, CLIENT6, CLIENT_MTU, ICMP_TABLE, ROUTER_CLIENT4, ROUTER_CLIENT6, ROUTER_CLIENT_MTU,
@@ -112,6 +113,13 @@ class RoutedLab(Lab):
         s = self.server(server)
         if not up:
             self.ip(s.name, "link", "set", s.iface, "down")
+            # Carrier loss reaches the router's end through the kernel's link watch, which may
+            # lag; until the nexthop is marked linkdown a new flow can still hash to it.
+            deadline = time.monotonic() + timeout
+            while "linkdown" not in self.ip("router", "route", "show", f"{self.vip(4)}/32").stdout:
+                if time.monotonic() > deadline:
+                    raise LabError(f"router never marked the nexthop via {s.name} linkdown")
+                time.sleep(0.02)
             return
         self.ip(s.name, "link", "set", s.iface, "up")
         self._server_routes(s)
