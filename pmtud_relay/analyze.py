@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterator
 
+from pmtud_relay import argtypes
 from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.core.frame import parse_mac
@@ -636,57 +637,6 @@ def render_text(res: dict, top: int = 10) -> str:
 # --- command line ----------------------------------------------------------------------------
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _burst(text: str) -> float:
-    value = _positive_float(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"port must be within 1..65535, got {text}")
-    return value
-
-
-def _prefix(text: str):
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address or prefix: {text!r}") from None
-
-
 def _mac(text: str) -> bytes:
     try:
         return parse_mac(text)
@@ -697,13 +647,13 @@ def _mac(text: str) -> bytes:
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="capture file: pcap or pcapng (gzip-compressed is fine)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    p.add_argument("--top", type=_positive_int, default=10, metavar="N",
+    p.add_argument("--top", type=argtypes.positive_int, default=10, metavar="N",
                    help="rows per table and inner flows listed (default %(default)s)")
     p.add_argument("--list", action="store_true", dest="list_decisions",
                    help="also list every PTB decision (text: logfmt lines; JSON: a 'decisions' array)")
     g = p.add_argument_group("service addresses (one of these is required)")
     vg = g.add_mutually_exclusive_group(required=True)
-    vg.add_argument("--vip", action="append", type=_prefix, dest="vips", metavar="PREFIX",
+    vg.add_argument("--vip", action="append", type=argtypes.prefix, dest="vips", metavar="PREFIX",
                     help="service address or prefix (repeatable), as for run")
     vg.add_argument("--assume-vips", action="store_true",
                     help="treat every quoted source as a VIP (no not_vip drops: use only to see what the "
@@ -715,25 +665,25 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="lowest IPv6 MTU relayed (default %(default)s)")
     g.add_argument("--protocol", action="append", dest="protocols", metavar="NAME",
                    help="relay only PTBs quoting this protocol: tcp, udp, sctp, udplite, icmp or a number (repeatable)")
-    g.add_argument("--port", action="append", type=_port, dest="ports", metavar="PORT",
+    g.add_argument("--port", action="append", type=argtypes.port, dest="ports", metavar="PORT",
                    help="relay only PTBs quoting this source (service) port (repeatable)")
     g.add_argument("--host-mac", action="append", type=_mac, dest="host_macs", metavar="MAC",
                    help="MAC(s) of the capturing host: Ethernet frames from it count as its own, frames to "
                         "other unicast MACs as seen promiscuously (default: every unicast frame is for this host)")
     g = p.add_argument_group("dedup and rate limits (as for run)")
-    g.add_argument("--dedup-window", type=_non_negative_float, default=_dedup.DEFAULT_WINDOW, metavar="SECONDS",
+    g.add_argument("--dedup-window", type=argtypes.non_negative_float, default=_dedup.DEFAULT_WINDOW, metavar="SECONDS",
                    help="relay the same (flow, MTU) once per window (default %(default)s)")
-    g.add_argument("--dedup-capacity", type=_positive_int, default=_dedup.DEFAULT_CAPACITY, metavar="KEYS",
+    g.add_argument("--dedup-capacity", type=argtypes.positive_int, default=_dedup.DEFAULT_CAPACITY, metavar="KEYS",
                    help="dedup table size (default %(default)s)")
-    g.add_argument("--source-rate", type=_positive_float, default=_rl.DEFAULT_SOURCE_RATE, metavar="PPS",
+    g.add_argument("--source-rate", type=argtypes.positive_float, default=_rl.DEFAULT_SOURCE_RATE, metavar="PPS",
                    help="PTBs per second relayed per sending router (default %(default)s)")
-    g.add_argument("--source-burst", type=_burst, default=_rl.DEFAULT_SOURCE_BURST, metavar="N",
+    g.add_argument("--source-burst", type=argtypes.burst, default=_rl.DEFAULT_SOURCE_BURST, metavar="N",
                    help="per-source burst (default %(default)s)")
-    g.add_argument("--global-rate", type=_positive_float, default=_rl.DEFAULT_GLOBAL_RATE, metavar="PPS",
+    g.add_argument("--global-rate", type=argtypes.positive_float, default=_rl.DEFAULT_GLOBAL_RATE, metavar="PPS",
                    help="PTBs per second relayed in total (default %(default)s)")
-    g.add_argument("--global-burst", type=_burst, default=_rl.DEFAULT_GLOBAL_BURST, metavar="N",
+    g.add_argument("--global-burst", type=argtypes.burst, default=_rl.DEFAULT_GLOBAL_BURST, metavar="N",
                    help="global burst (default %(default)s)")
-    g.add_argument("--source-capacity", type=_positive_int, default=_rl.DEFAULT_SOURCE_CAPACITY, metavar="N",
+    g.add_argument("--source-capacity", type=argtypes.positive_int, default=_rl.DEFAULT_SOURCE_CAPACITY, metavar="N",
                    help="sources tracked by the per-source limiter (default %(default)s)")
     p.set_defaults(handler=main)
     return p

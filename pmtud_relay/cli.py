@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import ipaddress
 import sys
 
-from pmtud_relay import __version__, analyze, doctor, labcmd, logs
+from pmtud_relay import __version__, argtypes, analyze, doctor, labcmd, logs
 from pmtud_relay import config as cfg
-from pmtud_relay.core import dedup, policy as pol, ratelimit as rl
-from pmtud_relay.core.policy import Policy, VipSet, protocol_numbers
+from pmtud_relay.core import ratelimit as rl
 from pmtud_relay.core.relay import RelayConfig
 
 EXIT_CONFIG = 2
@@ -18,53 +16,6 @@ EXIT_PRIVILEGE = 77  # sysexits EX_NOPERM
 
 
 ConfigError = cfg.ConfigError
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"port must be within 1..65535, got {text}")
-    return value
-
-
-def _prefix(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address or prefix: {text!r}") from None
 
 
 def _add_relay_options(p: argparse.ArgumentParser) -> None:
@@ -110,10 +61,10 @@ def _add_rules_parser(sub) -> None:
     rules.add_argument("--nflog-group", type=_group, default=DEFAULT_GROUP, metavar="N",
                        help="NFLOG group (default %(default)s)")
     g = rules.add_argument_group("limits (the userspace limits; the in-kernel ones are twice these)")
-    g.add_argument("--source-rate", type=_positive_float, default=rl.DEFAULT_SOURCE_RATE, metavar="PPS")
-    g.add_argument("--source-burst", type=_positive_float, default=rl.DEFAULT_SOURCE_BURST, metavar="N")
-    g.add_argument("--global-rate", type=_positive_float, default=rl.DEFAULT_GLOBAL_RATE, metavar="PPS")
-    g.add_argument("--global-burst", type=_positive_float, default=rl.DEFAULT_GLOBAL_BURST, metavar="N")
+    g.add_argument("--source-rate", type=argtypes.positive_float, default=rl.DEFAULT_SOURCE_RATE, metavar="PPS")
+    g.add_argument("--source-burst", type=argtypes.burst, default=rl.DEFAULT_SOURCE_BURST, metavar="N")
+    g.add_argument("--global-rate", type=argtypes.positive_float, default=rl.DEFAULT_GLOBAL_RATE, metavar="PPS")
+    g.add_argument("--global-burst", type=argtypes.burst, default=rl.DEFAULT_GLOBAL_BURST, metavar="N")
 
 
 def _rules_command(args: argparse.Namespace) -> int:

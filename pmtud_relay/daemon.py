@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from pmtud_relay import hostinfo, linkwatch, logs, metrics
 from pmtud_relay.sdnotify import Notifier
@@ -29,6 +29,9 @@ from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Decision, Relay, RelayConfig
 from pmtud_relay.emit.l2 import L2Emitter
 from pmtud_relay.report import decision_record, logfmt, to_json
+
+if TYPE_CHECKING:
+    from pmtud_relay.peering import PeerSettings
 
 
 @dataclass(frozen=True)

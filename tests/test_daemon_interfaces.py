@@ -4,7 +4,6 @@ unchanged but for the MAC addresses. Real kernel, inside namespaces this test cr
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time

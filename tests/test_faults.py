@@ -18,7 +18,6 @@ import os
 import re
 import secrets
 import select
-import signal
 import socket
 import subprocess
 import sys

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.core import shun as _shun
-from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC, build_copy
+from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import PACKET_HOST, Policy
 from pmtud_relay.core.reasons import Reason
