@@ -30,10 +30,7 @@ from __future__ import annotations
 import json
 import time
 
-from .topology import (
-    CLIENT4, CLIENT6, CLIENT_MTU, ICMP_TABLE, ROUTER_CLIENT4, ROUTER_CLIENT6, ROUTER_CLIENT_MTU,
-    SERVER_MTU, VIP4, VIP6, Lab, LabError, Server, _run, family_of, list_netns, server_mac,
-)
+from .topology import SERVER_MTU, VIP4, VIP6, Lab, LabError, Server, family_of, server_mac
 
 MAX_ROUTED_SERVERS = 15  # /28s of 198.51.100.0/24, the last one kept spare
 
@@ -134,51 +131,22 @@ class RoutedLab(Lab):
         self.ip(s.name, "-6", "route", "replace", "default", "via", router_link6(s.index))
 
     # -- build ---------------------------------------------------------------------------------
+    def _base_sysctls(self) -> dict[str, object]:
+        # keep IPv6 addresses while a link is down, so set_server_link(up) finds them
+        return {**super()._base_sysctls(),
+                "net.ipv6.conf.all.keep_addr_on_down": 1, "net.ipv6.conf.default.keep_addr_on_down": 1}
+
+    def _router_sysctls(self) -> dict[str, object]:
+        # a server whose link is down drops out of the ECMP set
+        return {**super()._router_sysctls(),
+                "net.ipv4.conf.all.ignore_routes_with_linkdown": 1,
+                "net.ipv4.conf.default.ignore_routes_with_linkdown": 1,
+                "net.ipv6.conf.all.ignore_routes_with_linkdown": 1,
+                "net.ipv6.conf.default.ignore_routes_with_linkdown": 1}
+
     def _build(self) -> None:
-        existing = set(list_netns())
-        for node, ns in self._nodes.items():
-            if ns in existing:
-                raise LabError(f"namespace {ns} already exists")
-            _run(["ip", "netns", "add", ns])
-            self._created.append(ns)
-
-        base = {
-            "net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0,
-            "net.ipv6.conf.all.dad_transmits": 0, "net.ipv6.conf.default.dad_transmits": 0,
-            "net.ipv6.conf.all.accept_ra": 0, "net.ipv6.conf.default.accept_ra": 0,
-            # keep IPv6 addresses while a link is down, so set_server_link(up) finds them
-            "net.ipv6.conf.all.keep_addr_on_down": 1, "net.ipv6.conf.default.keep_addr_on_down": 1,
-            "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
-        }
-        for node in self._nodes:
-            self.sysctl(node, base)
-            self.ip(node, "link", "set", "lo", "up")
-
-        self.sysctl("router", {
-            "net.ipv4.ip_forward": 1,
-            "net.ipv6.conf.all.forwarding": 1,
-            "net.ipv4.fib_multipath_hash_policy": 1,
-            "net.ipv6.fib_multipath_hash_policy": 1,
-            # a server whose link is down drops out of the ECMP set
-            "net.ipv4.conf.all.ignore_routes_with_linkdown": 1,
-            "net.ipv4.conf.default.ignore_routes_with_linkdown": 1,
-            "net.ipv6.conf.all.ignore_routes_with_linkdown": 1,
-            "net.ipv6.conf.default.ignore_routes_with_linkdown": 1,
-        })
-
-        # client <-> router (asymmetric MTU: the router's PTBs)
-        self.ip("router", "link", "add", "cl0", "address", "02:00:00:00:01:01",
-                "mtu", str(ROUTER_CLIENT_MTU), "type", "veth", "peer", "name", "eth0",
-                "address", "02:00:00:00:01:02", "mtu", str(CLIENT_MTU),
-                "netns", self.ns_client)
-        self.ip("client", "addr", "add", f"{CLIENT4}/24", "dev", "eth0")
-        self.ip("client", "addr", "add", f"{CLIENT6}/64", "dev", "eth0", "nodad")
-        self.ip("client", "link", "set", "eth0", "up")
-        self.ip("client", "route", "add", "default", "via", ROUTER_CLIENT4)
-        self.ip("client", "-6", "route", "add", "default", "via", ROUTER_CLIENT6)
-        self.ip("router", "addr", "add", f"{ROUTER_CLIENT4}/24", "dev", "cl0")
-        self.ip("router", "addr", "add", f"{ROUTER_CLIENT6}/64", "dev", "cl0", "nodad")
-        self.ip("router", "link", "set", "cl0", "up")
+        self._prepare_nodes()
+        self._build_client_link()
 
         # one point-to-point subnet per server
         for s in self.servers:
@@ -201,33 +169,9 @@ class RoutedLab(Lab):
             self.sysctl(s.name, {f"net.ipv4.conf.{s.iface}.rp_filter": self.rp_filter})
             self._server_routes(s)
 
-        self._neigh("client", "eth0", ROUTER_CLIENT4, ROUTER_CLIENT6, "02:00:00:00:01:01")
-        self._neigh("router", "cl0", CLIENT4, CLIENT6, "02:00:00:00:01:02")
         for s in self.servers:
             self._neigh("router", s.bridge_port, s.ipv4, s.ipv6, s.mac)
-
-        # L4 ECMP to the VIP over every server ...
-        hops4: list[str] = []
-        hops6: list[str] = []
-        for s in self.servers:
-            hops4 += ["nexthop", "via", s.ipv4, "dev", s.bridge_port]
-            hops6 += ["nexthop", "via", s.ipv6, "dev", s.bridge_port]
-        if len(self.servers) == 1:
-            s = self.servers[0]
-            self.ip("router", "route", "add", f"{VIP4}/32", "via", s.ipv4, "dev", s.bridge_port)
-            self.ip("router", "-6", "route", "add", f"{VIP6}/128", "via", s.ipv6, "dev", s.bridge_port)
-        else:
-            self.ip("router", "route", "add", f"{VIP4}/32", *hops4)
-            self.ip("router", "-6", "route", "add", f"{VIP6}/128", *hops6)
-        # ... but the router's own ICMP errors for the VIP all go to s1
-        s1 = self.servers[0]
-        self.ip("router", "route", "add", f"{VIP4}/32", "via", s1.ipv4, "dev", s1.bridge_port,
-                "table", str(ICMP_TABLE))
-        self.ip("router", "-6", "route", "add", f"{VIP6}/128", "via", s1.ipv6, "dev",
-                s1.bridge_port, "table", str(ICMP_TABLE))
-        self.ip("router", "rule", "add", "ipproto", "icmp", "to", VIP4, "lookup", str(ICMP_TABLE))
-        self.ip("router", "-6", "rule", "add", "ipproto", "ipv6-icmp", "to", VIP6, "lookup",
-                str(ICMP_TABLE))
+        self._route_vips(lambda s: s.bridge_port)
         self._wait_links_up()
 
     def rp_filter_values(self, server: str | int) -> dict[str, int]:

@@ -551,7 +551,8 @@ class Lab:
     def is_up(self) -> bool:
         return self._up
 
-    def _build(self) -> None:
+    # -- building blocks shared with the routed lab (lab/routed.py) -----------------------------
+    def _create_namespaces(self) -> None:
         existing = set(list_netns())
         for node, ns in self._nodes.items():
             if ns in existing:
@@ -559,29 +560,33 @@ class Lab:
             _run(["ip", "netns", "add", ns])
             self._created.append(ns)
 
-        # sysctls that must be in place before interfaces appear (DAD, RA)
-        base = {
+    def _base_sysctls(self) -> dict[str, object]:
+        """Set in every namespace before interfaces appear (DAD, RA)."""
+        return {
             "net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0,
             "net.ipv6.conf.all.dad_transmits": 0, "net.ipv6.conf.default.dad_transmits": 0,
             "net.ipv6.conf.all.accept_ra": 0, "net.ipv6.conf.default.accept_ra": 0,
             "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
         }
-        for node in self._nodes:
-            self.sysctl(node, base)
-            self.ip(node, "link", "set", "lo", "up")
 
-        self.sysctl("router", {
+    def _router_sysctls(self) -> dict[str, object]:
+        return {
             "net.ipv4.ip_forward": 1,
             "net.ipv6.conf.all.forwarding": 1,
             "net.ipv4.fib_multipath_hash_policy": 1,
             "net.ipv6.fib_multipath_hash_policy": 1,
-        })
-        if self.ns_injector:
-            # the injector only sends hand-made frames; keep it silent otherwise
-            self.sysctl("injector", {"net.ipv6.conf.all.disable_ipv6": 1,
-                                     "net.ipv6.conf.default.disable_ipv6": 1})
+        }
 
-        # client <-> router (asymmetric MTU)
+    def _prepare_nodes(self) -> None:
+        self._create_namespaces()
+        base = self._base_sysctls()
+        for node in self._nodes:
+            self.sysctl(node, base)
+            self.ip(node, "link", "set", "lo", "up")
+        self.sysctl("router", self._router_sysctls())
+
+    def _build_client_link(self) -> None:
+        """client <-> router, with the asymmetric MTU that makes the router send PTBs."""
         self.ip("router", "link", "add", "cl0", "address", "02:00:00:00:01:01",
                 "mtu", str(ROUTER_CLIENT_MTU), "type", "veth", "peer", "name", "eth0",
                 "address", "02:00:00:00:01:02", "mtu", str(CLIENT_MTU),
@@ -594,6 +599,42 @@ class Lab:
         self.ip("router", "addr", "add", f"{ROUTER_CLIENT4}/24", "dev", "cl0")
         self.ip("router", "addr", "add", f"{ROUTER_CLIENT6}/64", "dev", "cl0", "nodad")
         self.ip("router", "link", "set", "cl0", "up")
+        self._neigh("client", "eth0", ROUTER_CLIENT4, ROUTER_CLIENT6, "02:00:00:00:01:01")
+        self._neigh("router", "cl0", CLIENT4, CLIENT6, "02:00:00:00:01:02")
+
+    def _route_vips(self, dev_of) -> None:
+        """L4 ECMP to the VIPs over every server (``dev_of(server)``: the router's device towards
+        it), but the router's own ICMP errors for the VIPs all go to s1: the deterministic form
+        of the misdelivery a real ECMP router produces."""
+        hops4: list[str] = []
+        hops6: list[str] = []
+        for s in self.servers:
+            hops4 += ["nexthop", "via", s.ipv4, "dev", dev_of(s)]
+            hops6 += ["nexthop", "via", s.ipv6, "dev", dev_of(s)]
+        if len(self.servers) == 1:
+            s = self.servers[0]
+            self.ip("router", "route", "add", f"{VIP4}/32", "via", s.ipv4, "dev", dev_of(s))
+            self.ip("router", "-6", "route", "add", f"{VIP6}/128", "via", s.ipv6, "dev", dev_of(s))
+        else:
+            self.ip("router", "route", "add", f"{VIP4}/32", *hops4)
+            self.ip("router", "-6", "route", "add", f"{VIP6}/128", *hops6)
+        s1 = self.servers[0]
+        self.ip("router", "route", "add", f"{VIP4}/32", "via", s1.ipv4, "dev", dev_of(s1),
+                "table", str(ICMP_TABLE))
+        self.ip("router", "-6", "route", "add", f"{VIP6}/128", "via", s1.ipv6, "dev", dev_of(s1),
+                "table", str(ICMP_TABLE))
+        self.ip("router", "rule", "add", "ipproto", "icmp", "to", VIP4, "lookup",
+                str(ICMP_TABLE))
+        self.ip("router", "-6", "rule", "add", "ipproto", "ipv6-icmp", "to", VIP6, "lookup",
+                str(ICMP_TABLE))
+
+    def _build(self) -> None:
+        self._prepare_nodes()
+        if self.ns_injector:
+            # the injector only sends hand-made frames; keep it silent otherwise
+            self.sysctl("injector", {"net.ipv6.conf.all.disable_ipv6": 1,
+                                     "net.ipv6.conf.default.disable_ipv6": 1})
+        self._build_client_link()
 
         # the servers' L2 segment
         self.ip("router", "link", "add", "br0", "address", "02:00:00:00:05:01", "type", "bridge",
@@ -635,34 +676,10 @@ class Lab:
         # Permanent neighbour entries: no ARP/ND at all, so the first packets of a run are never
         # queued or lost, and IPv6 ECMP (which falls back to the first nexthop while a sibling's
         # neighbour is unresolved) picks nexthops by the L4 hash alone.
-        self._neigh("client", "eth0", ROUTER_CLIENT4, ROUTER_CLIENT6, "02:00:00:00:01:01")
-        self._neigh("router", "cl0", CLIENT4, CLIENT6, "02:00:00:00:01:02")
         for s in self.servers:
             self._neigh("router", "br0", s.ipv4, s.ipv6, s.mac)
             self._neigh(s.name, s.iface, ROUTER4, ROUTER6, "02:00:00:00:05:01")
-
-        # L4 ECMP to the VIP over every server ...
-        hops4: list[str] = []
-        hops6: list[str] = []
-        for s in self.servers:
-            hops4 += ["nexthop", "via", s.ipv4, "dev", "br0"]
-            hops6 += ["nexthop", "via", s.ipv6, "dev", "br0"]
-        if len(self.servers) == 1:
-            self.ip("router", "route", "add", f"{VIP4}/32", "via", self.servers[0].ipv4)
-            self.ip("router", "-6", "route", "add", f"{VIP6}/128", "via", self.servers[0].ipv6)
-        else:
-            self.ip("router", "route", "add", f"{VIP4}/32", *hops4)
-            self.ip("router", "-6", "route", "add", f"{VIP6}/128", *hops6)
-        # ... but the router's own ICMP errors for the VIP all go to s1 (deterministic misdelivery)
-        s1 = self.servers[0]
-        self.ip("router", "route", "add", f"{VIP4}/32", "via", s1.ipv4, "dev", "br0",
-                "table", str(ICMP_TABLE))
-        self.ip("router", "-6", "route", "add", f"{VIP6}/128", "via", s1.ipv6, "dev", "br0",
-                "table", str(ICMP_TABLE))
-        self.ip("router", "rule", "add", "ipproto", "icmp", "to", VIP4, "lookup",
-                str(ICMP_TABLE))
-        self.ip("router", "-6", "rule", "add", "ipproto", "ipv6-icmp", "to", VIP6, "lookup",
-                str(ICMP_TABLE))
+        self._route_vips(lambda s: "br0")
         self._wait_links_up()
 
     def _neigh(self, node: str, dev: str, a4: str, a6: str, mac: str) -> None:
