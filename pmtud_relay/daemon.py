@@ -93,7 +93,7 @@ class RelayDaemon:
         self.nflog = None  # the shared NflogCapture when settings.capture == "nflog"
         self.rules = None  # a RuleManager when settings.manage_rules
         self.peering = None  # a peering.PeerService when settings.peers
-        self.links = None  # a linkwatch.LinkWatcher (afpacket capture): re-binds interfaces that come back
+        self.links = None  # a linkwatch.LinkWatcher: re-binds interfaces that come back (both capture modes)
         self._waiting: set[str] = set()  # configured interfaces without an open port (down, deleted, renamed)
 
     # -- set-up ---------------------------------------------------------------
@@ -101,6 +101,7 @@ class RelayDaemon:
         """Open every capture and emit socket; raises OSError (e.g. EPERM) to the CLI."""
         try:
             if self.settings.capture == "nflog":
+                self._open_links()  # first, as below: the NFLOG ports follow their interfaces too
                 self._open_nflog()
                 nflog = self.nflog
                 self.stats.overrun_probes["nflog"] = metrics.delta_probe(lambda: nflog.overruns + nflog.lost)
@@ -154,11 +155,25 @@ class RelayDaemon:
         self.peering.open()
 
     def _add_port(self, ifname: str) -> _Port:
+        if self.nflog is not None:  # the shared NFLOG socket: register the interface's current ifindex/MAC
+            return self._add_nflog_port(ifname)
         port = _Port(ifname, self._no_l2_emitter)
         self.ports.append(port)
         self.stats.overrun_probes[ifname] = functools.partial(metrics.afpacket_drops, port.capture.sock)
         if ifname not in self.stats.interfaces:
             self.stats.interfaces.append(ifname)
+        return port
+
+    def _add_nflog_port(self, ifname: str) -> _Port:
+        """NFLOG mode: a port for the interface now called ``ifname`` in the demux (ifindex → port,
+        its MAC for frame rebuilding) and a fresh L2 emitter; the socket and the rules stay."""
+        capture = self.nflog.add_interface(ifname)
+        try:
+            port = _Port(ifname, self._no_l2_emitter, capture=capture)
+        except BaseException:
+            self.nflog.remove_port(capture)
+            raise
+        self.ports.append(port)
         return port
 
     def close(self) -> None:
@@ -244,7 +259,15 @@ class RelayDaemon:
 
     def _on_nflog_readable(self) -> None:
         """One NFLOG socket serves every port: the first drain reads it, each port gets its share."""
-        for port in self.ports:
+        if not self.ports:  # every interface gone: read (and count as foreign) what is queued, or the reader spins
+            try:
+                self.nflog.pump()
+            except Exception:
+                self.internal_errors += 1
+                self.stats.internal_errors += 1
+                self._rate_limited_error("packet_path_error", "-")
+            return
+        for port in list(self.ports):
             self._on_readable(port)
 
     def _report(self, decision: Decision, ifname: str) -> None:
@@ -302,8 +325,8 @@ class RelayDaemon:
         """A wake-up with no frame. When the interface went down the kernel flags the capture
         socket with ENETDOWN (the event loop sees an error, not data): read and clear it, let go
         of the port and bind again as soon as the name is up (right away if it already is)."""
-        if self.links is None or port not in self.ports:
-            return
+        if self.links is None or port not in self.ports or self.nflog is not None:
+            return  # NFLOG: one shared socket, an empty share is normal; link events do the work
         try:
             err = port.capture.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError as exc:
@@ -313,12 +336,15 @@ class RelayDaemon:
             self._reconcile(port.ifname)
 
     def _drop_port(self, port: _Port, why: str) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            loop.remove_reader(port.capture.fileno())
-        except (OSError, ValueError):
-            pass
-        self.stats.overrun_probes.pop(port.ifname, None)
+        if self.nflog is not None:  # the shared socket stays read; its old ifindex is no longer accepted
+            self.nflog.remove_port(port.capture)
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                loop.remove_reader(port.capture.fileno())
+            except (OSError, ValueError):
+                pass
+            self.stats.overrun_probes.pop(port.ifname, None)
         self.ports.remove(port)
         port.close()
         self._waiting.add(port.ifname)
@@ -341,7 +367,8 @@ class RelayDaemon:
         set_blocked = getattr(port.capture, "set_blocked", None)
         if held and set_blocked is not None:  # a new socket starts with no kernel drops: re-apply them
             set_blocked(held)
-        asyncio.get_running_loop().add_reader(port.capture.fileno(), self._on_readable, port)
+        if self.nflog is None:  # NFLOG: the shared socket's reader serves every port already
+            asyncio.get_running_loop().add_reader(port.capture.fileno(), self._on_readable, port)
         self.log.info("interface_bound", extra={"kv": {"interface": ifname, "ifindex": port.capture.ifindex}})
 
     # -- reload (SIGHUP) -------------------------------------------------------

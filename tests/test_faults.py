@@ -5,7 +5,8 @@ send; and the capabilities left after set-up.
 
 The configured interface *name* is what counts: the daemon lets go of the interface when it
 goes down, is deleted or renamed away, and binds to whichever interface carries the name once
-it is up (``pmtud_relay/linkwatch.py``, docs/operations.md).
+it is up (``pmtud_relay/linkwatch.py``, docs/operations.md). NFLOG capture follows interfaces too:
+its socket and rules stay, the demux gets a port for the new ifindex (docs/nflog-and-rules.md).
 
 Topology (from test_rules.NetNS): ``v1`` is the relay's interface (MAC 02:00:00:00:05:02), ``v0``
 its veth peer where the test injects PTBs and watches for the broadcast copies.
@@ -53,9 +54,9 @@ class FaultNS(NetNS):
     def ip(self, *args: str) -> None:
         subprocess.run(["ip", "-n", self.name, *args], check=True, timeout=10, capture_output=True)
 
-    def recreate_pair(self, relay_name: str = "v1", wire_name: str = "v0") -> None:
+    def recreate_pair(self, relay_name: str = "v1", wire_name: str = "v0", relay_mac: str = RELAY_MAC) -> None:
         self.ip("link", "add", wire_name, "address", WIRE_MAC, "type", "veth", "peer", "name", relay_name,
-                "address", RELAY_MAC)
+                "address", relay_mac)
         self.ip("link", "set", wire_name, "up")
         self.ip("link", "set", relay_name, "up")
 
@@ -87,11 +88,11 @@ def in_ns(ns: str, fn):
 _port = [50000]
 
 
-def relays(ns: FaultNS, wire: str = "v0", timeout: float = 5.0) -> bool:
-    """Inject one fresh PTB (a new flow: never a duplicate) on ``wire``; True if its broadcast
-    copy comes back, unchanged but for the MACs, within ``timeout``."""
+def relays(ns: FaultNS, wire: str = "v0", timeout: float = 5.0, dst_mac: str = RELAY_MAC) -> bool:
+    """Inject one fresh PTB (a new flow: never a duplicate) on ``wire``, unicast to ``dst_mac``;
+    True if its broadcast copy comes back, unchanged but for the MACs, within ``timeout``."""
     _port[0] += 1
-    frame = F.ptb_v4(dst_mac=RELAY_MAC, dport=_port[0])
+    frame = F.ptb_v4(dst_mac=dst_mac, dport=_port[0])
 
     def sockets():
         watch = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
@@ -232,6 +233,41 @@ def test_interface_down_at_start_is_bound_when_it_comes_up(ns):
     wait_count(proc, r"event=interface_bound interface=v1", 1)
     assert relays(ns), proc.stderr
     stop(proc)
+
+
+@pytest.mark.timeout(90)
+def test_nflog_follows_interfaces_down_up_and_recreated(ns):
+    """NFLOG capture: one netlink socket and name-matching rules stay; the daemon drops the port
+    (and its emitter) of an interface that goes away and registers the one that next carries the
+    name (new ifindex, new MAC) with a fresh emitter."""
+    need_backend("nft")
+    proc = start(ns, "--capture", "nflog", "--manage-rules", "--rules-backend", "nft", "--metrics-address", "")
+    def rules_now() -> list[str]:  # without the rate limiter's set elements, which come and go
+        return [line for line in installed_state(ns, "nft") if "elements = " not in line]
+
+    rules = rules_now()
+    assert rules != [] and any('"v1"' in line for line in rules), rules
+    assert relays(ns), proc.stderr
+    # down and up: same ifindex
+    ns.ip("link", "set", "v1", "down")
+    wait_count(proc, r"event=interface_lost interface=v1 reason=down", 1)
+    assert not relays(ns, timeout=0.5)
+    ns.ip("link", "set", "v1", "up")
+    wait_count(proc, r"event=interface_bound interface=v1", 1)
+    assert relays(ns), proc.stderr
+    # deleted and re-created: a new ifindex (the second time a new MAC as well)
+    for i, mac in ((2, RELAY_MAC), (3, "02:00:00:00:05:03")):
+        ns.ip("link", "del", "v1")  # takes v0 with it
+        wait_count(proc, r"event=interface_lost interface=v1", i)
+        time.sleep(0.2)
+        assert proc.poll() is None
+        ns.recreate_pair(relay_mac=mac)
+        wait_count(proc, r"event=interface_bound interface=v1", i)
+        assert relays(ns, dst_mac=mac), proc.stderr
+    assert count(proc, r"event=rules_installed") == 1  # the rules were never touched...
+    assert rules_now() == rules  # ... and still match the name
+    stop(proc)
+    assert installed_state(ns, "nft") == []
 
 
 # --- send errors -----------------------------------------------------------------------------------

@@ -436,3 +436,26 @@ def test_parser_never_raises_on_mutated_messages(data: bytes) -> None:
 def test_parser_never_raises_on_odd_attribute_mixes(kinds: list[int], blob: bytes) -> None:
     attrs = [nla(k, blob[: (k * 3) % (len(blob) + 1)]) for k in kinds]
     _check_total(packet_msg(attrs))
+
+
+def test_demux_follows_a_recreated_interface() -> None:
+    """An interface that is deleted and re-created (same name, new ifindex, new MAC): the old
+    ifindex is foreign once its port is removed, the new one is accepted with the new MAC."""
+    demux = NflogDemux(2105, [("eth0", IFINDEX, HOST_MAC)])
+    old = demux.port("eth0")
+    old.queue.append((b"stale", PACKET_HOST))
+    demux.remove_port(old)
+    demux.remove_port(old)  # idempotent
+    assert demux.ports == {} and not old.queue
+    demux.feed(ptb4_msg(seq=0))
+    assert demux.drops[w.NflogDrop.FOREIGN_INTERFACE] == 1
+    new_mac = b"\x02\x00\x00\x00\x09\x09"
+    new = demux.add_port("eth0", 42, new_mac)
+    assert demux.port("eth0") is new and set(demux.ports) == {42}
+    demux.feed(ptb4_msg(seq=1, indev=42, hwheader=b"") + ptb4_msg(seq=2))  # no L2 header: port MAC used
+    assert demux.drops[w.NflogDrop.FOREIGN_INTERFACE] == 2  # the old ifindex stays foreign
+    (frame, _), = new.drain()
+    assert frame[:6] == new_mac
+    # Registering the name again at yet another ifindex replaces the port (no stale entry).
+    newer = demux.add_port("eth0", 43, HOST_MAC)
+    assert set(demux.ports) == {43} and demux.port("eth0") is newer

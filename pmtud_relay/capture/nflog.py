@@ -9,7 +9,9 @@ interface it came in on; packets from other interfaces are counted and dropped.
 The daemon gets one :class:`NflogPort` per configured interface, with the same
 ``fileno()/drain()/close()/mac`` shape as :class:`~pmtud_relay.capture.afpacket.PacketCapture`.
 All ports share the socket: ``drain()`` on any of them reads everything queued in the
-kernel and sorts it into the ports' queues.
+kernel and sorts it into the ports' queues. Ports come and go with their interfaces
+(``add_port``/``add_interface``, ``remove_port``: the daemon follows link events) while the
+socket, the group and the rules stay.
 
 Delivery tuning (measured on Linux 6.18, see docs/nflog-and-rules.md): the kernel
 flushes a group's queue when it holds QTHRESH packets, when its buffer (NLBUFSIZ) is
@@ -102,6 +104,23 @@ class NflogDemux:
             if p.ifname == ifname:
                 return p
         raise KeyError(ifname)
+
+    def add_port(self, ifname: str, ifindex: int, mac: bytes) -> "NflogPort":
+        """Register (or replace) the port for ``ifname`` at ``ifindex``: an interface that came
+        back (re-created: a new ifindex, maybe a new MAC). A port that carried the same name
+        at another ifindex is removed first, so its old ifindex is no longer accepted."""
+        for old in [p for p in self.ports.values() if p.ifname == ifname or p.ifindex == ifindex]:
+            self.remove_port(old)
+        port = NflogPort(self, ifname, ifindex, mac)
+        self.ports[ifindex] = port
+        return port
+
+    def remove_port(self, port: "NflogPort") -> None:
+        """Stop accepting packets from ``port``'s ifindex (they count as foreign from now on);
+        what was queued for it is discarded. Idempotent."""
+        if self.ports.get(port.ifindex) is port:
+            del self.ports[port.ifindex]
+        port.queue.clear()
 
     def pump(self, max_packets: int = 256) -> int:
         return 0
@@ -258,6 +277,13 @@ class NflogCapture(NflogDemux):
             err = self._request(attr)
             if err:
                 raise NflogError(err, f"cannot set the NFLOG {what} of group {self.group}: {os.strerror(err)}")
+
+    def add_interface(self, ifname: str) -> "NflogPort":
+        """Register the interface now called ``ifname`` (its current ifindex and MAC) on the
+        open socket: the group, its settings and the firewall rules (which match the name)
+        stay as they are. OSError (ENODEV/ENXIO) when no interface has that name."""
+        ifindex = socket.if_nametoindex(ifname)
+        return self.add_port(ifname, ifindex, interface_mac(ifname))
 
     # -- the packet path ------------------------------------------------------------------------
     def fileno(self) -> int:
