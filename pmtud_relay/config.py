@@ -329,7 +329,8 @@ SCHEMA: tuple[Key, ...] = (
        "peers", _parse_str, _check_peer_name, metavar="NAME[:PORT][=PREFIX,...]", item=str,
        reload="restart", doc_default="none", env_sep=None),
     _k("peers_dns_interval", float, _peering.DEFAULT_DNS_INTERVAL, "seconds between "
-       "re-resolutions of peers_dns names", "peers", _parse_float, _range(gt=0),
+       "re-resolutions of peers_dns names that carry no TTL (answered by getaddrinfo, or with no "
+       "records); DNS answers are re-resolved at their TTL, clamped to 5..300 s", "peers", _parse_float, _range(gt=0),
        metavar="SECONDS", reload="restart"),
     _k("peers_refresh", float, _peering.DEFAULT_REFRESH, "seconds between checks of the peers "
        "files and the key file for changes", "peers", _parse_float, _range(gt=0),

@@ -1,5 +1,5 @@
 """Where the peer list comes from: static entries, a watched file, DNS names. Blocking calls
-(file reads, ``getaddrinfo``) happen here, in a worker thread; the result is a tuple of
+(file reads, DNS queries, ``getaddrinfo``) happen here, in a worker thread; the result is a tuple of
 :class:`~pmtud_relay.core.peers.Peer` for the sans-IO :class:`~pmtud_relay.core.peers.PeerTable`.
 
 * Static (``--peer HOST[:PORT][=PREFIX,…]``, repeatable): addresses are used as given; names
@@ -9,10 +9,14 @@
   Kubernetes ConfigMap update is picked up without inotify. A file that fails to parse keeps the
   previous list (and the error is reported once per change).
 * DNS (``--peers-dns NAME[:PORT][=PREFIX,…]``): every A and AAAA record of NAME is a peer, e.g.
-  a Kubernetes headless Service. The standard library exposes no TTLs, so names are re-resolved
-  with ``socket.getaddrinfo`` (honouring /etc/hosts, nsswitch and the system resolver's cache)
-  every ``dns_interval`` seconds (default 10 s, below the usual 30 s record TTLs and above
-  CoreDNS' 5 s). A temporary failure keeps the last answer; NXDOMAIN / no records empties it.
+  a Kubernetes headless Service. NAME is asked for directly (pmtud_relay.dnsresolve, over UDP,
+  TCP for truncated answers, to the nameservers of /etc/resolv.conf) and re-resolved when the
+  answer's smallest TTL runs out, clamped to [5 s, 300 s] (the floor drops to ``dns_interval``
+  if that is smaller). A failure keeps the last answer and retries after 1, 2, 4 … 60 s;
+  NXDOMAIN / no records empties it (and is asked again after ``dns_interval``). Single-label
+  names, names in /etc/hosts and hosts without a nameserver in resolv.conf use
+  ``socket.getaddrinfo`` every ``dns_interval`` seconds (default 10 s), as every name did
+  before.
 
 Own addresses are removed from the result, so a list shared by every host (or a headless
 Service that includes this pod) never makes a host send to itself.
@@ -26,9 +30,15 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from pmtud_relay.core.peers import DEFAULT_PORT, Peer, PeerSpec, merge_peers, parse_peer_spec, peer_from_spec
+from pmtud_relay.dnsresolve import DnsClient
+from pmtud_relay.dnswire import DnsError
 from pmtud_relay.peerkeys import file_stamp
 
-DEFAULT_DNS_INTERVAL = 10.0
+DEFAULT_DNS_INTERVAL = 10.0  # getaddrinfo names and answers without records
+DNS_TTL_MIN = 5.0  # a TTL below this (e.g. 0) is treated as this (or as the interval, if smaller)
+DNS_TTL_MAX = 300.0  # a longer TTL is treated as this
+DNS_RETRY_MIN = 1.0  # after a failed lookup: 1, 2, 4, … seconds
+DNS_RETRY_MAX = 60.0
 MAX_PEERS_FILE = 1 << 20  # bytes
 
 Resolver = Callable[..., list]  # socket.getaddrinfo's signature
@@ -56,46 +66,105 @@ def parse_peers_text(text: str, source: str, default_port: int = DEFAULT_PORT) -
 class _Resolution:
     addresses: tuple[str, ...] = ()
     at: float | None = None  # monotonic time of the last attempt
+    due: float | None = None  # when to resolve again (None: now)
+    ttl: float | None = None  # the TTL the last good answer was scheduled by (None: none known)
+    failures: int = 0  # consecutive failed attempts
     error: str | None = None
 
 
-class NameCache:
-    """Resolves DNS names through ``resolver`` (``socket.getaddrinfo`` by default) at most every
-    ``interval`` seconds each, remembering the last good answer."""
+_DEFAULT_CLIENT = object()
 
-    def __init__(self, interval: float = DEFAULT_DNS_INTERVAL, resolver: Resolver | None = None):
+
+class NameCache:
+    """Resolves DNS names, remembering the last good answer of each.
+
+    With the default ``client`` (a :class:`~pmtud_relay.dnsresolve.DnsClient`) a name is
+    re-resolved when its answer's smallest TTL runs out, clamped to
+    [min(DNS_TTL_MIN, interval), DNS_TTL_MAX]; a failure keeps the last answer and retries after
+    DNS_RETRY_MIN, doubling up to DNS_RETRY_MAX. Names the client does not handle (no nameserver,
+    single label, in /etc/hosts) and answers without a TTL (no records) use ``resolver``
+    (``socket.getaddrinfo``) and/or the fixed ``interval``.
+
+    An injected ``resolver`` without a ``client`` means getaddrinfo only, at the fixed interval
+    (the behaviour before TTLs were known).
+    """
+
+    def __init__(self, interval: float = DEFAULT_DNS_INTERVAL, resolver: Resolver | None = None,
+                 client=_DEFAULT_CLIENT):
         if not interval > 0:
             raise ValueError("DNS re-resolve interval must be > 0")
         self.interval = interval
+        if client is _DEFAULT_CLIENT:
+            client = DnsClient() if resolver is None else None
+        self.client = client
         self.resolver = resolver or socket.getaddrinfo
         self._names: dict[str, _Resolution] = {}
         self.errors: dict[str, str] = {}  # name -> last error text, cleared on success
+
+    def next_due(self, name: str) -> float | None:
+        """When ``name`` will be re-resolved (None: not known yet, or at the next refresh)."""
+        res = self._names.get(name)
+        return None if res is None else res.due
+
+    def ttl(self, name: str) -> float | None:
+        res = self._names.get(name)
+        return None if res is None else res.ttl
 
     def addresses(self, name: str, now: float) -> tuple[str, ...]:
         res = self._names.get(name)
         if res is None:
             res = self._names[name] = _Resolution()
-        if res.at is None or now - res.at >= self.interval:
+        if res.due is None or now >= res.due:
             res.at = now
-            try:
-                infos = self.resolver(name, None, 0, socket.SOCK_DGRAM)
-            except socket.gaierror as exc:
-                if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
-                    res.addresses = ()  # the name is gone: so are its peers
-                self.errors[name] = str(exc)  # other failures: keep the last answer
-            except (OSError, UnicodeError) as exc:
-                self.errors[name] = str(exc)
-            else:
-                found = []
-                for family, _type, _proto, _canon, sockaddr in infos:
-                    if family in (socket.AF_INET, socket.AF_INET6):
-                        try:
-                            found.append(str(ipaddress.ip_address(sockaddr[0].split("%", 1)[0])))
-                        except ValueError:
-                            continue
-                res.addresses = tuple(dict.fromkeys(found))
-                self.errors.pop(name, None)
+            if not self._resolve_dns(name, res, now):
+                self._resolve_getaddrinfo(name, res, now)
         return res.addresses
+
+    def _resolve_dns(self, name: str, res: _Resolution, now: float) -> bool:
+        """TTL-aware resolution; False if the client does not handle this name."""
+        if self.client is None:
+            return False
+        try:
+            answer = self.client.resolve(name)
+        except (DnsError, OSError, UnicodeError) as exc:
+            res.failures += 1
+            self.errors[name] = str(exc)  # keep the last answer
+            res.due = now + min(DNS_RETRY_MIN * 2 ** min(res.failures - 1, 16), DNS_RETRY_MAX)
+            return True
+        if answer is None:
+            return False
+        res.addresses = answer.addresses  # NXDOMAIN / no records: the peers are gone
+        res.failures = 0
+        self.errors.pop(name, None)
+        if answer.ttl is None:
+            res.ttl = None
+            res.due = now + self.interval
+        else:
+            res.ttl = float(min(max(answer.ttl, min(DNS_TTL_MIN, self.interval)), DNS_TTL_MAX))
+            res.due = now + res.ttl
+        return True
+
+    def _resolve_getaddrinfo(self, name: str, res: _Resolution, now: float) -> None:
+        res.due = now + self.interval
+        res.ttl = None
+        try:
+            infos = self.resolver(name, None, 0, socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            if exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)):
+                res.addresses = ()  # the name is gone: so are its peers
+            self.errors[name] = str(exc)  # other failures: keep the last answer
+        except (OSError, UnicodeError) as exc:
+            self.errors[name] = str(exc)
+        else:
+            found = []
+            for family, _type, _proto, _canon, sockaddr in infos:
+                if family in (socket.AF_INET, socket.AF_INET6):
+                    try:
+                        found.append(str(ipaddress.ip_address(sockaddr[0].split("%", 1)[0])))
+                    except ValueError:
+                        continue
+            res.addresses = tuple(dict.fromkeys(found))
+            self.errors.pop(name, None)
 
     def forget_except(self, names: Iterable[str]) -> None:
         keep = set(names)
@@ -158,11 +227,12 @@ class PeerDirectory:
         dns_interval: float = DEFAULT_DNS_INTERVAL,
         resolver: Resolver | None = None,
         default_port: int = DEFAULT_PORT,
+        dns_client=_DEFAULT_CLIENT,
     ):
         self.static = list(static)
         self.files = [PeersFile(p, default_port) for p in files]
         self.dns = list(dns)
-        self.names = NameCache(dns_interval, resolver)
+        self.names = NameCache(dns_interval, resolver, dns_client)
 
     def errors(self) -> list[str]:
         out = [f.error for f in self.files if f.error]
