@@ -298,6 +298,11 @@ SCHEMA: tuple[Key, ...] = (
        _parse_float, _range(1), metavar="N"),
     _k("source_capacity", int, _rl.DEFAULT_SOURCE_CAPACITY, "sending routers tracked by the "
        "per-source limiter (oldest evicted)", "limits", _parse_int, _range(1), metavar="N"),
+    _k("shun_min_rate", float, _field_default(RelayConfig, "shun_min_rate"), "a source whose own "
+       "bucket drops more than this many PTBs per second is dropped in the kernel for a while "
+       "(AF_PACKET capture; docs/rate-limits.md)", "limits", _parse_float, _range(gt=0), metavar="PPS"),
+    _k("shun_max_sources", int, _field_default(RelayConfig, "shun_max_sources"), "sources dropped "
+       "in the kernel at once (0 turns the shun list off)", "limits", _parse_int, _range(0), metavar="N"),
     # output
     _k("v6_broadcast", bool, _field_default(RelayConfig, "v6_broadcast"), "send IPv6 copies to "
        "ff:ff:ff:ff:ff:ff instead of 33:33:00:00:00:01", "output", _parse_bool),
@@ -663,6 +668,8 @@ def relay_config(settings, vips: VipSet | None = None) -> RelayConfig:
         global_rate=settings.global_rate,
         global_burst=settings.global_burst,
         source_capacity=settings.source_capacity,
+        shun_min_rate=settings.shun_min_rate,
+        shun_max_sources=settings.shun_max_sources,
         v6_broadcast=settings.v6_broadcast,
     )
 

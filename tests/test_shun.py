@@ -97,3 +97,26 @@ def test_prefix_drops_only_blocked_untagged_sources(vlans):
 
 def test_empty_blocklist_is_no_prefix():
     assert blocklist_prefix(frozenset()) == []
+
+
+def test_relay_config_tunes_and_disables_the_shun_list():
+    from pmtud_relay.core.relay import Relay, RelayConfig
+
+    relay = Relay(RelayConfig(shun_min_rate=123.0, shun_max_sources=0))
+    assert relay.shunner.min_rate == 123.0 and relay.shunner.max_sources == 0
+    # 0 sources: however hard a source floods, nothing is held.
+    assert relay.shunner.update({b"\xc6\x33\x64\x42": 10**9}, 1.0) in (None, frozenset())
+    assert relay.shunner.held == frozenset()
+    relay.reconfigure(RelayConfig(shun_min_rate=50.0, shun_max_sources=4), 2.0)
+    assert (relay.shunner.min_rate, relay.shunner.max_sources) == (50.0, 4)
+
+
+def test_shun_keys_in_the_config_schema():
+    from pmtud_relay import config as cfg
+
+    loaded = cfg.load(None, environ={"PMTUD_RELAY_SHUN_MAX_SOURCES": "0", "PMTUD_RELAY_SHUN_MIN_RATE": "900"},
+                      use_default_path=False)
+    rc = cfg.relay_config(loaded.settings)
+    assert (rc.shun_min_rate, rc.shun_max_sources) == (900.0, 0)
+    with pytest.raises(cfg.ConfigError, match="SHUN_MAX_SOURCES"):
+        cfg.load(None, environ={"PMTUD_RELAY_SHUN_MAX_SOURCES": "-1"}, use_default_path=False)

@@ -53,6 +53,10 @@ class RelayConfig:
     global_rate: float = _rl.DEFAULT_GLOBAL_RATE
     global_burst: float = _rl.DEFAULT_GLOBAL_BURST
     source_capacity: int = _rl.DEFAULT_SOURCE_CAPACITY
+    # Kernel shun list (core/shun.py): sources whose bucket drops more than this many PTB/s are
+    # dropped in the kernel for a while; at most this many at once (0: never).
+    shun_min_rate: float = _shun.DEFAULT_MIN_RATE
+    shun_max_sources: int = _shun.DEFAULT_MAX_SOURCES
     v6_broadcast: bool = False  # send IPv6 copies to ff:ff:ff:ff:ff:ff instead of 33:33:00:00:00:01
 
     def with_policy(self, policy: Policy) -> "RelayConfig":
@@ -68,7 +72,9 @@ class Relay:
     def __init__(self, config: RelayConfig | None = None, now: float = 0.0):
         self.config = config or RelayConfig()
         self.counts: dict[Reason, int] = dict.fromkeys(Reason, 0)
-        self.shunner = _shun.Shunner(now=now)
+        self.shunner = _shun.Shunner(
+            min_rate=self.config.shun_min_rate, max_sources=self.config.shun_max_sources, now=now
+        )
         self._build_state(now)
 
     def _build_state(self, now: float) -> None:
@@ -90,6 +96,9 @@ class Relay:
         self.config = config
         self.policy = config.policy
         self._dst_v6 = BROADCAST_MAC if config.v6_broadcast else ALL_NODES_MAC
+        # New shun settings apply to the next holds; current holds run out on their own.
+        self.shunner.min_rate = config.shun_min_rate
+        self.shunner.max_sources = config.shun_max_sources
         if (old.dedup_window, old.dedup_capacity) != (config.dedup_window, config.dedup_capacity):
             self.dedup = _dedup.Deduplicator(config.dedup_window, config.dedup_capacity)
         if (old.source_rate, old.source_burst, old.global_rate, old.global_burst, old.source_capacity) != (
