@@ -195,10 +195,11 @@ def test_assume_vips_removes_not_vip(capsys, mixed4):
 
 def test_policy_options_apply(capsys, mixed4):
     res = run_json(capsys, str(mixed4), *F.MIXED4_ARGS, "--port", "8443")
-    # Policy runs before dedup: every well-formed PTB about the VIP is refused by the port list.
-    assert res["ptbs"]["reasons"] == {"port_not_allowed": 8, "bad_checksum": 1, "not_vip": 1}
+    # Policy runs before dedup and before the ICMP checksum (which only a PTB that would be
+    # relayed pays for): every PTB about the VIP, the corrupt one too, is refused by the port list.
+    assert res["ptbs"]["reasons"] == {"port_not_allowed": 9, "not_vip": 1}
     res = run_json(capsys, str(mixed4), *F.MIXED4_ARGS, "--floor-v4", "1450")
-    assert res["ptbs"]["reasons"]["mtu_below_floor"] == 6
+    assert res["ptbs"]["reasons"]["mtu_below_floor"] == 7  # the corrupt PTB included
     res = run_json(capsys, str(mixed4), "--vip", "192.0.2.10", "--dedup-window", "0")
     assert "duplicate" not in res["ptbs"]["reasons"]
 

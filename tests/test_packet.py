@@ -22,7 +22,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw, raw
 
 import frames as F
-from pmtud_relay.core.packet import MAX_EXT_HEADERS, PTB, parse_frame
+from pmtud_relay.core.packet import MAX_EXT_HEADERS, PTB, checksum_ok, parse_frame, parse_frame_unverified
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 
 L3 = 14  # untagged
@@ -441,6 +441,25 @@ def test_rejections(name, build, reason):
 def test_every_parse_reason_is_exercised():
     produced = {reason for _, _, reason in REJECTS}
     assert produced == PARSE_REASONS
+
+
+@pytest.mark.parametrize("name, build, reason", REJECTS, ids=[r[0] for r in REJECTS])
+def test_unverified_parse_defers_only_the_icmp_checksum(name, build, reason):
+    """parse_frame_unverified + checksum_ok (the relay's split) decide exactly as parse_frame."""
+    frame = build()
+    early = parse_frame_unverified(frame)
+    if isinstance(early, PTB):
+        # Only the ICMP checksum is left: the outer IPv4 header checksum is checked early.
+        assert reason is Reason.BAD_CHECKSUM and not checksum_ok(early)
+    else:
+        assert early is reason
+
+
+@pytest.mark.parametrize("name", list(F.valid_catalogue()))
+def test_unverified_parse_of_a_valid_frame_is_the_same_record(name):
+    frame = F.valid_catalogue()[name]
+    assert parse_frame_unverified(frame) == parse_frame(frame)
+    assert checksum_ok(parse_frame_unverified(frame))
 
 
 @pytest.mark.parametrize("name", list(F.valid_catalogue()))

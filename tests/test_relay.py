@@ -149,6 +149,39 @@ def test_duplicates_and_policy_drops_spend_no_tokens():
     assert r.handle(F.ptb_v4(sport=3), 0.0, SRC_MAC).reason is Reason.RATE_LIMITED_SOURCE
 
 
+@pytest.mark.parametrize("build", [F.ptb_v4, F.ptb_v6])
+def test_corrupt_ptb_is_dropped_and_not_remembered(build):
+    r = Relay(config(dedup_window=100.0))
+    good = build()
+    corrupt = F.add_one(good, len(good) - 1)  # last quoted byte: only the checksum notices
+    assert r.handle(corrupt, 0.0, SRC_MAC) == Decision(False, Reason.BAD_CHECKSUM, None, None)
+    assert r.counts[Reason.BAD_CHECKSUM] == 1
+    assert r.handle(good, 0.1, SRC_MAC).relay  # the corrupt one was not remembered by dedup
+
+
+def test_checksum_runs_only_for_ptbs_that_would_be_relayed(monkeypatch):
+    """The ICMP checksum is the costly check: duplicates, policy drops and rate-limited PTBs
+    are decided without it; a corrupt PTB spends the tokens a correct one would."""
+    import pmtud_relay.core.relay as relay_module
+
+    calls = []
+    real = relay_module.checksum_ok
+    monkeypatch.setattr(relay_module, "checksum_ok", lambda ptb: calls.append(ptb) or real(ptb))
+    r = Relay(config(source_rate=1 / 1024, source_burst=2.0, dedup_window=100.0))
+    assert r.handle(F.ptb_v4(sport=1), 0.0, SRC_MAC).relay
+    assert len(calls) == 1
+    corrupt_dup = F.add_one(F.ptb_v4(sport=1), len(F.ptb_v4(sport=1)) - 1)
+    assert r.handle(corrupt_dup, 0.0, SRC_MAC).reason is Reason.DUPLICATE
+    assert r.handle(F.ptb_v4(sport=9, mtu=100), 0.0, SRC_MAC).reason is Reason.MTU_BELOW_FLOOR
+    assert len(calls) == 1
+    corrupt = F.add_one(F.ptb_v4(sport=2), len(F.ptb_v4(sport=2)) - 1)
+    assert r.handle(corrupt, 0.0, SRC_MAC).reason is Reason.BAD_CHECKSUM
+    assert len(calls) == 2
+    # The corrupt PTB took the second token: the next one is limited, without a checksum.
+    assert r.handle(F.ptb_v4(sport=3), 0.0, SRC_MAC).reason is Reason.RATE_LIMITED_SOURCE
+    assert len(calls) == 2
+
+
 def test_rate_limit_is_per_outer_source():
     r = Relay(config(source_rate=1 / 1024, source_burst=1.0))
     assert r.handle(F.ptb_v4(sport=1, outer_src="198.51.100.1"), 0.0, SRC_MAC).relay

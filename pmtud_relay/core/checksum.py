@@ -11,7 +11,7 @@ from __future__ import annotations
 _MOD = 0xFFFF
 _from_bytes = int.from_bytes
 #: Regions longer than this are read as four numbers and added (see region_sum).
-_SPLIT = 768
+_SPLIT = 256
 
 
 def region_sum(data, start: int, end: int) -> int:

@@ -88,15 +88,65 @@ _BAD_CHECKSUM = Reason.BAD_CHECKSUM
 
 
 def parse_frame(frame: bytes) -> ParseResult:
-    """Parse an Ethernet II frame; return a :class:`PTB` or the :class:`Reason` it is not one."""
+    """Parse an Ethernet II frame; return a :class:`PTB` or the :class:`Reason` it is not one.
+
+    Every check, the ICMP checksum included (it comes last: a frame that is both malformed
+    and corrupt is reported by its first structural fault)."""
+    ptb = parse_frame_unverified(frame)
+    if ptb.__class__ is Reason or checksum_ok(ptb):
+        return ptb
+    return _BAD_CHECKSUM
+
+
+def parse_ipv4(frame: bytes, l3: int) -> ParseResult:
+    """Parse an IPv4 PTB starting at offset ``l3`` of ``frame`` (every check)."""
+    ptb = _ipv4(frame, l3)
+    if ptb.__class__ is Reason or checksum_ok(ptb):
+        return ptb
+    return _BAD_CHECKSUM
+
+
+def parse_ipv6(frame: bytes, l3: int) -> ParseResult:
+    """Parse an IPv6 PTB starting at offset ``l3`` of ``frame`` (every check)."""
+    ptb = _ipv6(frame, l3)
+    if ptb.__class__ is Reason or checksum_ok(ptb):
+        return ptb
+    return _BAD_CHECKSUM
+
+
+def checksum_ok(ptb: PTB) -> bool:
+    """True if the ICMP checksum of a PTB from :func:`parse_frame_unverified` verifies.
+
+    This is the costly check (a pass over the whole quote, up to 1 240 bytes), so the relay
+    runs it only for a PTB it would otherwise relay; every other check is done by then."""
+    frame = ptb.frame
+    l3 = ptb.l3_offset
+    icmp = ptb.icmp_offset
+    if ptb.family == 4:
+        return verifies(region_sum(frame, icmp, l3 + (frame[l3 + 2] << 8 | frame[l3 + 3])))
+    end = l3 + 40 + (frame[l3 + 4] << 8 | frame[l3 + 5])
+    # Over the pseudo-header (src, dst, upper-layer length, next header) + message.
+    if icmp == l3 + 40:
+        # No extension header: addresses and message are one contiguous region. The
+        # addresses are 32 bytes (an even length), so reading [src … end) as one number
+        # is congruent to adding the two parts (an odd message is padded by region_sum).
+        total = region_sum(frame, l3 + 8, end) + (end - icmp) + IPPROTO_ICMPV6
+    else:
+        total = region_sum(frame, l3 + 8, l3 + 40) + (end - icmp) + IPPROTO_ICMPV6 + region_sum(frame, icmp, end)
+    return verifies(total)
+
+
+def parse_frame_unverified(frame: bytes) -> ParseResult:
+    """:func:`parse_frame` without the ICMP checksum: call :func:`checksum_ok` before acting
+    on the PTB it returns. (The outer IPv4 header checksum is checked: it is cheap.)"""
     n = len(frame)
     if n < ETH_HLEN:
         return _TOO_SHORT
     ethertype = frame[12] << 8 | frame[13]
     if ethertype == ETH_P_IP:  # untagged: the common case, no loop
-        return parse_ipv4(frame, ETH_HLEN)
+        return _ipv4(frame, ETH_HLEN)
     if ethertype == ETH_P_IPV6:
-        return parse_ipv6(frame, ETH_HLEN)
+        return _ipv6(frame, ETH_HLEN)
     off = ETH_HLEN
     tags = 0
     while ethertype in VLAN_TPIDS:
@@ -108,14 +158,14 @@ def parse_frame(frame: bytes) -> ParseResult:
         off += 4
         tags += 1
     if ethertype == ETH_P_IP:
-        return parse_ipv4(frame, off)
+        return _ipv4(frame, off)
     if ethertype == ETH_P_IPV6:
-        return parse_ipv6(frame, off)
+        return _ipv6(frame, off)
     return Reason.NOT_IP
 
 
-def parse_ipv4(frame: bytes, l3: int) -> ParseResult:
-    """Parse an IPv4 PTB starting at offset ``l3`` of ``frame``."""
+def _ipv4(frame: bytes, l3: int) -> ParseResult:
+    """An IPv4 PTB at offset ``l3`` of ``frame``, every check but the ICMP checksum."""
     n = len(frame)
     if n < l3 + 20:
         return _TOO_SHORT
@@ -140,8 +190,6 @@ def parse_ipv4(frame: bytes, l3: int) -> ParseResult:
     type_code, mtu = _TYPE_CODE_MTU4(frame, icmp)
     if type_code != 0x0304:  # ICMP_DEST_UNREACH / ICMP_FRAG_NEEDED
         return _NOT_PTB
-    if not verifies(region_sum(frame, icmp, end)):
-        return _BAD_CHECKSUM
 
     # The quoted packet: an IPv4 header and at least the first 8 bytes of its payload.
     q = icmp + 8
@@ -182,8 +230,8 @@ def parse_ipv4(frame: bytes, l3: int) -> ParseResult:
     )
 
 
-def parse_ipv6(frame: bytes, l3: int) -> ParseResult:
-    """Parse an IPv6 PTB starting at offset ``l3`` of ``frame``."""
+def _ipv6(frame: bytes, l3: int) -> ParseResult:
+    """An IPv6 PTB at offset ``l3`` of ``frame``, every check but the ICMP checksum."""
     n = len(frame)
     if n < l3 + 40:
         return _TOO_SHORT
@@ -221,16 +269,6 @@ def parse_ipv6(frame: bytes, l3: int) -> ParseResult:
     type_code, mtu = _TYPE_CODE_MTU6(frame, icmp)
     if type_code != 0x0200:  # ICMPV6_PKT_TOOBIG, code 0
         return _NOT_PTB
-    # Checksum over the pseudo-header (src, dst, upper-layer length, next header) + message.
-    if icmp == l3 + 40:
-        # No extension header: addresses and message are one contiguous region. The
-        # addresses are 32 bytes (an even length), so reading [src … end) as one number
-        # is congruent to adding the two parts (an odd message is padded by region_sum).
-        total = region_sum(frame, l3 + 8, end) + (end - icmp) + IPPROTO_ICMPV6
-    else:
-        total = region_sum(frame, l3 + 8, l3 + 40) + (end - icmp) + IPPROTO_ICMPV6 + region_sum(frame, icmp, end)
-    if not verifies(total):
-        return _BAD_CHECKSUM
 
     q = icmp + 8
     if end - q < 40:

@@ -1,9 +1,13 @@
 """The relay state machine: frame bytes + clock value → decision. No I/O, no clock.
 
-Pipeline: parse → policy → dedup → rate limits → build the copy. A PTB spends
-rate-limit tokens only when it would otherwise be relayed, and is remembered for
-dedup only once it is relayed, so a PTB dropped by a limit can still get through on
-a later retransmission.
+Pipeline: parse → policy → dedup → rate limits → ICMP checksum → build the copy.
+Cheap checks run first: the checksum (a pass over a quote of up to 1 240 bytes, the
+costliest step) runs only for a PTB that would otherwise be relayed, so duplicates,
+spoofed PTBs about other addresses and a rate-limited flood never pay for it. A PTB
+spends rate-limit tokens only when it passed policy and dedup (a corrupt one spends
+them too: a checksum is no proof of origin, so that gives a sender nothing it could
+not get with a correct one), and is remembered for dedup only once it is relayed, so a
+PTB dropped by a limit can still get through on a later retransmission.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.core import shun as _shun
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
-from pmtud_relay.core.packet import PTB, parse_frame
+from pmtud_relay.core.packet import PTB, checksum_ok, parse_frame_unverified
 from pmtud_relay.core.policy import PACKET_HOST, Policy
 from pmtud_relay.core.reasons import Reason
 
@@ -36,6 +40,7 @@ class Decision(NamedTuple):
 _new = tuple.__new__  # NamedTuple construction without its Python-level __new__
 _RELAYED = Reason.RELAYED
 _DUPLICATE = Reason.DUPLICATE
+_BAD_CHECKSUM = Reason.BAD_CHECKSUM
 
 #: Parser rejections carry no per-packet data: one shared Decision each.
 _PARSE_DROPS = {r: Decision(False, r, None, None) for r in Reason}
@@ -132,7 +137,7 @@ class Relay:
         interface the copy will leave from; ``pkttype`` is the Linux packet type the
         capture saw (PACKET_HOST for unicast to this host).
         """
-        ptb = parse_frame(frame)
+        ptb = parse_frame_unverified(frame)
         if ptb.__class__ is Reason:
             self.counts[ptb] += 1
             return _PARSE_DROPS[ptb]
@@ -147,6 +152,9 @@ class Relay:
             else:
                 reason = self.limiter.check(ptb.outer_src, now)
                 if reason is None:
+                    if not checksum_ok(ptb):  # a corrupt frame: reported as a parse drop
+                        self.counts[_BAD_CHECKSUM] += 1
+                        return _PARSE_DROPS[_BAD_CHECKSUM]
                     dedup.remember(key, now)
                     self.counts[_RELAYED] += 1
                     dst = BROADCAST_MAC if ptb.family == 4 else self._dst_v6
