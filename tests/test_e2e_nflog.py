@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 
 import pytest
 
+from e2e_support import FLOW_TIMEOUT, SIZE, assert_blackhole_closed, log_events, start_relays, stop_relays
 from test_rules import VIP4, VIP6, NetNS, assert_exactly_one_set, installed_state, need_backend, need_root_and, wait_ready
 
 from pmtud_relay.core import ratelimit as _rl
@@ -179,8 +179,7 @@ def test_busy_group_gives_one_sentence_and_leaves_rules_alone() -> None:
         assert_exactly_one_set(ns, "nft", RuleSpec(("v1",)))  # the second instance touched nothing
         other = ns.spawn_relay("dry-run", "-i", "v1", "--capture", "nflog", "--nflog-group", "2106", "--vip", VIP4)
         wait_ready(other)  # another group is fine
-        assert other.stop(timeout=10) == 0
-        assert first.stop(timeout=10) == 0, first.stderr
+        stop_relays({"group 2106": other, "group 2105": first}, timeout=10)
         assert installed_state(ns, "nft") == []
 
 
@@ -247,10 +246,6 @@ print(json.dumps({"counters": get_backend(backend_name).counters(), "elapsed": e
 '''
 
 
-def _logfmt(line: str) -> dict[str, str]:
-    return dict(re.findall(r'(\w+)=("[^"]*"|\S*)', line))
-
-
 @pytest.mark.netns
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
@@ -262,10 +257,8 @@ def test_flood_from_one_source_is_cut_in_the_kernel(backend: str, family: int) -
                                "--vip", VIP4, "--vip", VIP6, "--summary-interval", "0.5")
         wait_ready(relay)
         r = _json_tail(ns.python(FLOOD, str(family), backend).stdout)
-        assert relay.poll() is None, relay.stderr
-        assert relay.stop(timeout=10) == 0, relay.stderr
-        stopped = _logfmt(next(l for l in relay.stderr.splitlines() if "event=stopped" in l))
-        summaries = [_logfmt(l) for l in relay.stderr.splitlines() if "event=summary" in l]
+        stopped = stop_relays({"relay": relay}, timeout=10)["relay"]
+        summaries = log_events(relay, "summary")
     c = r["counters"]
     report = f"\ncounters={c}\nelapsed={r['elapsed']:.3f}s stopped={stopped}\nlast summary={summaries[-1:]}"
     print(report)
@@ -292,59 +285,26 @@ def test_flood_from_one_source_is_cut_in_the_kernel(backend: str, family: int) -
 
 
 # --- the ECMP black hole, closed with NFLOG capture --------------------------------------------------------------
-E2E_FLOW_TIMEOUT = 6.0
-SIZE = 262144
-
-
-def _describe(flows) -> str:
-    return "\n".join(f"  #{f.index} {f.server} port={f.client_port} bytes={f.bytes} "
-                     f"completed={f.completed} {f.seconds:.3f}s err={f.error}" for f in flows)
-
-
 @pytest.mark.netns
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("backend", ["nft", "iptables"])
 def test_nflog_capture_closes_the_blackhole(backend: str) -> None:
     need_backend(backend)
-    from pmtud_relay.lab import Lab, LabError
+    from pmtud_relay.lab import Lab
 
     with Lab(servers=3, prefix="pmr-nf-") as lab:
         lab.start_transfer_servers()
-        relays = {}
-        for name in lab.server_names:
-            relays[name] = lab.spawn_python(name, "pmtud_relay", "run", "-i", "eth0", "--capture", "nflog",
-                                            "--manage-rules", "--rules-backend", backend,
-                                            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
-        for name, p in relays.items():
-            try:
-                p.wait_for(r"event=ready", stream="stderr", timeout=15)
-            except (TimeoutError, LabError) as e:
-                pytest.fail(f"relay in {name} not ready: {e}", pytrace=False)
+        relays = start_relays(
+            lab, dict.fromkeys(lab.server_names, ["run", "-i", "eth0", "--capture", "nflog", "--manage-rules",
+                                                  "--rules-backend", backend]),
+            env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, timeout=15)
         lab.flush_pmtu()
         for family in (4, 6):
-            flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=E2E_FLOW_TIMEOUT)
-            table = _describe(flows)
-            groups = collections.defaultdict(list)
-            for f in flows:
-                groups[f.server].append(f)
-            assert all(f.completed and f.bytes == SIZE for f in flows), \
-                f"IPv{family} ({backend}): flows stalled with the NFLOG relay running:\n{table}\n" + \
-                "\n".join(f"--- {n} stderr ---\n{p.stderr}" for n, p in relays.items())
-            assert len(groups) >= 2, f"IPv{family}: flows on one server only:\n{table}"
-            client = lab.client_addr(family)
-            assert lab.learned_pmtu("s1", client) == 1400
-            for name in sorted(set(groups) - {"s1"}):
-                assert lab.learned_pmtu(name, client) == 1400, \
-                    f"IPv{family}: {name} completed its flows but learned no PMTU"
+            flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=FLOW_TIMEOUT)
+            assert_blackhole_closed(lab, family, flows, relays, closed_by=f"the NFLOG relay ({backend})")
         # s1 got the router's PTBs through its NFLOG rules and relayed them
-        s1 = relays["s1"]
-        for p in relays.values():
-            assert p.poll() is None, f"relay in {p.node} died rc={p.poll()}\n{p.stderr}"
-        rcs = {name: p.stop(timeout=10) for name, p in relays.items()}
-        assert rcs == {name: 0 for name in relays}, \
-            "\n".join(f"--- {n} rc={rcs[n]} ---\n{p.stderr}" for n, p in relays.items())
-        stopped = _logfmt(next(l for l in s1.stderr.splitlines() if "event=stopped" in l))
-        assert int(stopped.get("relayed", 0)) >= 2, s1.stderr
+        final = stop_relays(relays, timeout=10)
+        assert int(final["s1"].get("relayed", 0)) >= 2, relays["s1"].stderr
         # SIGTERM removed every rule on every server
         for name in lab.server_names:
             if backend == "nft":
@@ -407,10 +367,8 @@ def test_daemon_keeps_capturing_after_an_nflog_overrun() -> None:
                                "--global-rate", "1000000", "--global-burst", "1000000", "--metrics-address", "")
         wait_ready(relay)
         r = _json_tail(ns.python(OVERRUN, str(relay.pid), timeout=90).stdout)
-        alive = relay.poll() is None
-        assert relay.stop(timeout=10) == 0, relay.stderr
-        summaries = [_logfmt(l) for l in relay.stderr.splitlines() if "event=summary" in l]
-    assert alive, relay.stderr
+        stop_relays({"relay": relay}, timeout=10)
+        summaries = log_events(relay, "summary")
     lost = max(int(s.get("nflog_lost", 0)) + int(s.get("nflog_overruns", 0)) for s in summaries)
     assert lost > 0, f"the burst did not overflow the socket, the test proves nothing: {summaries[-1:]}"
     assert r["marker_relayed"], f"capture stopped after the overrun (lost={lost})\n{relay.stderr[-3000:]}"

@@ -8,21 +8,18 @@ peer port from the router namespace with hand-made contents for the negative cas
 
 from __future__ import annotations
 
-import collections
 import os
 import secrets
 import time
 
 import pytest
 
-from pmtud_relay.lab import LabError, LabProcess
+from e2e_support import (FLOW_TIMEOUT, SIZE, STALL_TIMEOUT, STOP_TIMEOUT, assert_blackhole_closed, by_server,
+                         describe, dump, last_event, start_relays, stop_relays)
+
+from pmtud_relay.lab import LabProcess
 from pmtud_relay.lab.routed import RoutedLab
 
-READY_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
-FLOW_TIMEOUT = 6.0  # with the relay every flow finishes in well under a second
-STALL_TIMEOUT = 3.0
-SIZE = 262144
 PORT = 2106
 UNREACHABLE = "198.51.100.250"  # servers hold an `unreachable` route for it: sendto fails at once
 NOWHERE = "192.0.2.99"  # routed to the router, which has no route: dropped there
@@ -56,46 +53,6 @@ def key_bytes(key_file: str) -> bytes:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def start(lab: RoutedLab, nodes: dict[str, list[str]]) -> dict[str, LabProcess]:
-    procs = {name: lab.spawn_python(name, "pmtud_relay", *argv) for name, argv in nodes.items()}
-    for name, p in procs.items():
-        try:
-            p.wait_for(r"event=ready", stream="stderr", timeout=READY_TIMEOUT)
-        except (TimeoutError, LabError) as e:
-            pytest.fail(f"relay in {name} not ready: {e}", pytrace=False)
-    return procs
-
-
-def stop(procs: dict[str, LabProcess]) -> dict[str, dict]:
-    """Stop every relay (they must still be alive) and return each one's final counters."""
-    for p in procs.values():
-        assert p.poll() is None, f"relay in {p.node} died early rc={p.poll()}\n{p.stderr}"
-        p.terminate()
-    out = {}
-    for name, p in procs.items():
-        rc = p.stop(timeout=STOP_TIMEOUT)
-        assert rc == 0, f"relay in {name} exited {rc}\n{p.stderr}"
-        out[name] = last_event(p, "stopped")
-    return out
-
-
-def logfmt(line: str) -> dict[str, str]:
-    out = {}
-    for token in line.split():
-        key, sep, value = token.partition("=")
-        if sep:
-            out[key] = value.strip('"')
-    return out
-
-
-def last_event(p: LabProcess, event: str) -> dict[str, str]:
-    for line in reversed(p.lines("stderr")):
-        rec = logfmt(line)
-        if rec.get("event") == event:
-            return rec
-    return {}
-
-
 def wait_counters(p: LabProcess, want: dict[str, int], timeout: float = 5.0) -> dict[str, str]:
     """Wait for a summary line whose counters are at least ``want``."""
     deadline = time.monotonic() + timeout
@@ -119,37 +76,11 @@ def peer_argv(lab: RoutedLab, name: str, key_file: str, family: int, *extra: str
             "--summary-interval", "0.25", *BURSTS, *lab.peer_args(name, family), *extra]
 
 
-def by_server(flows):
-    out = collections.defaultdict(list)
-    for f in flows:
-        out[f.server].append(f)
-    return dict(out)
-
-
-def describe(flows) -> str:
-    return "\n".join(f"  #{f.index} {f.server} port={f.client_port} bytes={f.bytes} "
-                     f"completed={f.completed} {f.seconds:.3f}s err={f.error}" for f in flows)
-
-
-def dump(procs: dict[str, LabProcess]) -> str:
-    return "\n".join(f"--- {n} stderr ---\n{p.stderr}" for n, p in procs.items())
-
-
 def transfers(lab: RoutedLab, family: int, timeout: float = FLOW_TIMEOUT, min_servers: int = 3):
     lab.flush_pmtu()
     flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=timeout, min_servers=min_servers,
                                      attempts=4)
     return flows, by_server(flows)
-
-
-def assert_all_complete(lab, family, flows, groups, procs, servers=("s1", "s2", "s3")):
-    table = describe(flows)
-    assert all(f.completed and f.bytes == SIZE for f in flows), \
-        f"IPv{family}: flows stalled with the peer relay running:\n{table}\n{dump(procs)}"
-    client = lab.client_addr(family)
-    for name in sorted(set(groups) - {"s1"}):
-        assert name in servers, f"flow on unexpected server {name}:\n{table}"
-        assert lab.learned_pmtu(name, client) == 1400, f"IPv{family}: {name} learned no PMTU"
 
 
 def ptb_packet(lab: RoutedLab, family: int, mtu: int = 1400, inner_src: str | None = None) -> bytes:
@@ -211,11 +142,11 @@ def test_peer_relay_closes_the_blackhole_across_l3(routed_lab: RoutedLab, key_fi
     lab.start_transfer_servers()
     sniffers = {n: lab.sniff(n) for n in ("s2", "s3")}
     lo_sniffers = {n: lab.sniff(n, "lo") for n in ("s2", "s3")}
-    procs = start(lab, {n: peer_argv(lab, n, key_file, family) for n in lab.server_names})
+    procs = start_relays(lab, {n: peer_argv(lab, n, key_file, family) for n in lab.server_names})
     flows, groups = transfers(lab, family)
-    assert_all_complete(lab, family, flows, groups, procs)
+    assert_blackhole_closed(lab, family, flows, procs, closed_by="the peer relay")
     assert len(groups) == 3, describe(flows)
-    final = stop(procs)
+    final = stop_relays(procs)
     vip = lab.vip(family)
     for name, sniffer in sniffers.items():
         seen = lab.sniff_result(sniffer)
@@ -244,11 +175,12 @@ def test_fanout_both_and_l2_hosts_receiving_from_peers(routed_lab: RoutedLab, ke
     router_sniffer = lab.sniff("router", "r1")
     receivers = ["run", "-i", "eth0", "--fanout", "l2", "--peer-listen", f":{PORT}", "--peer-key-file", key_file,
                  "--summary-interval", "0.25", *BURSTS]
-    procs = start(lab, {"s1": peer_argv(lab, "s1", key_file, 4, fanout="both"), "s2": receivers, "s3": receivers})
+    procs = start_relays(lab, {"s1": peer_argv(lab, "s1", key_file, 4, fanout="both"),
+                               "s2": receivers, "s3": receivers})
     for family in (4, 6):
         flows, groups = transfers(lab, family)
-        assert_all_complete(lab, family, flows, groups, procs)
-    final = stop(procs)
+        assert_blackhole_closed(lab, family, flows, procs, closed_by="the peer relay")
+    final = stop_relays(procs)
     copies = [f for f in lab.sniff_result(router_sniffer) if f.get("pkttype") in ("broadcast", "multicast")]
     assert copies, "s1 with --fanout both sent no L2 copy on its segment"
     assert int(final["s2"].get("peer_injected", 0)) + int(final["s3"].get("peer_injected", 0)) >= 2, final
@@ -265,8 +197,8 @@ def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: R
     lab = routed_lab
     s2 = lab.server("s2")
     target = s2.addr(family)
-    procs = start(lab, {"s2": ["run", "-i", "eth0", "--peer-listen", f":{PORT}", "--peer-key-file", key_file,
-                               "--summary-interval", "0.2", "--peer-max-age", "5"]})
+    procs = start_relays(lab, {"s2": ["run", "-i", "eth0", "--peer-listen", f":{PORT}", "--peer-key-file", key_file,
+                                      "--summary-interval", "0.2", "--peer-max-age", "5"]})
     relay = procs["s2"]
     ring = Keyring([(1, key_bytes(key_file))])
     packet = ptb_packet(lab, family)
@@ -313,7 +245,7 @@ def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: R
                       ("too_short", 1), ("bad_magic", 1), ("ptb_not_vip", 1)]:
         assert f'pmtud_relay_peer_datagrams_received_total{{reason="{reason}"}} {n}.0' in text, (reason, text)
     assert "pmtud_relay_peer_injected_total 1.0" in text
-    final = stop(procs)
+    final = stop_relays(procs)
     assert int(final["s2"]["peer_rx_accepted"]) == 1, final
 
 
@@ -323,8 +255,8 @@ def test_dry_run_receiver_reports_and_injects_nothing(routed_lab: RoutedLab, key
     from pmtud_relay.core.peerproto import Keyring, encode
 
     lab = routed_lab
-    procs = start(lab, {"s2": ["dry-run", "-i", "eth0", "--json", "--peer-listen", f":{PORT}",
-                               "--peer-key-file", key_file]})
+    procs = start_relays(lab, {"s2": ["dry-run", "-i", "eth0", "--json", "--peer-listen", f":{PORT}",
+                                      "--peer-key-file", key_file]})
     ring = Keyring([(1, key_bytes(key_file))])
     lab.flush_pmtu()
     good = encode(ptb_packet(lab, 4), ring, time.time(), secrets.token_bytes(12))
@@ -340,7 +272,7 @@ def test_dry_run_receiver_reports_and_injects_nothing(routed_lab: RoutedLab, key
     assert lines[0]["peer"].startswith(lab.router_addr(4, "s2") + ":"), lines[0]
     time.sleep(0.3)
     assert lab.learned_pmtu("s2", lab.client_addr(4)) is None, "dry-run injected a PTB"
-    stop(procs)
+    stop_relays(procs)
 
 
 # -- a peer going away and coming back ----------------------------------------------------------------------
@@ -353,11 +285,11 @@ def test_peer_going_away_and_coming_back(routed_lab: RoutedLab, key_file: str) -
         lab.ip(s.name, "route", "add", "unreachable", f"{UNREACHABLE}/32")
     extra = ["--peer", UNREACHABLE, "--peer", NOWHERE]
     argv = {n: peer_argv(lab, n, key_file, 4, *extra) for n in lab.server_names}
-    procs = start(lab, argv)
+    procs = start_relays(lab, argv)
 
     # everyone up
     flows, groups = transfers(lab, 4)
-    assert_all_complete(lab, 4, flows, groups, procs)
+    assert_blackhole_closed(lab, 4, flows, procs, closed_by="the peer relay")
 
     # s3's relay stops: s1 keeps sending to it (port unreachable) and to the dead peers; s2 is unaffected
     procs["s3"].stop(timeout=STOP_TIMEOUT)
@@ -371,9 +303,9 @@ def test_peer_going_away_and_coming_back(routed_lab: RoutedLab, key_file: str) -
         assert not any(f.completed for f in groups["s3"]), f"s3 completed without its relay:\n{table}\n{down.stderr}"
 
     # s3's relay is back: it receives again
-    procs.update(start(lab, {"s3": argv["s3"]}))
+    procs.update(start_relays(lab, {"s3": argv["s3"]}))
     flows, groups = transfers(lab, 4)
-    assert_all_complete(lab, 4, flows, groups, procs)
+    assert_blackhole_closed(lab, 4, flows, procs, closed_by="the peer relay")
     assert "s3" in groups
 
     # s3's link goes down: the router stops hashing to it; s1's datagrams to it die at the router
@@ -386,15 +318,15 @@ def test_peer_going_away_and_coming_back(routed_lab: RoutedLab, key_file: str) -
     # identity line. Such flows are left out; every identified flow must complete.
     identified = [f for f in flows if f.server is not None]
     assert len(identified) >= len(flows) - 2, describe(flows)
-    assert_all_complete(lab, 4, identified, {k: v for k, v in groups.items() if k is not None}, procs)
+    assert_blackhole_closed(lab, 4, identified, procs, closed_by="the peer relay")
 
     # and comes back: the same relay process (its sockets survived) receives again
     lab.set_server_link("s3", up=True)
     for family in (4, 6):
         flows, groups = transfers(lab, family)
         assert "s3" in groups, describe(flows)
-        assert_all_complete(lab, family, flows, groups, procs)
+        assert_blackhole_closed(lab, family, flows, procs, closed_by="the peer relay")
 
-    final = stop(procs)
+    final = stop_relays(procs)
     assert int(final["s1"].get("peer_tx_errors", 0)) >= 1, final["s1"]  # the unreachable peer, counted
     assert int(final["s3"].get("peer_injected", 0)) >= 1, final["s3"]

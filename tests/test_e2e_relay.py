@@ -10,57 +10,19 @@ Contract exercised (``python -m pmtud_relay``, run with this interpreter in each
 
 from __future__ import annotations
 
-import collections
 import ipaddress
 import time
 
 import pytest
 
-from pmtud_relay.lab import Lab, LabError, LabProcess
+from e2e_support import (FLOW_TIMEOUT, SIZE, STALL_TIMEOUT, assert_blackhole_closed, by_server, describe,
+                         start_relays, stop_relays)
 
-READY_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
-E2E_FLOW_TIMEOUT = 6.0     # with the relay every flow should finish in well under a second
-STALL_TIMEOUT = 3.0        # dry-run: flows on s2.. must still stall this long
-SIZE = 262144
+from pmtud_relay.lab import Lab, LabProcess
+
 REQUIRED_KEYS = {"verdict", "reason", "family", "outer_src", "outer_dst", "mtu", "inner_src",
                  "inner_dst", "proto", "sport", "dport"}
 BOGUS_SRC = {4: "198.51.100.99", 6: "2001:db8:5::99"}   # on-link, but not a VIP
-
-
-def start_relays(lab: Lab, *args: str, nodes: list[str] | None = None) -> dict[str, LabProcess]:
-    """``python -m pmtud_relay ARGS`` in each server (default: all); wait for event=ready."""
-    procs = {name: lab.spawn_python(name, "pmtud_relay", *args)
-             for name in (nodes or lab.server_names)}
-    for name, p in procs.items():
-        try:
-            p.wait_for(r"event=ready", stream="stderr", timeout=READY_TIMEOUT)
-        except (TimeoutError, LabError) as e:
-            pytest.fail(f"relay in {name} not ready: {e}", pytrace=False)
-    return procs
-
-
-def stop_relays(procs: dict[str, LabProcess]) -> dict[str, int]:
-    for p in procs.values():
-        assert p.poll() is None, f"relay in {p.node} died early rc={p.poll()}\n{p.stderr}"
-    for p in procs.values():
-        p.terminate()
-    t0 = time.monotonic()
-    rcs = {name: p.stop(timeout=STOP_TIMEOUT) for name, p in procs.items()}
-    assert time.monotonic() - t0 < STOP_TIMEOUT + 1
-    return rcs
-
-
-def by_server(flows):
-    out = collections.defaultdict(list)
-    for f in flows:
-        out[f.server].append(f)
-    return dict(out)
-
-
-def describe(flows) -> str:
-    return "\n".join(f"  #{f.index} {f.server} port={f.client_port} bytes={f.bytes} "
-                     f"completed={f.completed} {f.seconds:.3f}s err={f.error}" for f in flows)
 
 
 def same_ip(a, b) -> bool:
@@ -84,31 +46,19 @@ def wait_json(proc: LabProcess, done, timeout: float = 5.0) -> list[dict]:
 @pytest.mark.timeout(120)
 def test_relay_closes_the_blackhole(lab: Lab) -> None:
     lab.start_transfer_servers()
-    relays = start_relays(lab, "run", "-i", "eth0")
+    relays = start_relays(lab, dict.fromkeys(lab.server_names, ["run", "-i", "eth0"]))
     lab.flush_pmtu()
     for family in (4, 6):
-        flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=E2E_FLOW_TIMEOUT)
-        table = describe(flows)
-        groups = by_server(flows)
-        assert all(f.completed and f.bytes == SIZE for f in flows), \
-            f"IPv{family}: flows stalled with the relay running:\n{table}\n" + \
-            "\n".join(f"--- {n} stderr ---\n{p.stderr}" for n, p in relays.items())
-        assert len(groups) >= 2, f"IPv{family}: flows on one server only:\n{table}"
-        client = lab.client_addr(family)
-        assert lab.learned_pmtu("s1", client) == 1400
-        for name in sorted(set(groups) - {"s1"}):
-            assert lab.learned_pmtu(name, client) == 1400, \
-                f"IPv{family}: {name} completed its flows but learned no PMTU"
-    rcs = stop_relays(relays)
-    assert rcs == {name: 0 for name in relays}, \
-        "\n".join(f"--- {n} rc={rcs[n]} ---\n{p.stderr}" for n, p in relays.items())
+        flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=FLOW_TIMEOUT)
+        assert_blackhole_closed(lab, family, flows, relays)
+    stop_relays(relays)
 
 
 @pytest.mark.netns
 @pytest.mark.timeout(120)
 def test_dry_run_reports_and_sends_nothing(lab: Lab) -> None:
     lab.start_transfer_servers()
-    relays = start_relays(lab, "dry-run", "-i", "eth0", "--json")
+    relays = start_relays(lab, dict.fromkeys(lab.server_names, ["dry-run", "-i", "eth0", "--json"]))
     lab.flush_pmtu()
     for family in (4, 6):
         flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=STALL_TIMEOUT)
@@ -149,9 +99,7 @@ def test_dry_run_reports_and_sends_nothing(lab: Lab) -> None:
             if l["verdict"] == "relay" and same_ip(l["inner_src"], vip):
                 assert int(l["mtu"]) == 1400, l
                 assert same_ip(l["outer_dst"], vip), l
-    rcs = stop_relays(relays)
-    assert rcs == {name: 0 for name in relays}, \
-        "\n".join(f"--- {n} rc={rcs[n]} ---\n{p.stderr}" for n, p in relays.items())
+    stop_relays(relays)
 
 
 def _ptb_frame(lab: Lab, family: int, inner_src: str, dport: int) -> bytes:
@@ -186,7 +134,7 @@ def test_injected_ptb_for_non_vip_is_dropped(lab: Lab, family: int) -> None:
 
     sniffers = {name: lab.sniff(name) for name in others}
     # 1) dry-run on s1: the forged PTB is dropped, a well-formed one (control) would be relayed
-    relay = start_relays(lab, "dry-run", "-i", "eth0", "--json", nodes=["s1"])["s1"]
+    relay = start_relays(lab, {"s1": ["dry-run", "-i", "eth0", "--json"]})["s1"]
     lab.inject(_ptb_frame(lab, family, bogus, 40001))
     lab.inject(_ptb_frame(lab, family, vip, 40002))
     lines = wait_json(relay, lambda ls: any(l.get("dport") is not None and int(l["dport"]) == 40002
@@ -199,14 +147,14 @@ def test_injected_ptb_for_non_vip_is_dropped(lab: Lab, family: int) -> None:
     assert all(l["verdict"] == "drop" and l["reason"] in ("not_vip", "dst_not_quoted_src")
                for l in bad), dump
     assert good and good[0]["verdict"] == "relay", f"control PTB not relayed:\n{dump}"
-    assert stop_relays({"s1": relay}) == {"s1": 0}
+    stop_relays({"s1": relay})
 
     # 2) the real relay on s1: the control PTB is broadcast, the forged one is not
-    relay = start_relays(lab, "run", "-i", "eth0", nodes=["s1"])["s1"]
+    relay = start_relays(lab, {"s1": ["run", "-i", "eth0"]})["s1"]
     lab.inject(_ptb_frame(lab, family, bogus, 40003))
     lab.inject(_ptb_frame(lab, family, vip, 40004))
     time.sleep(0.5)
-    assert stop_relays({"s1": relay}) == {"s1": 0}
+    stop_relays({"s1": relay})
 
     for name, sniffer in sniffers.items():
         seen = lab.sniff_result(sniffer)

@@ -6,27 +6,13 @@ s1 learns the 1400-byte path MTU towards the client.
 
 from __future__ import annotations
 
-import collections
 import time
 
 import pytest
 
+from e2e_support import SIZE, STALL_TIMEOUT, by_server, describe
+
 from pmtud_relay.lab import Lab, LabProcess, list_netns, parse_route_get_mtu
-
-FLOW_TIMEOUT = 3.0   # seconds per flow; a s1 flow needs ~10 ms, a black-holed one never ends
-SIZE = 262144
-
-
-def by_server(flows):
-    out = collections.defaultdict(list)
-    for f in flows:
-        out[f.server].append(f)
-    return dict(out)
-
-
-def describe(flows) -> str:
-    return "\n".join(f"  #{f.index} {f.server} port={f.client_port} bytes={f.bytes} "
-                     f"completed={f.completed} {f.seconds:.3f}s err={f.error}" for f in flows)
 
 
 @pytest.mark.netns
@@ -35,7 +21,7 @@ def describe(flows) -> str:
 def test_ecmp_blackhole_without_relay(lab: Lab, family: int) -> None:
     lab.flush_pmtu()
     t0 = time.monotonic()
-    flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=FLOW_TIMEOUT)
+    flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=STALL_TIMEOUT)
     elapsed = time.monotonic() - t0
     groups = by_server(flows)
     table = describe(flows)
@@ -51,8 +37,8 @@ def test_ecmp_blackhole_without_relay(lab: Lab, family: int) -> None:
         for f in groups[name]:
             assert not f.completed and f.bytes < SIZE, \
                 f"{name} completed a flow although its PTBs go to s1:\n{table}"
-            assert f.seconds >= FLOW_TIMEOUT * 0.9, table
-    assert elapsed < FLOW_TIMEOUT * 4 + 10
+            assert f.seconds >= STALL_TIMEOUT * 0.9, table
+    assert elapsed < STALL_TIMEOUT * 4 + 10
 
     client = lab.client_addr(family)
     assert lab.learned_pmtu("s1", client) == 1400
