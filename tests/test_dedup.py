@@ -92,6 +92,22 @@ def test_remember_restamps_and_moves_to_the_back():
     assert d.is_duplicate(key(1), 1.1)  # stamped at 0.2, not 0.0
 
 
+def test_expiry_follows_the_oldest_stamp_after_restamping_the_front():
+    # remember() looks at the front of the table only once the oldest entry can have expired;
+    # restamping that entry must neither expire it early nor keep the others past their time.
+    d = Deduplicator(window=1.0, capacity=100)
+    d.remember(key(1), 0.0)
+    d.remember(key(2), 0.5)
+    d.remember(key(1), 0.6)  # the front entry moves to the back
+    d.remember(key(3), 1.05)  # past key 1's first stamp + window: a sweep that finds nothing
+    assert len(d) == 3
+    d.remember(key(4), 1.55)  # key 2 (0.5) has expired, key 1 (0.6) has not
+    assert len(d) == 3
+    assert not d.is_duplicate(key(2), 1.55) and d.is_duplicate(key(1), 1.55)
+    d.remember(key(5), 1.65)  # now key 1 has expired too
+    assert len(d) == 3 and not d.is_duplicate(key(1), 1.65)
+
+
 def test_capacity_bound_and_eviction_count():
     d = Deduplicator(window=60.0, capacity=3)
     for i in range(10):

@@ -12,6 +12,7 @@ from pmtud_relay.core.packet import PTB
 
 DEFAULT_WINDOW = 1.0
 DEFAULT_CAPACITY = 65536
+_NEVER = float("inf")
 
 
 def dedup_key(ptb: PTB) -> tuple:
@@ -29,7 +30,7 @@ class Deduplicator:
     eviction cost tens of microseconds once the table was at capacity.)
     """
 
-    __slots__ = ("window", "capacity", "_seen", "evictions")
+    __slots__ = ("window", "capacity", "_seen", "evictions", "_sweep_at")
 
     def __init__(self, window: float = DEFAULT_WINDOW, capacity: int = DEFAULT_CAPACITY):
         if window < 0:
@@ -40,6 +41,9 @@ class Deduplicator:
         self.capacity = capacity
         self._seen: OrderedDict[tuple, float] = OrderedDict()
         self.evictions = 0  # entries dropped for capacity before they expired
+        # When the oldest entry expires: until then a remember() only inserts (no look at the
+        # front of the table), so the per-PTB cost is two dict operations.
+        self._sweep_at = _NEVER
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -55,17 +59,12 @@ class Deduplicator:
             return
         seen = self._seen
         if key in seen:
-            seen[key] = now
-            seen.move_to_end(key)  # re-insert at the back, keeping expiry order
-        else:
-            seen[key] = now
-        # Expire from the front; the common case (the oldest entry is still fresh and the
-        # table is under its cap) costs one step.
-        for oldest in seen:
-            if seen[oldest] > now - self.window and len(seen) <= self.capacity:
-                return
-            break
-        self._expire(now)
+            seen.move_to_end(key)  # to the back, keeping expiry order
+        seen[key] = now
+        if now >= self._sweep_at or len(seen) > self.capacity:
+            self._expire(now)
+        elif self._sweep_at is _NEVER:
+            self._sweep_at = next(iter(seen.values())) + self.window
 
     def _expire(self, now: float) -> None:
         seen = self._seen
@@ -77,3 +76,6 @@ class Deduplicator:
             if seen[oldest] > horizon:
                 self.evictions += 1
             del seen[oldest]
+        # The front entry is now the oldest remembered; nothing expires before it does. (A key
+        # moved to the back later only makes this early: the sweep then finds nothing to do.)
+        self._sweep_at = next(iter(seen.values())) + self.window if seen else _NEVER
