@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import frames as F
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
+from pmtud_relay.core import packet as P
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_HOST, PACKET_OTHERHOST, PACKET_OUTGOING, Policy, VipSet
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
@@ -81,6 +83,50 @@ def quote_rewrites(draw):
         at = draw(st.integers(start, stop - 1))
         body[at] = draw(st.one_of(st.integers(0, 255), st.sampled_from([0x00, 0x02, 0x06, 0x11, 0x2C, 0x3A, 0x3C, 0x45, 0x4F, 0x60, 0x80])))
     return name, F.refresh_icmp_checksum(bytes(body), ptb.l3_offset, ptb.icmp_offset)
+
+
+def _refresh_ipv4_header_checksum(frame: bytearray, l3: int) -> None:
+    ihl = (frame[l3] & 0x0F) * 4
+    if frame[l3] >> 4 != 4 or ihl < 20 or len(frame) < l3 + ihl:
+        return
+    frame[l3 + 10 : l3 + 12] = b"\0\0"
+    frame[l3 + 10 : l3 + 12] = F.ones_complement_checksum(bytes(frame[l3 : l3 + ihl])).to_bytes(2, "big")
+
+
+# The fields the parser's fast paths read (offset from the IP header, size), per family.
+_V4_FIELDS = [(0, 1), (2, 2), (6, 2), (9, 1), (20, 1), (21, 1), (26, 2), (28, 1), (30, 2), (34, 2), (37, 1), (48, 2)]
+_V6_FIELDS = [(0, 1), (4, 2), (6, 1), (40, 1), (41, 1), (44, 4), (48, 1), (52, 2), (54, 1), (88, 2)]
+_BYTE_VALUES = [0, 1, 2, 3, 4, 6, 17, 0x14, 0x2B, 0x2C, 0x3A, 0x3C, 0x40, 0x45, 0x46, 0x4F, 0x50, 0x60, 0x6F, 0x70, 0x84, 0x88, 0xFF]
+
+
+@st.composite
+def common_layout_rewrites(draw):
+    """An untagged valid frame with fields the parser's fast paths read set to boundary values
+    (lengths around the layout's and the frame's size, flags, versions, protocols), the IPv4
+    header checksum kept valid so the rewrite gets past it; sometimes cut or padded."""
+    name = draw(st.sampled_from(["v4", "v4-udp", "v4-options", "v4-short-quote", "v6", "v6-udp", "v6-quoted-ext", "v6-hbh-dst"]))
+    frame = bytearray(CATALOGUE[name])
+    l3 = 14
+    room = len(frame) - l3
+    fields = _V4_FIELDS if name.startswith("v4") else _V6_FIELDS
+    for _ in range(draw(st.integers(1, 2))):
+        at, size = draw(st.sampled_from(fields))
+        top = (1 << 8 * size) - 1
+        if size == 1:
+            near = _BYTE_VALUES
+        else:
+            near = [0, 1, 8, 19, 20, 21, 39, 40, 43, 44, 51, 52, 53, 91, 92, room - 41, room - 40, room - 39,
+                    room - 1, room, room + 1, 0x1000, 0x1FFF, 0x2000, 0x3FFF, 0x4000, 0x8000, top]
+        # Mostly boundary values (a mutated comparison differs only there), sometimes any.
+        value = draw(st.sampled_from(near) if draw(st.integers(0, 3)) else st.integers(0, top)) & top
+        frame[l3 + at : l3 + at + size] = value.to_bytes(size, "big")
+    if draw(st.booleans()):
+        del frame[draw(st.integers(14, len(frame))) :]
+    elif draw(st.booleans()):
+        frame += bytes(draw(st.integers(1, 64)))
+    if name.startswith("v4") and len(frame) > l3:
+        _refresh_ipv4_header_checksum(frame, l3)
+    return bytes(frame)
 
 
 arbitrary = st.binary(max_size=2000)
@@ -244,3 +290,58 @@ def test_bpf_run_is_total(frame):
     result = parse_frame(frame)
     if isinstance(result, PTB) and not frame[0] & 1:
         assert verdict == bpf.ACCEPT_BYTES  # the kernel never hides a PTB the parser would take
+
+
+# -- the parser's fast paths -------------------------------------------------------------
+
+
+def _same_as_general(frame: bytes) -> None:
+    for l3 in (14, 18):
+        assert P._ipv4(frame, l3) == P._ipv4_general(frame, l3)
+        assert P._ipv6(frame, l3) == P._ipv6_general(frame, l3)
+
+
+@settings(max_examples=5000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(common_layout_rewrites())
+def test_fast_paths_decide_exactly_as_the_general_parser(frame):
+    """_ipv4/_ipv6 read the common layouts in one struct call; for every input they must
+    return what the general parser returns (equal records, or the same reason)."""
+    _same_as_general(frame)
+
+
+def test_fast_paths_decide_as_the_general_parser_on_every_boundary_value():
+    """Exhaustive over the fields the fast paths read: each boundary value in each field of
+    each common layout, whole, cut at the layout's edge, and padded."""
+    for name in ("v4", "v4-udp", "v6", "v6-udp"):
+        base = CATALOGUE[name]
+        room = len(base) - 14
+        fields = _V4_FIELDS if name.startswith("v4") else _V6_FIELDS
+        for at, size in fields:
+            top = (1 << 8 * size) - 1
+            values = _BYTE_VALUES if size == 1 else [
+                0, 1, 8, 19, 20, 21, 39, 40, 43, 44, 51, 52, 53, 91, 92, room - 41, room - 40, room - 39,
+                room - 1, room, room + 1, 0x1000, 0x1FFF, 0x2000, 0x3FFF, 0x4000, 0x8000, top]
+            for value in values:
+                frame = bytearray(base)
+                frame[14 + at : 14 + at + size] = (value & top).to_bytes(size, "big")
+                for variant in (frame, frame[: 14 + 52], frame[: 14 + 92], frame[: 14 + 91], frame + bytes(8)):
+                    variant = bytearray(variant)
+                    if name.startswith("v4"):
+                        _refresh_ipv4_header_checksum(variant, 14)
+                    _same_as_general(bytes(variant))
+
+
+@FAST
+@given(inputs)
+def test_fast_paths_decide_as_the_general_parser_on_hostile_input(frame):
+    _same_as_general(frame)
+
+
+@pytest.mark.parametrize("name", ["v4", "v4-udp", "v6", "v6-udp"])
+def test_the_common_layouts_take_the_fast_paths(name, monkeypatch):
+    # Guard for the test above: without it a fast path that never fires would pass it.
+    monkeypatch.setattr(P, "_ipv4_general", None)  # calling the general parser now fails
+    monkeypatch.setattr(P, "_ipv6_general", None)
+    frame = CATALOGUE[name]
+    ptb = P._ipv4(frame, 14) if name.startswith("v4") else P._ipv6(frame, 14)
+    assert ptb == parse_frame(frame)

@@ -69,13 +69,15 @@ class Deduplicator:
     def _expire(self, now: float) -> None:
         seen = self._seen
         horizon = now - self.window
+        pop = seen.popitem
         while seen:
-            oldest = next(iter(seen))
-            if seen[oldest] > horizon and len(seen) <= self.capacity:
-                break
-            if seen[oldest] > horizon:
+            key, stamp = pop(last=False)  # one C call per entry dropped
+            if stamp > horizon:
+                if len(seen) < self.capacity:  # fresh, and there is room: back to the front
+                    seen[key] = stamp
+                    seen.move_to_end(key, last=False)
+                    break
                 self.evictions += 1
-            del seen[oldest]
         # The front entry is now the oldest remembered; nothing expires before it does. (A key
         # moved to the back later only makes this early: the sweep then finds nothing to do.)
         self._sweep_at = next(iter(seen.values())) + self.window if seen else _NEVER

@@ -53,6 +53,13 @@ _PORTS = struct.Struct("!HH").unpack_from
 _IPV4_FIXED = struct.Struct("!BxHxxHxBH").unpack_from  # vihl, total, frag, proto, csum
 _TYPE_CODE_MTU4 = struct.Struct("!H4xH").unpack_from  # ICMPv4 type+code, next-hop MTU
 _TYPE_CODE_MTU6 = struct.Struct("!H2xI").unpack_from  # ICMPv6 type+code, MTU
+# The common layouts in one read each (see the fast paths in _ipv4 and _ipv6): IPv4 with a
+# 20-byte header quoting a 20-byte header and ports; IPv6 with no extension header quoting a
+# packet with none. Anything else takes the general path, which decides every frame the same.
+_V4_COMMON = struct.Struct("!xxHxxHxBxx4s4sH4xHxxHxxHxBxx4s4sHH").unpack_from  # 52 bytes from l3
+_V4_COMMON_LEN = 52
+_V6_COMMON = struct.Struct("!BxxxHBx16s16sH2xIBxxxHBx16s16sHH").unpack_from  # 92 bytes from l3
+_V6_COMMON_LEN = 92
 _from_bytes = int.from_bytes
 _new = tuple.__new__
 
@@ -167,6 +174,32 @@ def parse_frame_unverified(frame: bytes) -> ParseResult:
 def _ipv4(frame: bytes, l3: int) -> ParseResult:
     """An IPv4 PTB at offset ``l3`` of ``frame``, every check but the ICMP checksum."""
     n = len(frame)
+    if n >= l3 + _V4_COMMON_LEN and frame[l3] == 0x45 and frame[l3 + 28] == 0x45:
+        # Fast path: outer and quoted headers of 20 bytes. Returns only a PTB the general path
+        # below would return identically; any other outcome is left to the general path.
+        total, frag, proto, src, dst, type_code, mtu, qtotal, qfrag, qproto, qsrc, qdst, sport, dport = _V4_COMMON(
+            frame, l3
+        )
+        if (
+            proto == IPPROTO_ICMP
+            and type_code == 0x0304
+            and not frag & 0x3FFF
+            and _V4_COMMON_LEN <= total <= n - l3
+            and qtotal >= 20
+            and qproto in PORT_PROTOCOLS
+        ):
+            value = _from_bytes(frame[l3 : l3 + 20], "big")  # header checksum
+            if value % 0xFFFF or not value:
+                return _BAD_CHECKSUM
+            if qfrag & 0x1FFF:  # a quoted non-first fragment: no ports
+                sport = dport = -1
+            return _new(PTB, (4, src, dst, mtu, qsrc, qdst, qproto, sport, dport, qtotal, l3, l3 + 20, frame))
+    return _ipv4_general(frame, l3)
+
+
+def _ipv4_general(frame: bytes, l3: int) -> ParseResult:
+    """:func:`_ipv4` for every layout (options, short quotes, other protocols, fragments)."""
+    n = len(frame)
     if n < l3 + 20:
         return _TOO_SHORT
     vihl, total, frag, proto, _csum = _IPV4_FIXED(frame, l3)
@@ -232,6 +265,23 @@ def _ipv4(frame: bytes, l3: int) -> ParseResult:
 
 def _ipv6(frame: bytes, l3: int) -> ParseResult:
     """An IPv6 PTB at offset ``l3`` of ``frame``, every check but the ICMP checksum."""
+    n = len(frame)
+    if n >= l3 + _V6_COMMON_LEN and frame[l3 + 6] == IPPROTO_ICMPV6:
+        # Fast path: no extension header outside or in the quote (same contract as in _ipv4).
+        vfc, plen, _nh, src, dst, type_code, mtu, qvfc, qplen, qnh, qsrc, qdst, sport, dport = _V6_COMMON(frame, l3)
+        if (
+            type_code == 0x0200
+            and vfc >> 4 == 6
+            and qvfc >> 4 == 6
+            and _V6_COMMON_LEN - 40 <= plen <= n - l3 - 40
+            and qnh in PORT_PROTOCOLS
+        ):
+            return _new(PTB, (6, src, dst, mtu, qsrc, qdst, qnh, sport, dport, 40 + qplen, l3, l3 + 40, frame))
+    return _ipv6_general(frame, l3)
+
+
+def _ipv6_general(frame: bytes, l3: int) -> ParseResult:
+    """:func:`_ipv6` for every layout (extension headers, short quotes, other protocols)."""
     n = len(frame)
     if n < l3 + 40:
         return _TOO_SHORT
