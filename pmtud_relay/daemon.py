@@ -119,12 +119,14 @@ class RelayDaemon:
         """Bind the NFLOG group first (a busy group must not cost another instance its
         rules), then install the rules if asked to. RulesError/NflogError go to the CLI."""
         from pmtud_relay.capture.nflog import NflogCapture
+        from pmtud_relay.core.nflog_batching import BatchTuner
 
         s = self.settings
         # NETLINK_NO_ENOBUFS: on overrun the kernel would flag a socket error, which libuv (uvloop)
         # reports as fatal for the watcher: capture would stop for good. Losses are still
         # counted exactly from the NFLOG sequence numbers (nflog_lost).
-        self.nflog = NflogCapture(s.nflog_group, s.interfaces, no_enobufs=True)
+        # A tuner: QTHRESH 1 (each PTB delivered at once) unless the reader lags (core/nflog_batching.py).
+        self.nflog = NflogCapture(s.nflog_group, s.interfaces, no_enobufs=True, tuner=BatchTuner())
         for ifname in s.interfaces:
             self.ports.append(_Port(ifname, self._no_l2_emitter, capture=self.nflog.port(ifname)))
         if s.manage_rules:

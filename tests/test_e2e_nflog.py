@@ -1,6 +1,8 @@
 """NFLOG capture end to end, on the real kernel, each test in namespaces of its own.
 
-- delivery: a lone PTB arrives within milliseconds, a burst arrives batched;
+- delivery: a lone PTB arrives within milliseconds, a burst arrives batched; with the
+  daemon's tuner a lone PTB is handed over at once (QTHRESH 1) and a backlog switches to
+  batches and back;
 - ENOBUFS: a tiny socket buffer overflows, the overrun and the lost packets are counted
   exactly, capture goes on;
 - a busy group gives one sentence and leaves the other instance's rules alone;
@@ -119,6 +121,62 @@ def test_single_ptb_at_once_burst_batched(backend: str) -> None:
     assert r["median_ms"] < 10 and r["max_ms"] < 100, r
     assert r["burst"] == 1000 and r["lost"] == 0 and r["overruns"] == 0, r
     assert r["datagrams"] <= 1000 / 8, f"a burst should arrive batched (many packets per recv): {r}"
+
+
+ADAPTIVE = PRELUDE + r'''
+from pmtud_relay.core.nflog_batching import BatchTuner
+from pmtud_relay.rules import RuleSpec, get_backend
+backend = get_backend(sys.argv[1])
+# The rules' own threshold (iptables: --nflog-threshold 100) caps the socket's: the kernel
+# takes the smaller, so the tuner's QTHRESH 1 applies with either backend.
+backend.install(RuleSpec(("v1",), source_rate=10000, source_burst=10000, global_rate=10000, global_burst=10000))
+# A flush timer of 1 s: a PTB that arrives well within it was handed over by QTHRESH 1.
+tuner = BatchTuner(batch=100, high=32, low=4, calm=2)
+cap = NflogCapture(2105, ["v1"], timeout=100, tuner=tuner)
+out = {"lone_before": [], "lone_after": []}
+def lone(key, n, base):
+    for i in range(n):
+        t0 = time.monotonic()
+        tx.send(ptb(4, "203.0.113.5", base + i))
+        got = drain_until(cap, 1, timeout=2.5)
+        out[key].append([len(got), round(time.monotonic() - t0, 3), tuner.qthresh])
+lone("lone_before", 5, 100)
+# The first burst arrives one packet per datagram; reading it finds a backlog: batches.
+send_paced([ptb(4, f"203.0.113.{1 + i % 200}", 2000 + i) for i in range(1000)])
+out["burst1"] = len(drain_until(cap, 1000, timeout=5.0))
+out["qthresh_after_burst"] = tuner.qthresh
+send_paced([ptb(4, f"203.0.113.{1 + i % 200}", 4000 + i) for i in range(1000)])
+d0 = cap.datagrams
+out["burst2"] = len(drain_until(cap, 1000, timeout=5.0))
+out["burst2_datagrams"] = cap.datagrams - d0
+out["calm"] = []
+lone("calm", 2, 300)  # each waits for the 1 s timer (batching), then the tuner goes back to 1
+lone("lone_after", 3, 400)
+out.update(switches=tuner.switches, config_errors=cap.config_errors, lost=cap.lost, overruns=cap.overruns)
+print(json.dumps(out))
+cap.close()
+backend.remove()
+'''
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_tuner_hands_lone_ptbs_over_at_once_and_batches_a_backlog(backend: str) -> None:
+    need_backend(backend)
+    with NetNS() as ns:
+        r = _json_tail(ns.python(ADAPTIVE, backend).stdout)
+    print(f"\n{r}")
+    # Lone PTBs arrive long before the 1 s flush timer: QTHRESH 1, acknowledged by the kernel.
+    for n, seconds, qthresh in r["lone_before"] + r["lone_after"]:
+        assert n == 1 and seconds < 0.5 and qthresh == 1, r
+    # A paced burst of 1 000 backs up the reader: batches of up to 100 from then on.
+    assert r["burst1"] == 1000 and r["qthresh_after_burst"] == 100, r
+    assert r["burst2"] == 1000 and r["burst2_datagrams"] <= 1000 / 8, r
+    # Two calm wake-ups (each a lone PTB, flushed by the 1 s timer while batching) switch back to 1.
+    assert [n for n, _, _ in r["calm"]] == [1, 1] and r["calm"][0][1] > 0.5 and r["calm"][-1][2] == 1, r
+    assert r["switches"] == 2 and r["config_errors"] == 0, r
+    assert r["lost"] == 0 and r["overruns"] == 0, r
 
 
 # --- ENOBUFS -----------------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ Delivery tuning (measured on Linux 6.18, see docs/nflog-and-rules.md): the kerne
 flushes a group's queue when it holds QTHRESH packets, when its buffer (NLBUFSIZ) is
 full, or when the flush timer (TIMEOUT, in 1/100 s) expires; TIMEOUT 0 fires on the
 next timer tick, so a lone PTB is delivered within a few milliseconds while a burst
-is batched into few datagrams. Sequence numbers are on, so packets the kernel could
+is batched into few datagrams. With a ``tuner`` (the daemon always passes one) QTHRESH
+starts at 1, so a lone PTB is delivered at once, and rises to a batch size only while
+the reader lags (:mod:`pmtud_relay.core.nflog_batching`). Sequence numbers are on, so packets the kernel could
 not deliver show up as gaps (``lost``); a receive-buffer overrun is reported by
 recv() as ENOBUFS, which is counted (``overruns``) and capture carries on.
 """
@@ -33,6 +35,7 @@ from collections import Counter, deque
 from typing import Iterable
 
 from pmtud_relay.core import nflog_wire as w
+from pmtud_relay.core.nflog_batching import BatchTuner
 from pmtud_relay.core.policy import PACKET_HOST
 
 DEFAULT_GROUP = 2105
@@ -95,6 +98,7 @@ class NflogDemux:
         self.overruns = 0  # ENOBUFS from recv(): the socket buffer overflowed
         self.lost = 0  # packets missing from the sequence: the kernel could not deliver them
         self.queue_overflow = 0  # packets dropped because a port's queue held MAX_QUEUE
+        self.config_errors = 0  # configuration requests the kernel refused (or that could not be sent)
         self.drops: Counter[w.NflogDrop] = Counter()
         self._next_seq: int | None = None
         self.closed = False
@@ -128,6 +132,9 @@ class NflogDemux:
     def feed(self, data: bytes) -> int:
         """Sort one datagram's packets into the ports' queues; return how many it held."""
         batch = w.parse_datagram(data)
+        for _seq, err in batch.acks:  # answers to configuration requests sent without waiting
+            if err:
+                self.config_errors += 1
         if batch.malformed:
             self.drops[w.NflogDrop.MALFORMED] += batch.malformed
         if batch.overrun:
@@ -182,7 +189,11 @@ class NflogCapture(NflogDemux):
         nlbufsiz: int = DEFAULT_NLBUFSIZ,
         copy_range: int = w.COPY_RANGE_MAX,
         no_enobufs: bool = False,
+        tuner: BatchTuner | None = None,
     ):
+        """``tuner``: adapt QTHRESH to the load (core/nflog_batching.py): start at 1 (every PTB
+        delivered at once) and batch up to ``tuner.batch`` only while the reader lags; then
+        ``qthresh`` is ignored."""
         if not 0 <= group <= 0xFFFF:
             raise ValueError(f"NFLOG group must be within 0..65535, got {group}")
         ports = []
@@ -190,6 +201,9 @@ class NflogCapture(NflogDemux):
             ifindex = socket.if_nametoindex(ifname)  # OSError ENODEV/ENXIO for unknown names
             ports.append((ifname, ifindex, interface_mac(ifname)))
         super().__init__(group, ports)
+        self.tuner = tuner
+        if tuner is not None:
+            qthresh = tuner.qthresh
         self._req_seq = 0
         self._buf = bytearray(RECV_BUFFER)
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, w.NETLINK_NETFILTER)
@@ -311,7 +325,21 @@ class NflogCapture(NflogDemux):
                 break
             self.datagrams += 1
             got += self.feed(bytes(buf[:n]))
+        tuner = self.tuner
+        if tuner is not None:
+            qthresh = tuner.observe(got)
+            if qthresh is not None:
+                self._retune(qthresh)
         return got
+
+    def _retune(self, qthresh: int) -> None:
+        """Ask for a new QTHRESH without waiting: the kernel's answer arrives with the packets
+        (:meth:`feed` counts a refusal in ``config_errors``)."""
+        self._req_seq += 1
+        try:
+            self.sock.send(w.config_message(self.group, w.u32_attr(w.NFULA_CFG_QTHRESH, qthresh), self._req_seq))
+        except OSError:
+            self.config_errors += 1
 
     def close(self) -> None:
         """Unbind the group (best effort) and close the socket. Idempotent."""
