@@ -125,8 +125,9 @@ class RelayDaemon:
         # NETLINK_NO_ENOBUFS: on overrun the kernel would flag a socket error, which libuv (uvloop)
         # reports as fatal for the watcher: capture would stop for good. Losses are still
         # counted exactly from the NFLOG sequence numbers (nflog_lost).
-        # A tuner: QTHRESH 1 (each PTB delivered at once) unless the reader lags (core/nflog_batching.py).
-        self.nflog = NflogCapture(s.nflog_group, s.interfaces, no_enobufs=True, tuner=BatchTuner())
+        # A tuner: QTHRESH 1 (each PTB delivered at once) unless PTBs are frequent or the reader lags
+        # (core/nflog_batching.py).
+        self.nflog = NflogCapture(s.nflog_group, s.interfaces, no_enobufs=True, tuner=BatchTuner(now=self.clock()))
         for ifname in s.interfaces:
             self.ports.append(_Port(ifname, self._no_l2_emitter, capture=self.nflog.port(ifname)))
         if s.manage_rules:

@@ -19,7 +19,7 @@ full, or when the flush timer (TIMEOUT, in 1/100 s) expires; TIMEOUT 0 fires on 
 next timer tick, so a lone PTB is delivered within a few milliseconds while a burst
 is batched into few datagrams. With a ``tuner`` (the daemon always passes one) QTHRESH
 starts at 1, so a lone PTB is delivered at once, and rises to a batch size only while
-the reader lags (:mod:`pmtud_relay.core.nflog_batching`). Sequence numbers are on, so packets the kernel could
+PTBs are frequent or the reader lags (:mod:`pmtud_relay.core.nflog_batching`). Sequence numbers are on, so packets the kernel could
 not deliver show up as gaps (``lost``); a receive-buffer overrun is reported by
 recv() as ENOBUFS, which is counted (``overruns``) and capture carries on.
 """
@@ -31,6 +31,7 @@ import fcntl
 import os
 import socket
 import struct
+import time
 from collections import Counter, deque
 from typing import Iterable
 
@@ -192,8 +193,8 @@ class NflogCapture(NflogDemux):
         tuner: BatchTuner | None = None,
     ):
         """``tuner``: adapt QTHRESH to the load (core/nflog_batching.py): start at 1 (every PTB
-        delivered at once) and batch up to ``tuner.batch`` only while the reader lags; then
-        ``qthresh`` is ignored."""
+        delivered at once) and batch up to ``tuner.batch`` only while PTBs are frequent or the
+        reader lags; then ``qthresh`` is ignored."""
         if not 0 <= group <= 0xFFFF:
             raise ValueError(f"NFLOG group must be within 0..65535, got {group}")
         ports = []
@@ -327,7 +328,7 @@ class NflogCapture(NflogDemux):
             got += self.feed(bytes(buf[:n]))
         tuner = self.tuner
         if tuner is not None:
-            qthresh = tuner.observe(got)
+            qthresh = tuner.observe(got, time.monotonic())
             if qthresh is not None:
                 self._retune(qthresh)
         return got
