@@ -152,7 +152,8 @@ out["burst2_datagrams"] = cap.datagrams - d0
 out["calm"] = []
 lone("calm", 1, 300)  # waits for the 1 s timer (batching); one PTB in 1 s: back to QTHRESH 1
 lone("lone_after", 3, 400)
-out.update(switches=tuner.switches, config_errors=cap.config_errors, lost=cap.lost, overruns=cap.overruns)
+out.update(switches=tuner.switches, config_errors=cap.config_errors, lost=cap.lost, overruns=cap.overruns,
+           stats={k: v for k, v in cap.stats().items() if k.startswith("nflog_qthresh")})
 print(json.dumps(out))
 cap.close()
 backend.remove()
@@ -176,6 +177,7 @@ def test_tuner_hands_lone_ptbs_over_at_once_and_batches_a_backlog(backend: str) 
     # A lone PTB while batching waits for the 1 s timer; at that rate the tuner switches back to 1.
     assert [n for n, _, _ in r["calm"]] == [1] and r["calm"][0][1] > 0.5 and r["calm"][0][2] == 1, r
     assert r["switches"] == 2 and r["config_errors"] == 0, r
+    assert r["stats"] == {"nflog_qthresh": 1, "nflog_qthresh_changes": 2}, r  # what the summary line reports
     assert r["lost"] == 0 and r["overruns"] == 0, r
 
 

@@ -19,9 +19,10 @@ full, or when the flush timer (TIMEOUT, in 1/100 s) expires; TIMEOUT 0 fires on 
 next timer tick, so a lone PTB is delivered within a few milliseconds while a burst
 is batched into few datagrams. With a ``tuner`` (the daemon always passes one) QTHRESH
 starts at 1, so a lone PTB is delivered at once, and rises to a batch size only while
-PTBs are frequent or the reader lags (:mod:`pmtud_relay.core.nflog_batching`). Sequence numbers are on, so packets the kernel could
-not deliver show up as gaps (``lost``); a receive-buffer overrun is reported by
-recv() as ENOBUFS, which is counted (``overruns``) and capture carries on.
+PTBs are frequent or the reader lags (:mod:`pmtud_relay.core.nflog_batching`). Sequence
+numbers are on, so packets the kernel could not deliver show up as gaps (``lost``); a
+receive-buffer overrun is reported by recv() as ENOBUFS, which is counted (``overruns``)
+and capture carries on.
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ class NflogDemux:
         }
         if self.queue_overflow:
             out["nflog_queue_overflow"] = self.queue_overflow
+        if self.config_errors:
+            out["nflog_config_errors"] = self.config_errors
         out.update({str(k): v for k, v in self.drops.items()})
         return out
 
@@ -332,6 +335,13 @@ class NflogCapture(NflogDemux):
             if qthresh is not None:
                 self._retune(qthresh)
         return got
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        if self.tuner is not None:  # the QTHRESH in force and how often it changed
+            out["nflog_qthresh"] = self.tuner.qthresh
+            out["nflog_qthresh_changes"] = self.tuner.switches
+        return out
 
     def _retune(self, qthresh: int) -> None:
         """Ask for a new QTHRESH without waiting: the kernel's answer arrives with the packets
