@@ -99,25 +99,22 @@ def parse_frame(frame: bytes) -> ParseResult:
 
     Every check, the ICMP checksum included (it comes last: a frame that is both malformed
     and corrupt is reported by its first structural fault)."""
-    ptb = parse_frame_unverified(frame)
-    if ptb.__class__ is Reason or checksum_ok(ptb):
-        return ptb
-    return _BAD_CHECKSUM
+    return _verified(parse_frame_unverified(frame))
 
 
 def parse_ipv4(frame: bytes, l3: int) -> ParseResult:
     """Parse an IPv4 PTB starting at offset ``l3`` of ``frame`` (every check)."""
-    ptb = _ipv4(frame, l3)
-    if ptb.__class__ is Reason or checksum_ok(ptb):
-        return ptb
-    return _BAD_CHECKSUM
+    return _verified(_ipv4(frame, l3))
 
 
 def parse_ipv6(frame: bytes, l3: int) -> ParseResult:
     """Parse an IPv6 PTB starting at offset ``l3`` of ``frame`` (every check)."""
-    ptb = _ipv6(frame, l3)
-    if ptb.__class__ is Reason or checksum_ok(ptb):
-        return ptb
+    return _verified(_ipv6(frame, l3))
+
+
+def _verified(result: ParseResult) -> ParseResult:
+    if result.__class__ is Reason or checksum_ok(result):
+        return result
     return _BAD_CHECKSUM
 
 
