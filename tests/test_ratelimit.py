@@ -90,6 +90,18 @@ def test_default_source_burst_then_limited():
     assert limiter.check(A, 0.0) is SRC
 
 
+def test_refund_gives_back_exactly_what_check_spent():
+    limiter = RateLimiter(source_rate=1 / 1024, source_burst=2.0, global_rate=1 / 1024, global_burst=3.0)
+    assert limiter.check(A, 0.0) is None
+    before = (limiter._sources[A][0], limiter._global.tokens)
+    assert limiter.check(A, 0.0) is None
+    limiter.refund(A)
+    assert (limiter._sources[A][0], limiter._global.tokens) == before
+    assert results(limiter, A, 0.0, 2) == [None, SRC]  # the refunded token, then empty
+    assert results(limiter, B, 0.0, 2) == [None, GLB]  # the global bucket held 3: A 2, B 1
+    assert_non_negative(limiter)
+
+
 def test_burst_then_refill_at_rate():
     limiter = RateLimiter(source_rate=4.0, source_burst=3.0, global_rate=1024.0, global_burst=1024.0)
     assert results(limiter, A, 0.0, 4) == [None, None, None, SRC]

@@ -161,7 +161,7 @@ def test_corrupt_ptb_is_dropped_and_not_remembered(build):
 
 def test_checksum_runs_only_for_ptbs_that_would_be_relayed(monkeypatch):
     """The ICMP checksum is the costly check: duplicates, policy drops and rate-limited PTBs
-    are decided without it; a corrupt PTB spends the tokens a correct one would."""
+    are decided without it; a corrupt PTB gets back the tokens the limits took for it."""
     import pmtud_relay.core.relay as relay_module
 
     calls = []
@@ -175,11 +175,23 @@ def test_checksum_runs_only_for_ptbs_that_would_be_relayed(monkeypatch):
     assert r.handle(F.ptb_v4(sport=9, mtu=100), 0.0, SRC_MAC).reason is Reason.MTU_BELOW_FLOOR
     assert len(calls) == 1
     corrupt = F.add_one(F.ptb_v4(sport=2), len(F.ptb_v4(sport=2)) - 1)
-    assert r.handle(corrupt, 0.0, SRC_MAC).reason is Reason.BAD_CHECKSUM
-    assert len(calls) == 2
-    # The corrupt PTB took the second token: the next one is limited, without a checksum.
-    assert r.handle(F.ptb_v4(sport=3), 0.0, SRC_MAC).reason is Reason.RATE_LIMITED_SOURCE
-    assert len(calls) == 2
+    for _ in range(5):
+        assert r.handle(corrupt, 0.0, SRC_MAC).reason is Reason.BAD_CHECKSUM
+    assert len(calls) == 6
+    # The corrupt PTBs gave their token back: the second one is still there...
+    assert r.handle(F.ptb_v4(sport=3), 0.0, SRC_MAC).relay
+    # ...and once it is spent, a PTB is limited without a checksum.
+    assert r.handle(F.ptb_v4(sport=4), 0.0, SRC_MAC).reason is Reason.RATE_LIMITED_SOURCE
+    assert len(calls) == 7
+
+
+def test_corrupt_ptbs_from_many_sources_do_not_starve_the_global_bucket():
+    r = Relay(config(global_rate=1 / 1024, global_burst=3.0))
+    for i in range(200):  # each from its own source, so no per-source bucket stops them
+        corrupt = F.ptb_v4(sport=1000 + i, outer_src=f"198.51.100.{1 + i}")
+        corrupt = F.add_one(corrupt, len(corrupt) - 1)
+        assert r.handle(corrupt, 0.0, SRC_MAC).reason is Reason.BAD_CHECKSUM
+    assert [r.handle(F.ptb_v4(sport=s), 0.0, SRC_MAC).relay for s in (1, 2, 3, 4)] == [True, True, True, False]
 
 
 def test_rate_limit_is_per_outer_source():

@@ -86,6 +86,14 @@ class RateLimiter:
         drops, self.source_drops = self.source_drops, {}
         return drops
 
+    def refund(self, source: bytes) -> None:
+        """Give back the tokens the last successful :meth:`check` for ``source`` spent: the PTB
+        was not relayed after all (its checksum failed, which is verified after the limits)."""
+        state = self._sources.get(source)
+        if state is not None:
+            state[0] += 1.0
+        self._global.tokens += 1.0
+
     def check(self, source: bytes, now: float) -> Reason | None:
         """Spend one token from ``source``'s bucket and the global one, or say which is empty."""
         sources = self._sources

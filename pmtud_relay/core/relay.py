@@ -4,10 +4,10 @@ Pipeline: parse → policy → dedup → rate limits → ICMP checksum → build
 Cheap checks run first: the checksum (a pass over a quote of up to 1 240 bytes, the
 costliest step) runs only for a PTB that would otherwise be relayed, so duplicates,
 spoofed PTBs about other addresses and a rate-limited flood never pay for it. A PTB
-spends rate-limit tokens only when it passed policy and dedup (a corrupt one spends
-them too: a checksum is no proof of origin, so that gives a sender nothing it could
-not get with a correct one), and is remembered for dedup only once it is relayed, so a
-PTB dropped by a limit can still get through on a later retransmission.
+spends rate-limit tokens only when it is relayed (a corrupt one gets the tokens the
+limits took for it back, so garbage cannot starve real PTBs), and is remembered for dedup
+only once it is relayed, so a PTB dropped by a limit can still get through on a later
+retransmission.
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ class Relay:
                 reason = self.limiter.check(ptb.outer_src, now)
                 if reason is None:
                     if not checksum_ok(ptb):  # a corrupt frame: reported as a parse drop
+                        self.limiter.refund(ptb.outer_src)
                         self.counts[_BAD_CHECKSUM] += 1
                         return _PARSE_DROPS[_BAD_CHECKSUM]
                     dedup.remember(key, now)
