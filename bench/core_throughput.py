@@ -24,7 +24,6 @@ import frames as F  # noqa: E402
 from common import median, pin, table, write_result  # noqa: E402
 
 from pmtud_relay.core.policy import Policy, VipSet  # noqa: E402
-from pmtud_relay.core.reasons import Reason  # noqa: E402
 from pmtud_relay.core.relay import Relay, RelayConfig  # noqa: E402
 
 BATCH = 256
