@@ -353,6 +353,8 @@ REJECTS = [
     ("v4 more fragments", lambda: F.ptb_v4(ip_fields={"flags": "MF"}), Reason.FRAGMENT),
     ("v4 offset", lambda: F.ptb_v4(ip_fields={"frag": 1}), Reason.FRAGMENT),
     ("v4 offset and DF", lambda: F.ptb_v4(ip_fields={"frag": 100, "flags": "DF"}), Reason.FRAGMENT),
+    # The checksums come after every structural check: a corrupt fragment is a fragment.
+    ("v4 fragment, bad header checksum", lambda: F.ptb_v4(ip_fields={"flags": "MF", "chksum": 0x1234}), Reason.FRAGMENT),
     ("v6 fragment offset", lambda: F.ptb_v6(outer_ext=(IPv6ExtHdrFragment(offset=1, m=0),)), Reason.FRAGMENT),
     ("v6 fragment M flag", lambda: F.ptb_v6(outer_ext=(IPv6ExtHdrFragment(offset=0, m=1),)), Reason.FRAGMENT),
     (
@@ -444,12 +446,12 @@ def test_every_parse_reason_is_exercised():
 
 
 @pytest.mark.parametrize("name, build, reason", REJECTS, ids=[r[0] for r in REJECTS])
-def test_unverified_parse_defers_only_the_icmp_checksum(name, build, reason):
+def test_unverified_parse_defers_only_the_checksums(name, build, reason):
     """parse_frame_unverified + checksum_ok (the relay's split) decide exactly as parse_frame."""
     frame = build()
     early = parse_frame_unverified(frame)
     if isinstance(early, PTB):
-        # Only the ICMP checksum is left: the outer IPv4 header checksum is checked early.
+        # Only the checksums are left (ICMP, and the outer IPv4 header's).
         assert reason is Reason.BAD_CHECKSUM and not checksum_ok(early)
     else:
         assert early is reason

@@ -159,6 +159,21 @@ def test_corrupt_ptb_is_dropped_and_not_remembered(build):
     assert r.handle(good, 0.1, SRC_MAC).relay  # the corrupt one was not remembered by dedup
 
 
+def test_bad_ipv4_header_checksum_is_caught_last_and_refunded():
+    """The outer IPv4 header checksum is verified with the ICMP one, after the other checks:
+    a PTB whose header is corrupt is not relayed, not remembered, and spends no token."""
+    r = Relay(config(source_rate=1 / 1024, source_burst=1.0, dedup_window=100.0))
+    good = F.ptb_v4(sport=1)
+    bad_header = F.ptb_v4(sport=1, ip_fields={"chksum": 0x1234})
+    for _ in range(3):
+        assert r.handle(bad_header, 0.0, SRC_MAC) == Decision(False, Reason.BAD_CHECKSUM, None, None)
+    assert r.counts[Reason.BAD_CHECKSUM] == 3
+    assert r.handle(good, 0.0, SRC_MAC).relay  # neither remembered nor charged to the source
+    # Not about a VIP: dropped by policy before any checksum is looked at.
+    not_ours = F.ptb_v4(sport=2, outer_dst="192.0.2.200", src="192.0.2.200", ip_fields={"chksum": 0x1234})
+    assert r.handle(not_ours, 0.0, SRC_MAC).reason is Reason.NOT_VIP
+
+
 def test_checksum_runs_only_for_ptbs_that_would_be_relayed(monkeypatch):
     """The ICMP checksum is the costly check: duplicates, policy drops and rate-limited PTBs
     are decided without it; a corrupt PTB gets back the tokens the limits took for it."""

@@ -23,7 +23,7 @@ class Reason(enum.Enum):
     FRAGMENT = "fragment"  # the outer packet is a fragment
     BAD_EXT_HEADER = "bad_ext_header"  # IPv6 extension-header chain too long or malformed
     NOT_PTB = "not_ptb"  # not ICMPv4 3/4 nor ICMPv6 2/0
-    BAD_CHECKSUM = "bad_checksum"  # ICMP checksum does not verify
+    BAD_CHECKSUM = "bad_checksum"  # ICMP or outer IPv4 header checksum does not verify (checked last)
     SHORT_QUOTE = "short_quote"  # fewer bytes quoted than the quoted IP header needs
     BAD_INNER = "bad_inner"  # quoted packet is not a plausible IP header
     INNER_ICMP_ERROR = "inner_icmp_error"  # PTB about an ICMP error: never legitimate
