@@ -202,7 +202,13 @@ def main(argv=None) -> int:
             lab.flush_pmtu()
             flows = lab.run_transfers(fam, flows=8, size=131072, timeout=3.0)
             rounds.append({"family": fam, "flows": len(flows), "ok": sum(1 for f in flows if f.completed),
-                           "servers": sorted({f.server for f in flows if f.server})})
+                           "servers": sorted({f.server for f in flows if f.server}),
+                           # what a failed flow looked like: a reset at 1 s in the handshake is not
+                           # a stall on a lost PTB (docs/security.md, "Soak")
+                           "failed": [{"server": f.server, "client_port": f.client_port, "bytes": f.bytes,
+                                       "seconds": round(f.seconds, 3), "error": f.error}
+                                      for f in flows if not f.completed],
+                           "t": round(time.monotonic() - t0, 2)})
             fam = 6 if fam == 4 else 4
         while gen.poll() is None and time.monotonic() - t0 < args.seconds + 30:
             time.sleep(0.2)
@@ -242,6 +248,9 @@ def main(argv=None) -> int:
     if gen_out:
         print(f"flood sent: {sum(gen_out[-1]['sent'].values())} frames {gen_out[-1]['sent']} send errors {gen_out[-1]['errors']}")
     print(f"legitimate flows: {legit_ok}/{legit_total} completed in {len(rounds)} rounds")
+    for r in rounds:
+        for f in r["failed"]:
+            print(f"  failed at {r['t']} s: IPv{r['family']} {f}")
     for name, r in payload["relays"].items():
         c = dict(r["counts"])
         relayed = c.pop("relayed", 0)

@@ -10,7 +10,7 @@ Layout (one lab = one unique tag; every namespace name starts with it)::
                             r2 198.51.100.17/28  2001:db8:5:2::1/64 <--veth--> eth0 198.51.100.18/28  2001:db8:5:2::2/64 (s2)
                             rN 198.51.100.(16(N-1)+1)/28, 2001:db8:5:N::1/64 ...
 
-The router hashes the VIP over every server on L4 (``fib_multipath_hash_policy=1``) and routes
+The router hashes the VIP over every server on L4 (addresses, protocol, ports: policy 3) and routes
 its own ICMP errors for the VIP (``ip rule ipproto icmp|ipv6-icmp to VIP lookup 100``) to s1
 only: PTBs about flows owned by s2..sN reach s1, and no L2 broadcast from s1 can reach anyone.
 Servers reach each other's unicast addresses through the router (peer relay traffic).

@@ -12,7 +12,7 @@ Layout (one lab = one unique tag, e.g. ``pmr-4711-9f3a``; every namespace name s
                              +-- ...
                              +-- pinj <--veth--> eth0 (injector ns, no addresses)
 
-The router hashes the VIP over every server on L4 (``fib_multipath_hash_policy=1``) but routes
+The router hashes the VIP over every server on L4 (addresses, protocol, ports: policy 3) but routes
 its own ICMP errors for the VIP (``ip rule ipproto icmp|ipv6-icmp to VIP lookup 100``) to s1
 only, so PTBs about flows owned by s2..sN are misdelivered to s1: the classic ECMP PMTUD black hole.
 
@@ -573,9 +573,22 @@ class Lab:
         return {
             "net.ipv4.ip_forward": 1,
             "net.ipv6.conf.all.forwarding": 1,
-            "net.ipv4.fib_multipath_hash_policy": 1,
-            "net.ipv6.fib_multipath_hash_policy": 1,
         }
+
+    def _router_hash(self) -> None:
+        """ECMP on the packet's own headers (addresses, protocol, ports), as a hardware router
+        hashes. Policy 1 ("L4") is not that between namespaces: it takes the skb's hash when one
+        is present, and an skb from a local socket carries the socket's hash across the veth,
+        which the client's kernel changes when its SYN times out; the retried SYN then landed
+        on another server, which answered it while the first one still held the half-open
+        connection, and the client got a reset (seen in the soak, docs/security.md). Custom
+        field hashing (policy 3) needs Linux 5.12 (IPv4) / 5.15 (IPv6); older kernels keep 1."""
+        for fam in ("ipv4", "ipv6"):
+            try:
+                self.sysctl("router", {f"net.{fam}.fib_multipath_hash_fields": 0x0037,
+                                       f"net.{fam}.fib_multipath_hash_policy": 3})
+            except LabError:
+                self.sysctl("router", {f"net.{fam}.fib_multipath_hash_policy": 1})
 
     def _prepare_nodes(self) -> None:
         self._create_namespaces()
@@ -584,6 +597,7 @@ class Lab:
             self.sysctl(node, base)
             self.ip(node, "link", "set", "lo", "up")
         self.sysctl("router", self._router_sysctls())
+        self._router_hash()
 
     def _build_client_link(self) -> None:
         """client <-> router, with the asymmetric MTU that makes the router send PTBs."""
@@ -713,10 +727,18 @@ class Lab:
 
     # -- PMTU state ------------------------------------------------------------------------
     def flush_pmtu(self) -> None:
-        """Forget every learned PMTU on every server (``ip [-6] route flush cache``)."""
+        """Forget every learned PMTU on every server (``ip [-6] route flush cache``).
+
+        IPv4 only marks its PMTU exceptions stale; the first lookup that finds a stale one
+        resets it and releases the routes cached on it, and a SYN-ACK already holding such a
+        route is then discarded (``dst_discard_out``) and resent only by its 1 s timer. With
+        concurrent connects that happened to ~0.5 % of the next round's IPv4 handshakes, so
+        one lookup per server here resets the exception while nothing is in flight."""
         for s in self.servers:
             self.ip(s.name, "route", "flush", "cache")
             self.ip(s.name, "-6", "route", "flush", "cache")
+            # (best effort: a server whose link is down has no route to look up)
+            self.ip(s.name, "-4", "route", "get", self.client_addr(4), "from", self.vip(4), check=False)
 
     def learned_pmtu(self, server: str | int, client_addr: str | None = None,
                      family: object | None = None) -> int | None:
