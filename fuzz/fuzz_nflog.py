@@ -1,13 +1,15 @@
 """atheris target: the NFLOG wire parser, frame reconstruction, the demultiplexer and the relay.
 
 Input: one netlink datagram as the kernel would deliver it on the NFLOG socket. It goes through
-``parse_datagram`` (total: returns a Batch) and through ``NflogDemux.feed`` (one demultiplexer for
-the whole run, so sequence tracking sees many datagrams) for two configured interfaces; every
-rebuilt frame is drained and handed to ``Relay.handle``.
+``parse_datagram`` (total: returns a Batch), through a ``PacketParser`` (the learned-layout fast
+path, one for the whole run so that it learns, forgets and pauses) and through ``NflogDemux.feed``
+(one demultiplexer for the whole run, so sequence tracking sees many datagrams) for two configured
+interfaces; every rebuilt frame is drained and handed to ``Relay.handle``.
 
-Asserted: nothing raises; counts are consistent (every logged packet is queued for a port or
-dropped with an NflogDrop reason); a frame only reaches the port of the interface it was logged
-on; a relayed decision passes the independent re-check of ``_common.check_relayed_frame``.
+Asserted: nothing raises; the fast path's batch equals the general walk's; counts are consistent
+(every logged packet is queued for a port or dropped with an NflogDrop reason); a frame only
+reaches the port of the interface it was logged on; a relayed decision passes the independent
+re-check of ``_common.check_relayed_frame``.
 
     python fuzz/fuzz_nflog.py fuzz/corpus/nflog -runs=1000000
 """
@@ -27,6 +29,7 @@ GROUP = 2105
 HOST_MAC = bytes.fromhex("00005e005302")
 PORTS = [("eth0", 7, HOST_MAC), ("eth1", 8, HOST_MAC)]
 DEMUX = NflogDemux(GROUP, PORTS)
+PARSER = w.PacketParser()
 RELAY = Relay(_common.relay_config())
 _clock = [0.0]
 
@@ -35,6 +38,7 @@ def TestOneInput(data: bytes) -> None:
     data = bytes(data)
     batch = w.parse_datagram(data)
     assert isinstance(batch, w.Batch) and batch.malformed >= 0
+    assert PARSER.parse_datagram(data) == batch, "the fast path disagrees with the general walk"
     for pkt in batch.packets:
         frame = w.rebuild_frame(pkt, HOST_MAC)
         if isinstance(frame, bytes):

@@ -40,8 +40,9 @@ SCOPE = {
         ("pmtud_relay.core.relay", ["Relay.handle"]),
     ],
     "nflog": [
-        ("pmtud_relay.core.nflog_wire", ["parse_datagram", "parse_packet_message", "_parse_vlan", "ethertype_of",
-                                         "rebuild_frame"]),
+        ("pmtud_relay.core.nflog_wire", ["_parse_datagram", "parse_packet_message", "_parse_vlan", "ethertype_of",
+                                         "rebuild_frame", "_layout_key", "_Layout.__init__",
+                                         "PacketParser._parse_packet"]),
         ("pmtud_relay.capture.nflog", ["NflogDemux.feed"]),
     ],
     "peer": [

@@ -103,6 +103,8 @@ class NflogDemux:
         self.config_errors = 0  # configuration requests the kernel refused (or that could not be sent)
         self.drops: Counter[w.NflogDrop] = Counter()
         self._next_seq: int | None = None
+        # The socket's messages share one attribute layout (per rule): parse them by it.
+        self.parser = w.PacketParser()
         self.closed = False
 
     def port(self, ifname: str) -> "NflogPort":
@@ -133,7 +135,7 @@ class NflogDemux:
 
     def feed(self, data: bytes) -> int:
         """Sort one datagram's packets into the ports' queues; return how many it held."""
-        batch = w.parse_datagram(data)
+        batch = self.parser.parse_datagram(data)
         for _seq, err in batch.acks:  # answers to configuration requests sent without waiting
             if err:
                 self.config_errors += 1
@@ -141,29 +143,34 @@ class NflogDemux:
             self.drops[w.NflogDrop.MALFORMED] += batch.malformed
         if batch.overrun:
             self.overruns += 1
+        packets = batch.packets
+        self.received += len(packets)
         ports = self.ports
-        for pkt in batch.packets:
-            self.received += 1
-            if pkt.seq >= 0:
-                expected = self._next_seq
-                if expected is not None and pkt.seq != expected:
-                    gap = (pkt.seq - expected) & 0xFFFFFFFF
+        rebuild_frame = w.rebuild_frame
+        expected = self._next_seq  # kept in a local for the batch, stored once at the end
+        for pkt in packets:
+            seq = pkt.seq
+            if seq >= 0:
+                if seq != expected and expected is not None:
+                    gap = (seq - expected) & 0xFFFFFFFF
                     if gap < 0x80000000:  # a step backwards is a restart, not a loss
                         self.lost += gap
-                self._next_seq = (pkt.seq + 1) & 0xFFFFFFFF
+                expected = (seq + 1) & 0xFFFFFFFF
             port = ports.get(pkt.indev)
             if port is None:
                 self.drops[w.NflogDrop.FOREIGN_INTERFACE] += 1
                 continue
-            frame = w.rebuild_frame(pkt, port.mac)
+            frame = rebuild_frame(pkt, port.mac)
             if frame.__class__ is w.NflogDrop:
                 self.drops[frame] += 1
                 continue
-            if len(port.queue) >= MAX_QUEUE:
+            queue = port.queue
+            if len(queue) >= MAX_QUEUE:
                 self.queue_overflow += 1
                 continue
-            port.queue.append((frame, PACKET_HOST))
-        return len(batch.packets)
+            queue.append((frame, PACKET_HOST))
+        self._next_seq = expected
+        return len(packets)
 
     def stats(self) -> dict[str, int]:
         out = {
