@@ -3,6 +3,7 @@ on both sides of the threshold above which a region is read in four parts."""
 
 from __future__ import annotations
 
+import random
 import struct
 
 from hypothesis import given, settings
@@ -43,3 +44,14 @@ def test_a_region_with_its_checksum_verifies_and_one_changed_byte_does_not(body,
     # multiple of 0xffff, so the region no longer verifies.
     assert not C.verifies(C.region_sum(bad, 0, len(bad)))
 
+
+
+def test_every_length_on_both_sides_of_the_split():
+    """Deterministic, every length (odd and even) and two alignments, through both splits."""
+    rnd = random.Random(5)
+    data = bytes(rnd.randrange(256) for _ in range(1400))
+    for lead in (0, 1):
+        for length in range(0, 1300):
+            body = data[lead : lead + length]
+            value = C.region_sum(data, lead, lead + length)
+            assert value % 0xFFFF == ones_complement_sum(body) % 0xFFFF, (lead, length)
