@@ -34,14 +34,8 @@ from pmtud_relay.core import nflog_wire as w  # noqa: E402
 
 IFINDEX = 2
 HOST_MAC = bytes.fromhex("00005e005302")
-# One message as Linux 6.18 delivered it (tests/test_nflog_fastpath.py KERNEL_MSG).
-KERNEL_MSG = bytes.fromhex(
-    "c40000000004000000000000000000000200083a080001000800000005000a000000000008000400000000021000"
-    "080000060000020000000501000006000f000001000006001100000e000012001000fa45f7b038e5020000000501"
-    "0800000014000300000000006b0f9f4d000000000000c0a708000c00000000004800090045c00044000000004001"
-    "8dbac6336401c000020a0304922f00000578450005dc000140004006370ec000020acb00710201bb138800000001"
-    "000000005010ffff00000000"
-)
+# One message as Linux 6.18 delivered it (also used by tests/test_nflog_fastpath.py).
+KERNEL_MSG = bytes.fromhex((ROOT / "tests" / "data" / "nflog-kernel-msg-linux-6.18.hex").read_text())
 
 
 def _nla(kind: int, payload: bytes) -> bytes:

@@ -8,6 +8,8 @@ fitted) says so, so that a fast path that never fits cannot pass for a correct o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import socket
 import struct
 
@@ -20,16 +22,10 @@ from pmtud_relay.core import nflog_wire as w
 from test_nflog_wire import (HOST_MAC, IFINDEX, ROUTER_MAC, attrs_for, eth, nla, nlmsg, packet_msg, ptb4_msg,
                              ptb4_packet, ptb6_msg)
 
-# Three messages as Linux 6.18 delivered them in one datagram (nft ``log group 2106`` in
-# prerouting, seq on, a socket with timestamps enabled): PACKET_HDR, PREFIX (empty: just
-# the NUL), IFINDEX_INDEV, HWADDR, HWTYPE, HWLEN, HWHEADER, TIMESTAMP, SEQ, PAYLOAD.
-KERNEL_MSG = bytes.fromhex(
-    "c40000000004000000000000000000000200083a080001000800000005000a000000000008000400000000021000"
-    "080000060000020000000501000006000f000001000006001100000e000012001000fa45f7b038e5020000000501"
-    "0800000014000300000000006b0f9f4d000000000000c0a708000c00000000004800090045c00044000000004001"
-    "8dbac6336401c000020a0304922f00000578450005dc000140004006370ec000020acb00710201bb138800000001"
-    "000000005010ffff00000000"
-)
+# One message as Linux 6.18 delivered it (the first of a datagram of three; nft ``log group
+# 2106`` in prerouting, seq on, a socket with timestamps enabled): PACKET_HDR, PREFIX (empty:
+# just the NUL), IFINDEX_INDEV, HWADDR, HWTYPE, HWLEN, HWHEADER, TIMESTAMP, SEQ, PAYLOAD.
+KERNEL_MSG = bytes.fromhex((Path(__file__).parent / "data" / "nflog-kernel-msg-linux-6.18.hex").read_text())
 
 
 def with_seq(msg: bytes, seq: int) -> bytes:
