@@ -582,7 +582,7 @@ class Lab:
         which the client's kernel changes when its SYN times out; the retried SYN then landed
         on another server, which answered it while the first one still held the half-open
         connection, and the client got a reset (seen in the soak, docs/security.md). Custom
-        field hashing (policy 3) needs Linux 5.12 (IPv4) / 5.15 (IPv6); older kernels keep 1."""
+        field hashing (policy 3, both families) arrived in Linux 5.14; older kernels keep 1."""
         for fam in ("ipv4", "ipv6"):
             try:
                 self.sysctl("router", {f"net.{fam}.fib_multipath_hash_fields": 0x0037,
