@@ -163,6 +163,7 @@ class RelayDaemon:
         port = _Port(ifname, self._no_l2_emitter)
         self.ports.append(port)
         self.stats.overrun_probes[ifname] = functools.partial(metrics.afpacket_drops, port.capture.sock)
+        self.stats.capture_counters[ifname] = port.capture.counters
         if ifname not in self.stats.interfaces:
             self.stats.interfaces.append(ifname)
         return port
@@ -338,6 +339,11 @@ class RelayDaemon:
             self._drop_port(port, errno.errorcode.get(err, str(err)))
             self._reconcile(port.ifname)
 
+    def _forget_capture_stats(self, ifname: str) -> None:
+        """An AF_PACKET capture is closing: stop polling its kernel drops, keep its own counts."""
+        self.stats.overrun_probes.pop(ifname, None)
+        self.stats.retire_capture(ifname)
+
     def _drop_port(self, port: _Port, why: str) -> None:
         if self.nflog is not None:  # the shared socket stays read; its old ifindex is no longer accepted
             self.nflog.remove_port(port.capture)
@@ -347,7 +353,7 @@ class RelayDaemon:
                 loop.remove_reader(port.capture.fileno())
             except (OSError, ValueError):
                 pass
-            self.stats.overrun_probes.pop(port.ifname, None)
+            self._forget_capture_stats(port.ifname)
         self.ports.remove(port)
         port.close()
         self._waiting.add(port.ifname)
@@ -434,7 +440,7 @@ class RelayDaemon:
         except OSError as exc:
             for port in added:
                 self.ports.remove(port)
-                self.stats.overrun_probes.pop(port.ifname, None)
+                self._forget_capture_stats(port.ifname)
                 port.close()
             return f"{ifname}: {exc.strerror or exc}"
         for port in added:
@@ -443,7 +449,7 @@ class RelayDaemon:
         for ifname, port in current.items():
             if ifname not in wanted:
                 loop.remove_reader(port.capture.fileno())
-                self.stats.overrun_probes.pop(ifname, None)
+                self._forget_capture_stats(ifname)
                 self.ports.remove(port)
                 port.close()
         return None
@@ -500,12 +506,21 @@ class RelayDaemon:
             kv["send_errors"] = sum(self.send_errors.values())
             kv["dedup_keys"] = len(self.relay.dedup)
             kv["rate_sources"] = len(self.relay.limiter)
+            kv.update(self._capture_faults())
             if self.nflog is not None:
                 kv.update(self.nflog.stats())
             if self.peering is not None:
                 kv.update(self.peering.stats())
             self.log.info("summary", extra={"kv": kv})
             self.notifier.notify(f"STATUS=relayed {self.relay.counts[Reason.RELAYED]} PTBs since start")
+
+    def _capture_faults(self) -> dict[str, int]:
+        """Capture events since start, over every interface, that happened at all:
+        ``capture_truncated``, ``capture_ring_resync`` (for the summary and stopped lines)."""
+        faults: dict[str, int] = {}
+        for (_ifname, kind), n in self.stats.capture_totals().items():
+            faults[kind] = faults.get(kind, 0) + n
+        return {f"capture_{kind}": n for kind, n in sorted(faults.items()) if n}
 
     async def _watchdog_loop(self, interval: float) -> None:
         while not self._stop.is_set():
@@ -589,6 +604,7 @@ class RelayDaemon:
                 # removed (systemd's TimeoutStopSec/SIGKILL still bounds a hung stop).
                 signal.signal(sig, signal.SIG_IGN)
             counts = {r.value: n for r, n in self.relay.counts.items() if n}
+            counts.update(self._capture_faults())
             if self.peering is not None:
                 counts.update(self.peering.stats())
             self.log.info("stopped", extra={"kv": counts})

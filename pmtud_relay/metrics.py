@@ -94,12 +94,13 @@ class Stats:
     ``decisions[(ifname, family, reason)]``: family is 4, 6, or 0 when the frame did not
     parse as a PTB. ``send_errors[(ifname, errno_name)]``. ``overruns[ifname]``: frames the
     kernel dropped before the daemon read them; ``overrun_probes`` are polled at scrape time
-    and added to it.
+    and added to it. ``capture_counters[ifname]`` returns an open capture's own cumulative
+    counts ({kind: n}); :meth:`retire_capture` keeps a closed one's totals.
     """
 
     __slots__ = (
-        "interfaces", "decisions", "send_errors", "overruns", "overrun_probes", "latency",
-        "internal_errors", "reloads", "last_reload_success", "ready", "started",
+        "interfaces", "decisions", "send_errors", "overruns", "overrun_probes", "capture_counters",
+        "_capture_retired", "latency", "internal_errors", "reloads", "last_reload_success", "ready", "started",
     )
 
     def __init__(self, interfaces: Iterable[str] = ()):
@@ -108,6 +109,8 @@ class Stats:
         self.send_errors: dict[tuple[str, str], int] = {}
         self.overruns: dict[str, int] = {}
         self.overrun_probes: dict[str, Callable[[], int]] = {}
+        self.capture_counters: dict[str, Callable[[], dict[str, int]]] = {}
+        self._capture_retired: dict[tuple[str, str], int] = {}
         self.latency = LatencyHistogram()
         self.internal_errors = 0
         self.reloads = {"success": 0, "failure": 0}
@@ -141,6 +144,22 @@ class Stats:
                 continue
             if n:
                 self.overruns[ifname] = self.overruns.get(ifname, 0) + n
+
+    def capture_totals(self) -> dict[tuple[str, str], int]:
+        """{(ifname, kind): n} over every capture an interface has had (one per re-binding)."""
+        out = dict(self._capture_retired)
+        for ifname, read in list(self.capture_counters.items()):
+            for kind, n in read().items():
+                out[(ifname, kind)] = out.get((ifname, kind), 0) + n
+        return out
+
+    def retire_capture(self, ifname: str) -> None:
+        """The capture of ``ifname`` is closing: keep what it counted (the next one starts at 0)."""
+        read = self.capture_counters.pop(ifname, None)
+        if read is not None:
+            retired = self._capture_retired
+            for kind, n in read().items():
+                retired[(ifname, kind)] = retired.get((ifname, kind), 0) + n
 
     def totals(self) -> dict[Reason, int]:
         out = dict.fromkeys(Reason, 0)
@@ -269,6 +288,13 @@ class RelayCollector:
         for ifname, n in sorted(overruns.items()):
             ov.add_metric([ifname], n)
         yield ov
+        cf = CounterMetricFamily(f"{p}_capture_faults", "AF_PACKET capture events that are not PTB "
+                                 "decisions: frames larger than a ring slot (truncated) and ring "
+                                 "resynchronisations (ring_resync: the reader's slot stayed empty while "
+                                 "later slots held frames).", labels=["interface", "kind"])
+        for (ifname, kind), n in sorted(s.capture_totals().items()):
+            cf.add_metric([ifname, kind], n)
+        yield cf
 
         h = s.latency
         yield HistogramMetricFamily(f"{p}_processing_seconds", "Time from the end of a capture read "

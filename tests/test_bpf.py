@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -253,42 +250,6 @@ _CAPTURE_SNIPPET = textwrap.dedent(
     json.dump(got, sys.stdout)
     """
 )
-
-
-def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-
-
-@pytest.fixture
-def veth_netns():
-    """A fresh network namespace holding an up veth pair pmr0 <-> pmr1; always deleted."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a network namespace and AF_PACKET sockets")
-    try:
-        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
-    except PermissionError:
-        pytest.skip("needs CAP_NET_RAW to open AF_PACKET sockets")
-    if shutil.which("ip") is None:
-        pytest.skip("needs iproute2 (ip)")
-    name = f"pmr-bpf-{os.getpid()}-{secrets.token_hex(3)}"
-    made = _ip("netns", "add", name)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        _ip("netns", "exec", name, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
-        _ip("netns", "exec", name, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1")
-        for args in (
-            ("link", "add", "name", "pmr0", "type", "veth", "peer", "name", "pmr1"),
-            ("link", "set", "pmr0", "address", F.HOST_MAC),
-            ("link", "set", "pmr1", "address", F.ROUTER_MAC),
-            ("link", "set", "pmr0", "up"),
-            ("link", "set", "pmr1", "up"),
-        ):
-            done = _ip("-n", name, *args)
-            assert done.returncode == 0, f"ip -n {name} {' '.join(args)}: {done.stderr}"
-        yield name
-    finally:
-        _ip("netns", "del", name)
 
 
 @pytest.mark.netns

@@ -27,6 +27,7 @@ EXPECTED = {
     "pmtud_relay_ptb_deduplicated": ("counter", set()),
     "pmtud_relay_send_errors": ("counter", {"interface", "errno"}),
     "pmtud_relay_capture_overruns": ("counter", {"interface"}),
+    "pmtud_relay_capture_faults": ("counter", {"interface", "kind"}),
     "pmtud_relay_processing_seconds": ("histogram", {"le"}),
     "pmtud_relay_rate_limit_sources": ("gauge", set()),
     "pmtud_relay_dedup_keys": ("gauge", set()),
@@ -185,6 +186,28 @@ def test_overrun_probes_are_polled_at_scrape():
     for expected in (2, 2, 7):
         fams = parse(prometheus_client.generate_latest(reg).decode())
         assert fams["pmtud_relay_capture_overruns"].samples[0].value == expected
+
+
+def test_capture_faults_survive_a_capture_being_replaced():
+    """A re-bound interface gets a new capture whose counts start at 0: the series must not
+    go backwards, so a closing capture's totals are kept."""
+    stats = metrics.Stats(["eth0"])
+    first = {"truncated": 2, "ring_resync": 1}
+    stats.capture_counters["eth0"] = lambda: dict(first)
+    reg = metrics.build_registry(stats, process=False)
+
+    def faults():
+        fams = parse(prometheus_client.generate_latest(reg).decode())
+        return {s.labels["kind"]: s.value for s in fams["pmtud_relay_capture_faults"].samples
+                if s.labels["interface"] == "eth0" and s.name.endswith("_total")}
+
+    assert faults() == {"truncated": 2, "ring_resync": 1}
+    first["truncated"] = 5
+    assert faults() == {"truncated": 5, "ring_resync": 1}
+    stats.retire_capture("eth0")  # the link went down: the capture closes
+    assert faults() == {"truncated": 5, "ring_resync": 1}
+    stats.capture_counters["eth0"] = lambda: {"truncated": 1, "ring_resync": 0}  # re-bound
+    assert faults() == {"truncated": 6, "ring_resync": 1}
 
 
 def test_afpacket_drops_reads_packet_statistics():

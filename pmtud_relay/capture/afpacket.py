@@ -132,6 +132,10 @@ class PacketCapture:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def counters(self) -> dict[str, int]:
+        """Cumulative counts of events that are not PTB decisions (exported as metrics)."""
+        return {"truncated": self.truncated, "ring_resync": self.resyncs}
+
     def set_blocked(self, sources) -> None:
         """Drop frames from these outer IPv4/IPv6 sources in the kernel (the PTB filter with a
         prefix; see core/shun.py). Replacing a socket filter is atomic. Only untagged frames
@@ -180,7 +184,10 @@ class PacketCapture:
             status, length, snaplen, mac, _net, _sec, _nsec, tci, tpid = unpack(ring, base)
             if not status & TP_STATUS_USER:
                 if not out:
-                    slot = self._check_stuck(slot)
+                    resumed = self._check_stuck(slot)
+                    if resumed != slot:  # resynchronised: read from there now, not at the next wake-up
+                        slot = resumed
+                        continue
                 break
             if snaplen < length:  # larger than a slot: cannot be a usable PTB anyway
                 self.truncated += 1
