@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import frames as F
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -66,3 +71,19 @@ def veth_netns():
         yield name
     finally:
         _ip("netns", "del", name)
+
+
+def _python_in_netns(netns: str, code: str, payload, timeout: float = 20.0):
+    """``python -c CODE`` inside ``netns`` with this checkout importable: ``payload`` goes in as
+    JSON on stdin, the JSON the code prints comes back. Fails the test on a non-zero exit."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], input=json.dumps(payload),
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def netns_python():
+    """The runner of snippets in a namespace (see ``_python_in_netns``), for tests using ``veth_netns``."""
+    return _python_in_netns

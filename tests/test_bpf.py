@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +22,6 @@ from pmtud_relay.capture import bpf
 from pmtud_relay.core.packet import PTB, parse_frame
 
 PROGRAM = bpf.ptb_filter()
-REPO = Path(__file__).resolve().parent.parent
 
 
 def accepted(frame: bytes) -> bool:
@@ -254,7 +249,7 @@ _CAPTURE_SNIPPET = textwrap.dedent(
 
 @pytest.mark.netns
 @pytest.mark.timeout(30)
-def test_kernel_filter_delivers_exactly_the_unicast_ptbs(veth_netns):
+def test_kernel_filter_delivers_exactly_the_unicast_ptbs(veth_netns, netns_python):
     unicast_v4 = F.ptb_v4()
     unicast_v6 = F.ptb_v6()
     tagged_v4 = F.ptb_v4(vlans=((0x8100, 100),), sport=8443)
@@ -277,18 +272,8 @@ def test_kernel_filter_delivers_exactly_the_unicast_ptbs(veth_netns):
     expected = [frame for frame in sent if accepted(frame)]
     assert expected == [unicast_v4, unicast_v6, tagged_v4, qinq_v6]
 
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run(
-        ["ip", "netns", "exec", veth_netns, sys.executable, "-c", _CAPTURE_SNIPPET],
-        input=json.dumps([frame.hex() for frame in sent]),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        cwd=REPO,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
-    got = [(bytes.fromhex(h), pkttype) for h, pkttype in json.loads(done.stdout)]
+    got = [(bytes.fromhex(h), pkttype)
+           for h, pkttype in netns_python(veth_netns, _CAPTURE_SNIPPET, [frame.hex() for frame in sent])]
     # Exactly the unicast PTBs, byte for byte (stripped VLAN tags restored from
     # PACKET_AUXDATA), in order, all seen as unicast to this host.
     assert [frame for frame, _ in got] == expected

@@ -5,18 +5,12 @@ and counts it; both counts reach PacketCapture.counters() (exported as metrics).
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 import frames as F
-
-REPO = Path(__file__).resolve().parent.parent
 
 _SNIPPET = textwrap.dedent(
     """
@@ -67,20 +61,13 @@ _SNIPPET = textwrap.dedent(
 
 @pytest.mark.netns
 @pytest.mark.timeout(30)
-def test_ring_counts_truncated_frames_and_resynchronises_a_stuck_reader(veth_netns):
+def test_ring_counts_truncated_frames_and_resynchronises_a_stuck_reader(veth_netns, netns_python):
     subprocess.run(["ip", "-n", veth_netns, "link", "set", "pmr0", "mtu", "4000"], check=True, timeout=10)
     subprocess.run(["ip", "-n", veth_netns, "link", "set", "pmr1", "mtu", "4000"], check=True, timeout=10)
     small = F.ptb_v4()
     large = F.ptb_v6(quote=F.original_v6(length=3000))  # a unicast PTB the filter passes, > a 2 KiB slot
     assert len(large) > 2048
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run(
-        ["ip", "netns", "exec", veth_netns, sys.executable, "-c", _SNIPPET],
-        input=json.dumps([small.hex(), large.hex()]), capture_output=True, text=True, timeout=20,
-        cwd=REPO, env=env,
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    out = netns_python(veth_netns, _SNIPPET, [small.hex(), large.hex()])
     assert out["after_large"] == [small.hex()] and out["truncated"] == 1, out
     frames = [small[:-1] + bytes([i]) for i in range(3)]
     assert out["stuck_first_drain"] == 0, out  # the first empty look waits: normally a slot still being filled
