@@ -245,8 +245,9 @@ class RelayDaemon:
                 if err:
                     self._send_error(err, ifname)
             # Sources flooding far past their bucket are dropped in the kernel for a while
-            # (core/shun.py decides, AF_PACKET captures apply it; NFLOG has its own limits).
-            blocked = self.relay.kernel_blocklist(now)
+            # (core/shun.py decides, AF_PACKET captures apply it). NFLOG captures cannot apply
+            # it (its firewall rules carry their own in-kernel limit), so it is not decided there.
+            blocked = self.relay.kernel_blocklist(now) if self.nflog is None else None
             if blocked is not None:
                 for other in self.ports:
                     set_blocked = getattr(other.capture, "set_blocked", None)
@@ -507,6 +508,8 @@ class RelayDaemon:
             kv["dedup_keys"] = len(self.relay.dedup)
             kv["rate_sources"] = len(self.relay.limiter)
             kv.update(self._capture_faults())
+            if self.relay.shunner:  # sources the capture filter drops now (AF_PACKET only)
+                kv["kernel_held_sources"] = len(self.relay.shunner)
             if self.nflog is not None:
                 kv.update(self.nflog.stats())
             if self.peering is not None:

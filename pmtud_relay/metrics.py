@@ -315,6 +315,12 @@ class RelayCollector:
             yield ev
             yield GaugeMetricFamily(f"{p}_vips", "Service addresses or prefixes in effect (0: "
                                     "nothing can be relayed).", value=len(relay.policy.vips))
+            shunner = relay.shunner
+            yield GaugeMetricFamily(f"{p}_kernel_held_sources", "Outer sources whose frames the AF_PACKET "
+                                    "captures drop in the kernel now: each flooded far past its own rate "
+                                    "limit (the shun list; always 0 with NFLOG capture).", value=len(shunner))
+            yield CounterMetricFamily(f"{p}_kernel_holds", "Times a flooding source was put on the shun "
+                                      "list (dropped in the kernel for a while).", value=shunner.shuns)
 
         yield CounterMetricFamily(f"{p}_internal_errors", "Exceptions caught on the packet path "
                                   "(the frame was skipped).", value=s.internal_errors)

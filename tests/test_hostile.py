@@ -125,6 +125,44 @@ def test_send_errors_are_counted_never_fatal():
 
 
 # --- floods ----------------------------------------------------------------------------------------
+class BlockingCapture(FakeCapture):
+    """An AF_PACKET-like capture: it can drop sources in the kernel (``set_blocked``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocked: list[frozenset] = []
+
+    def set_blocked(self, sources) -> None:
+        self.blocked.append(frozenset(sources))
+
+
+@pytest.mark.parametrize("capture", ["afpacket", "nflog"])
+def test_a_flooding_source_goes_on_the_shun_list_only_where_the_capture_applies_it(capture, caplog):
+    clock = [0.0]
+    d = RelayDaemon(DaemonSettings(interfaces=("eth0",), relay=RelayConfig(policy=POLICY, shun_min_rate=100),
+                                   discover_vips=False), clock=lambda: clock[0])
+    port = _Port.__new__(_Port)
+    port.ifname, port.capture, port.emitter, port.mac = "eth0", BlockingCapture(), FakeEmitter(), MAC
+    d.ports.append(port)
+    if capture == "nflog":
+        d.nflog = object()  # only its presence matters on this path: NFLOG rules limit in the kernel themselves
+    flooder = "198.51.100.66"
+    with caplog.at_level(logging.WARNING, logger=d.log.name):
+        for step in range(4):  # 100 PTBs every 10 ms from one source: its bucket drops ~9 000/s
+            clock[0] += 0.01
+            feed(d, port, [F.ptb_v4(outer_src=flooder, dport=40000 + 100 * step + i) for i in range(100)])
+    held = scrape(d)[("pmtud_relay_kernel_held_sources", ())]
+    logged = [r for r in caplog.records if r.getMessage() == "flood_sources_dropped_in_kernel"]
+    assert d.relay.counts[Reason.RATE_LIMITED_SOURCE] > 300
+    if capture == "afpacket":
+        assert port.capture.blocked == [frozenset({F.packed(flooder)})]
+        assert held == 1 and len(logged) == 1
+        assert logged[0].kv == {"sources": flooder, "count": 1}
+    else:
+        assert port.capture.blocked == [] and held == 0 and logged == []
+    assert d.internal_errors == 0
+
+
 def _sum16(data: bytes) -> int:
     return sum(struct.unpack(f"!{len(data) // 2}H", data))
 

@@ -33,6 +33,8 @@ EXPECTED = {
     "pmtud_relay_dedup_keys": ("gauge", set()),
     "pmtud_relay_table_evictions": ("counter", {"table"}),
     "pmtud_relay_vips": ("gauge", set()),
+    "pmtud_relay_kernel_held_sources": ("gauge", set()),
+    "pmtud_relay_kernel_holds": ("counter", set()),
     "pmtud_relay_internal_errors": ("counter", set()),
     "pmtud_relay_config_reloads": ("counter", {"result"}),
     "pmtud_relay_config_last_reload_success_timestamp_seconds": ("gauge", set()),
@@ -126,6 +128,29 @@ def test_values_add_up_and_reasons_are_the_closed_enum():
     assert hist["+Inf"] == 120 and hist["1e-05"] == 0 and hist["2.5e-05"] == 120
     info = fams["pmtud_relay_build_info"].samples[0]
     assert info.labels["version"] == __version__ and info.value == 1
+
+
+def test_shun_list_is_visible_while_a_source_is_held_and_after():
+    """A source flooding past its bucket is put on the kernel shun list (core/shun.py): the
+    gauge shows it while held, the counter keeps the hold after its release."""
+    policy = Policy(vips=VipSet([F.VIP4, F.VIP6]))
+    relay = Relay(RelayConfig(policy=policy, source_rate=1, source_burst=1, shun_min_rate=100), now=0.0)
+    stats = metrics.Stats(["eth0"])
+    mac = F.mac(F.RELAY_MAC)
+
+    def scrape():
+        fams = parse(prometheus_client.generate_latest(metrics.build_registry(stats, lambda: relay)).decode())
+        held = fams["pmtud_relay_kernel_held_sources"].samples[0].value
+        holds = [s.value for s in fams["pmtud_relay_kernel_holds"].samples if s.name.endswith("_total")]
+        return held, holds[0]
+
+    assert scrape() == (0, 0)
+    for i in range(50):  # 50 PTBs in 10 ms from one source: 49 dropped by its bucket, ~4 900/s
+        stats.count("eth0", relay.handle(F.ptb_v4(outer_src="198.51.100.66", dport=40000 + i), 0.0002 * i, mac))
+    assert relay.kernel_blocklist(0.03) == frozenset({F.packed("198.51.100.66")})
+    assert scrape() == (1, 1)
+    assert relay.kernel_blocklist(0.03 + relay.shunner.hold + 0.1) == frozenset()  # hold over, nothing new
+    assert scrape() == (0, 1)
 
 
 def _looks_like_address_or_port(value: str) -> bool:

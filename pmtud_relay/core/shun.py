@@ -56,6 +56,10 @@ class Shunner:
     def held(self) -> frozenset[bytes]:
         return frozenset(self._held)
 
+    def __len__(self) -> int:
+        """Sources held now (as of the last :meth:`update`)."""
+        return len(self._held)
+
     def update(self, drops: dict[bytes, int], now: float) -> frozenset[bytes] | None:
         """Feed the per-source drop counts since the previous call; return the new set of
         held sources if it changed, else None."""
