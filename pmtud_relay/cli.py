@@ -33,20 +33,6 @@ def _group(text: str) -> int:
     return value
 
 
-def _add_nflog_options(g) -> None:
-    from pmtud_relay.capture.nflog import DEFAULT_GROUP
-
-    g.add_argument("--capture", choices=["afpacket", "nflog"], default="afpacket",
-                   help="afpacket: BPF-filtered packet socket per interface (default); nflog: PTBs the "
-                   "firewall logs to --nflog-group (see docs/nflog-and-rules.md)")
-    g.add_argument("--nflog-group", type=_group, default=DEFAULT_GROUP, metavar="N",
-                   help="NFLOG group for --capture nflog (default %(default)s)")
-    g.add_argument("--manage-rules", action="store_true",
-                   help="with --capture nflog: install the firewall rules at start, remove them at stop")
-    g.add_argument("--rules-backend", choices=["auto", "nft", "iptables"], default="auto",
-                   help="firewall for --manage-rules (default auto: nft if it works, else iptables)")
-
-
 def _add_rules_parser(sub) -> None:
     from pmtud_relay.capture.nflog import DEFAULT_GROUP
 
