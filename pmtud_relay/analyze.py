@@ -653,7 +653,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="also list every PTB decision (text: logfmt lines; JSON: a 'decisions' array)")
     g = p.add_argument_group("service addresses (one of these is required)")
     vg = g.add_mutually_exclusive_group(required=True)
-    vg.add_argument("--vip", action="append", type=argtypes.prefix, dest="vips", metavar="PREFIX",
+    vg.add_argument("--vip", "--vips", action="append", type=argtypes.prefix, dest="vips", metavar="PREFIX",
                     help="service address or prefix (repeatable), as for run")
     vg.add_argument("--assume-vips", action="store_true",
                     help="treat every quoted source as a VIP (no not_vip drops: use only to see what the "
@@ -663,9 +663,9 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="lowest IPv4 MTU relayed (default %(default)s)")
     g.add_argument("--floor-v6", type=int, default=DEFAULT_FLOOR_V6, metavar="BYTES",
                    help="lowest IPv6 MTU relayed (default %(default)s)")
-    g.add_argument("--protocol", action="append", dest="protocols", metavar="NAME",
+    g.add_argument("--protocol", "--protocols", action="append", dest="protocols", metavar="NAME",
                    help="relay only PTBs quoting this protocol: tcp, udp, sctp, udplite, icmp or a number (repeatable)")
-    g.add_argument("--port", action="append", type=argtypes.port, dest="ports", metavar="PORT",
+    g.add_argument("--port", "--ports", action="append", type=argtypes.port, dest="ports", metavar="PORT",
                    help="relay only PTBs quoting this source (service) port (repeatable)")
     g.add_argument("--host-mac", action="append", type=_mac, dest="host_macs", metavar="MAC",
                    help="MAC(s) of the capturing host: Ethernet frames from it count as its own, frames to "

@@ -204,6 +204,14 @@ def test_policy_options_apply(capsys, mixed4):
     assert "duplicate" not in res["ptbs"]["reasons"]
 
 
+def test_policy_options_have_run_s_spellings_too(capsys, mixed4):
+    """`run` takes --vips/--protocols/--ports as well as the singular forms; so does analyze,
+    so an operator can paste the service's flags."""
+    singular = run_json(capsys, str(mixed4), "--vip", "192.0.2.10/32", "--protocol", "tcp", "--port", "8443")
+    plural = run_json(capsys, str(mixed4), "--vips", "192.0.2.10/32", "--protocols", "tcp", "--ports", "8443")
+    assert plural["ptbs"]["reasons"] == singular["ptbs"]["reasons"] == {"port_not_allowed": 9, "not_vip": 1}
+
+
 # --- link types ------------------------------------------------------------------------------
 
 
