@@ -65,8 +65,11 @@ def main(args: argparse.Namespace) -> int:
     if not ok:
         print(f"pmtud-relay lab: {why}", file=sys.stderr)
         return 77
-    if not 2 <= args.servers <= 16:
-        print("pmtud-relay lab: --servers: must be within 2..16", file=sys.stderr)
+    from pmtud_relay.lab.routed import MAX_ROUTED_SERVERS
+
+    most = MAX_ROUTED_SERVERS if args.topology == "l3" else 16
+    if not 2 <= args.servers <= most:
+        print(f"pmtud-relay lab: --servers: must be within 2..{most} with --topology {args.topology}", file=sys.stderr)
         return 2
     if args.flows < 1 or args.size < 1 or args.timeout <= 0:
         print("pmtud-relay lab: --flows, --size and --timeout must be positive", file=sys.stderr)

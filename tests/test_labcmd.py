@@ -48,3 +48,17 @@ def test_lab_command_text_table(netns_ok):
     assert proc.returncode == 0, proc.stderr
     assert "without relay" in proc.stdout and "with relay" in proc.stdout
     assert "IPv4" in proc.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("topology,servers", [("l3", 16), ("l3", 1), ("l2", 17)])
+def test_lab_command_refuses_a_server_count_its_topology_cannot_build(netns_ok, topology, servers):
+    """The routed topology has room for 15 servers (/28s of 198.51.100.0/24): asking for more is
+    a usage error (exit 2, one line), not a traceback after namespaces were made."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmtud_relay", "lab", "--topology", topology, "--servers", str(servers)],
+        capture_output=True, text=True, timeout=55,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("pmtud-relay lab: --servers: must be within 2..") and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1
