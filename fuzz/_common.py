@@ -32,7 +32,7 @@ def relay_config():
 
     return RelayConfig(policy=Policy(vips=VipSet(VIP_NETWORKS), floor_v4=FLOOR_V4, floor_v6=FLOOR_V6),
                        dedup_capacity=SMALL_TABLES, source_capacity=SMALL_TABLES,
-                       source_rate=1000.0, source_burst=1000.0, global_rate=1e6, global_burst=1e6)
+                       source_rate=5.0, source_burst=3.0, global_rate=300.0, global_burst=50.0)
 
 
 def is_vip(addr: bytes) -> bool:
