@@ -310,9 +310,13 @@ class RelayDaemon:
             touched: set[str] = set()
             for ev in events:
                 for port in list(self.ports):
-                    if ev.index == port.capture.ifindex and (ev.deleted or not ev.up or ev.name != port.ifname):
+                    if ev.index != port.capture.ifindex:
+                        continue
+                    if ev.deleted or not ev.up or ev.name != port.ifname:
                         why = "deleted" if ev.deleted else ("down" if not ev.up else f"renamed to {ev.name}")
                         self._drop_port(port, why)
+                    elif port.emitter is not None:  # an MTU change is one of these events
+                        port.emitter.refresh_mtu()
                 if ev.name is not None and ev.name in self._waiting:
                     touched.add(ev.name)
             if overrun:  # events were lost (a flap among them may have cost a port its reader): re-open all

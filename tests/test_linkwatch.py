@@ -180,3 +180,26 @@ def test_down_up_delete_rename_and_lost_events(monkeypatch):
             p.close()
 
     asyncio.run(scenario())
+
+
+class _Emitter:
+    def __init__(self):
+        self.refreshed = 0
+
+    def refresh_mtu(self):
+        self.refreshed += 1
+
+    def close(self):
+        pass
+
+
+def test_a_link_event_of_a_bound_interface_rereads_its_mtu(monkeypatch):
+    """An MTU change arrives as an RTM_NEWLINK like any other: the port's emitter re-reads the
+    MTU (emit/l2.py refuses copies longer than the interface takes), other ports are left alone."""
+    d = _daemon(monkeypatch)
+    port = d.ports[0]
+    port.emitter = _Emitter()
+    d.links.events = [L.LinkEvent(False, 7, "eth0", True), L.LinkEvent(False, 8, "eth1", True)]
+    d._on_link_events()
+    assert d.ports == [port] and port.emitter.refreshed == 1 and d.internal_errors == 0
+    port.capture.close()

@@ -11,11 +11,19 @@ costs one system call instead of one per copy. ``queue`` flushes by itself every
 ``send`` is queue-and-flush, for single frames. Without the ring (a CPU without x86's
 store ordering, where a store from Python to the status word gives no release barrier; or
 a kernel that refuses the ring), every copy is one send() as before.
+
+A copy larger than the interface takes (MTU + 14 bytes, + 4 with one VLAN tag) is refused
+here with EMSGSIZE, before the kernel sees it: the ring runs with PACKET_LOSS (a bad slot
+must not stall the ones behind it), and with it the kernel drops such a slot silently (no
+error, no count) and logs a line for each one. Copies leave the interface they arrived on,
+so this takes an MTU lowered in between, or a frame with two tags; :meth:`L2Emitter.refresh_mtu`
+re-reads the MTU (the daemon calls it on every link event of the interface).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import mmap
 import platform
 import socket
@@ -29,7 +37,7 @@ TPACKET_V2 = 1
 TP_STATUS_AVAILABLE = 0
 TP_STATUS_SEND_REQUEST = 1
 TP_STATUS_SENDING = 2
-TP_STATUS_WRONG_FORMAT = 4
+SIOCGIFMTU = 0x8921
 
 RING_FRAME_SIZE = 2048
 RING_BLOCK_SIZE = 1 << 16
@@ -44,6 +52,8 @@ _TPACKET_REQ = struct.Struct("=IIII")
 _STATUS = struct.Struct("=I")
 _LENS = struct.Struct("=II")  # tp_len, tp_snaplen
 _RING_ARCHES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+_IFREQ_MTU = struct.Struct("16si20x")  # struct ifreq: name, ifr_mtu; 40 bytes in all
+_VLAN_TPIDS = (b"\x81\x00", b"\x88\xa8")
 
 
 class L2Emitter:
@@ -80,11 +90,30 @@ class L2Emitter:
         self._slot = 0
         self._pending = 0
         self._direct: socket.socket | None = None  # for frames larger than a ring slot
-        self.rejected = 0  # slots the kernel marked TP_STATUS_WRONG_FORMAT (counted as EMSGSIZE)
+        self._max_len = 0  # the longest untagged frame the interface takes (MTU + 14)
+        self.refresh_mtu()
+
+    def refresh_mtu(self) -> None:
+        """Read the interface's MTU again (SIOCGIFMTU); on failure keep what was known."""
+        try:
+            req = _IFREQ_MTU.pack(self.ifname.encode()[:15], 0)
+            mtu = _IFREQ_MTU.unpack(fcntl.ioctl(self.sock.fileno(), SIOCGIFMTU, req))[1]
+        except OSError:
+            if not self._max_len:
+                self._max_len = 65535  # unknown: leave it to the kernel
+            return
+        self._max_len = mtu + 14
+
+    def _too_long(self, frame: bytes, n: int) -> bool:
+        """Longer than the interface takes: MTU + 14, or MTU + 18 with a VLAN tag."""
+        return n > self._max_len + 4 or frame[12:14] not in _VLAN_TPIDS
 
     def send(self, frame: bytes) -> int:
         """Send one frame now; return 0 or the errno of the failure (ENOBUFS, ENETDOWN, …)."""
         if self.ring is None:
+            n = len(frame)
+            if n > self._max_len and self._too_long(frame, n):
+                return errno.EMSGSIZE
             try:
                 self.sock.send(frame)
             except OSError as exc:
@@ -100,20 +129,18 @@ class L2Emitter:
         if ring is None:
             return self.send(frame)
         n = len(frame)
+        if n > self._max_len and self._too_long(frame, n):
+            return errno.EMSGSIZE  # the kernel would drop it silently (PACKET_LOSS), see above
         if n > MAX_RING_FRAME:
             return self.flush() or self._send_direct(frame)
         base = self._slot * RING_FRAME_SIZE
-        status = _STATUS.unpack_from(ring, base)[0]
         err = 0
-        if status != TP_STATUS_AVAILABLE:
-            if status & TP_STATUS_WRONG_FORMAT:  # an earlier copy the kernel refused and skipped
-                self.rejected += 1
-                err = errno.EMSGSIZE
-            else:  # the kernel has not sent this slot's copy yet: push what is queued, look again
-                err = self.flush()
-                status = _STATUS.unpack_from(ring, base)[0]
-                if status & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING):
-                    return err or errno.ENOBUFS
+        if _STATUS.unpack_from(ring, base)[0] != TP_STATUS_AVAILABLE:
+            # The kernel has not sent this slot's copy yet: push what is queued, look again.
+            err = self.flush()
+            status = _STATUS.unpack_from(ring, base)[0]
+            if status & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING):
+                return err or errno.ENOBUFS
         ring[base + _DATA : base + _DATA + n] = frame
         _LENS.pack_into(ring, base + 4, n, n)
         _STATUS.pack_into(ring, base, TP_STATUS_SEND_REQUEST)  # last: hands the slot to the kernel
