@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 import frames as F
@@ -57,14 +59,19 @@ def test_limiter_counts_source_drops_bounded_and_resets():
     assert len(lim.source_drops) <= 2
 
 
-def test_relay_blocklist_from_a_flood():
+def test_repeats_of_one_flow_are_duplicates_not_source_drops_and_hold_no_source():
+    # 2 000 copies of one PTB in 20 ms from one source: dedup (before the rate limits) takes
+    # every repeat, so the source's bucket drops nothing and the shunner has nothing to hold.
     relay = Relay(RelayConfig(policy=Policy(vips=VipSet([F.VIP4]))), now=0.0)
     frame = F.ptb_v4(outer_src="198.51.100.66")
     now = 0.0
     for i in range(2000):
         now = i * 1e-5
         relay.handle(frame, now, F.mac(F.RELAY_MAC))
-    assert relay.counts[Reason.RATE_LIMITED_SOURCE] + relay.counts[Reason.DUPLICATE] > 1900
+    assert relay.counts[Reason.RELAYED] == 1
+    assert relay.counts[Reason.DUPLICATE] == 1999
+    assert relay.counts[Reason.RATE_LIMITED_SOURCE] == 0
+    assert relay.limiter.source_drops == {}
     assert relay.kernel_blocklist(now + 0.06) is None  # duplicates are not source drops
 
 
@@ -80,19 +87,126 @@ def test_relay_blocklist_holds_a_flooding_source_not_the_others():
     assert relay.kernel_blocklist(0.0202) is None  # not due yet
 
 
-@pytest.mark.parametrize("vlans", [(), ((0x8100, 5),)])
-def test_prefix_drops_only_blocked_untagged_sources(vlans):
+def as_the_filter_sees(frame: bytes) -> bytes:
+    """``frame`` as a packet socket's filter sees it in the kernel: __netif_receive_skb_core
+    strips the outermost 802.1Q/802.1ad tag into skb metadata (skb_vlan_untag, or the NIC did
+    it) before the packet taps run, so only an inner tag of a QinQ frame is still in the data.
+    (The capture restores the outer tag afterwards, from the ring header or PACKET_AUXDATA.)
+    test_kernel_drops_held_sources_and_lifts_the_hold checks this model against the kernel."""
+    if frame[12:14] in (b"\x81\x00", b"\x88\xa8"):
+        return frame[:12] + frame[16:]
+    return frame
+
+
+VLAN_LAYOUTS = {
+    "untagged": (),
+    "dot1q": ((0x8100, 5),),
+    "dot1ad": ((0x88A8, 5),),
+    "qinq": ((0x88A8, 10), (0x8100, 20)),
+}
+
+
+@pytest.mark.parametrize("vlans", list(VLAN_LAYOUTS.values()), ids=list(VLAN_LAYOUTS))
+def test_prefix_drops_blocked_sources_untagged_or_single_tagged_not_qinq(vlans):
     ptb = bpf.ptb_filter()
     prog = blocklist_prefix({A4, A6}) + ptb
+
+    def run(program, frame):
+        return bpf.run(program, as_the_filter_sees(frame))
+
     blocked4 = F.ptb_v4(outer_src="198.51.100.66", vlans=vlans)
     blocked6 = F.ptb_v6(outer_src="2001:db8:1::66", vlans=vlans)
     other4 = F.ptb_v4(outer_src="198.51.100.67", vlans=vlans)
     other6 = F.ptb_v6(outer_src="2001:db8:1::67", vlans=vlans)
     near6 = F.ptb_v6(outer_src="2001:db8:1::1:66", vlans=vlans)
+    for f in (other4, other6, near6, blocked4, blocked6):
+        assert run(ptb, f) != 0  # the PTB filter alone passes every one of them
     for f in (other4, other6, near6):
-        assert bpf.run(prog, f) == bpf.run(ptb, f) != 0
+        assert run(prog, f) == run(ptb, f)
     for f in (blocked4, blocked6):
-        assert bpf.run(prog, f) == (0 if not vlans else bpf.run(ptb, f))
+        # The prefix reads the EtherType at offset 12: after the kernel removed the outer tag
+        # that is IPv4/IPv6 for an untagged or single-tagged frame (matched, dropped), and the
+        # inner tag's TPID for QinQ (not matched: passes on to the PTB filter).
+        assert run(prog, f) == (0 if len(vlans) <= 1 else run(ptb, f))
+
+
+_KERNEL_SNIPPET = textwrap.dedent(
+    """
+    import json, select, socket, sys, time
+    from pmtud_relay.capture.afpacket import PacketCapture
+
+    ring, blocked, batch, sentinel = json.load(sys.stdin)
+    blocked = {bytes.fromhex(h) for h in blocked}
+    batch, sentinel = [bytes.fromhex(h) for h in batch], bytes.fromhex(sentinel)
+    cap = PacketCapture("pmr0", ring=ring)
+    assert (cap.ring is not None) == ring
+    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    tx.bind(("pmr1", 0))
+
+    def phase():
+        # The batch, then a sentinel from a source never held: the veth delivers in order, so
+        # once the sentinel is read every frame of the batch was either delivered or dropped.
+        for frame in batch + [sentinel]:
+            tx.send(frame)
+        got, deadline = [], time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            if select.select([cap], [], [], 0.05)[0]:
+                for data, _ in cap.drain():
+                    if data == sentinel:
+                        return got
+                    got.append(data.hex())
+        raise SystemExit("sentinel never arrived")
+
+    out = {"before": phase()}
+    cap.set_blocked(blocked)
+    out["held"] = sorted(s.hex() for s in cap.blocked)
+    out["blocked"] = phase()
+    cap.set_blocked(frozenset())
+    out["lifted"] = phase()
+    cap.close()
+    tx.close()
+    json.dump(out, sys.stdout)
+    """
+)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ring", [True, False], ids=["ring", "socket"])
+def test_kernel_drops_held_sources_and_lifts_the_hold(veth_netns, netns_python, ring):
+    """PacketCapture.set_blocked() on a real kernel: a held source's untagged and single-tagged
+    (802.1Q or 802.1ad) PTBs are dropped, its QinQ PTBs still arrive (the filter sees the inner
+    tag's TPID where the prefix looks for the EtherType), other sources' PTBs all arrive, and
+    set_blocked(frozenset()) lifts the hold. The pure interpreter, run on the frames as the
+    kernel's filter sees them, predicts the same."""
+    layouts = list(VLAN_LAYOUTS.items())
+    batch, names = [], {}
+    for layout, vlans in layouts:
+        for build, src in ((F.ptb_v4, "198.51.100.66"), (F.ptb_v4, "198.51.100.67"),
+                           (F.ptb_v6, "2001:db8:1::66"), (F.ptb_v6, "2001:db8:1::67")):
+            frame = build(outer_src=src, vlans=vlans)
+            batch.append(frame)
+            names[frame.hex()] = f"{layout} from {src}"
+    sentinel = F.ptb_v4(outer_src="203.0.113.99", dport=9)
+    out = netns_python(veth_netns, _KERNEL_SNIPPET, [ring, [A4.hex(), A6.hex()], [f.hex() for f in batch],
+                                                     sentinel.hex()])
+
+    def named(hexes):
+        return [names.get(h, f"unexpected {h[:40]}...") for h in hexes]
+
+    everything = named(f.hex() for f in batch)
+    assert named(out["before"]) == everything
+    assert out["held"] == sorted([A4.hex(), A6.hex()])
+    assert named(out["blocked"]) == [
+        "untagged from 198.51.100.67", "untagged from 2001:db8:1::67",
+        "dot1q from 198.51.100.67", "dot1q from 2001:db8:1::67",
+        "dot1ad from 198.51.100.67", "dot1ad from 2001:db8:1::67",
+        "qinq from 198.51.100.66", "qinq from 198.51.100.67", "qinq from 2001:db8:1::66", "qinq from 2001:db8:1::67",
+    ]
+    assert named(out["lifted"]) == everything
+    # The pure-interpreter model (as_the_filter_sees) agrees with the kernel frame by frame.
+    prog = blocklist_prefix({A4, A6}) + bpf.ptb_filter()
+    assert named(f.hex() for f in batch if bpf.run(prog, as_the_filter_sees(f))) == named(out["blocked"])
 
 
 def test_empty_blocklist_is_no_prefix():

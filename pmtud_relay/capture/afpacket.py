@@ -138,8 +138,10 @@ class PacketCapture:
 
     def set_blocked(self, sources) -> None:
         """Drop frames from these outer IPv4/IPv6 sources in the kernel (the PTB filter with a
-        prefix; see core/shun.py). Replacing a socket filter is atomic. Only untagged frames
-        are matched: a flood on a VLAN still reaches userspace and its rate limits."""
+        prefix; see core/shun.py). Replacing a socket filter is atomic. The kernel strips the
+        outer VLAN tag before the filter runs, so untagged and single-tagged frames are matched;
+        a frame with two tags (QinQ) is not, and still reaches userspace and its rate limits
+        (tests/test_shun.py checks both on a real kernel)."""
         sources = frozenset(sources)
         if sources == self.blocked:
             return
@@ -244,8 +246,10 @@ _U32_PACK = struct.Struct("=I").pack_into
 
 
 def blocklist_prefix(sources) -> list[bpf.Insn]:
-    """BPF instructions that drop untagged frames from ``sources`` (4- or 16-byte outer IP
-    sources) and fall through to whatever follows for every other frame."""
+    """BPF instructions that drop frames from ``sources`` (4- or 16-byte outer IP sources)
+    whose EtherType at offset 12 is IPv4/IPv6 as the filter sees them (the kernel has stripped
+    the outer VLAN tag by then: untagged and single-tagged frames), and fall through to whatever
+    follows for every other frame."""
     v4 = sorted(s for s in sources if len(s) == 4)
     v6 = sorted(s for s in sources if len(s) == 16)
     if not v4 and not v6:
