@@ -14,7 +14,6 @@ its veth peer where the test injects PTBs and watches for the broadcast copies.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import secrets
@@ -22,14 +21,13 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
 import pytest
 
 import frames as F
-from e2e_support import stop_relays
+from e2e_support import in_ns, stop_relays
 from test_rules import NetNS, installed_state, need_backend, need_root_and, wait_ready
 
 pytestmark = [pytest.mark.netns]
@@ -37,9 +35,7 @@ pytestmark = [pytest.mark.netns]
 RELAY_MAC = "02:00:00:00:05:02"
 WIRE_MAC = "02:00:00:00:05:01"
 METRICS = "127.0.0.1:9477"
-CLONE_NEWNET = 0x40000000
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
-_libc = ctypes.CDLL(None, use_errno=True)
 
 # The daemon without uvloop: the stdlib selector loop reports a socket error as "readable",
 # uvloop stops the reader; both must end up re-bound.
@@ -60,30 +56,6 @@ class FaultNS(NetNS):
                 "address", relay_mac)
         self.ip("link", "set", wire_name, "up")
         self.ip("link", "set", relay_name, "up")
-
-
-def in_ns(ns: str, fn):
-    """Run ``fn`` in a thread that entered network namespace ``ns``; sockets it makes stay there."""
-    out: dict = {}
-
-    def body() -> None:
-        try:
-            fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            out["error"] = exc
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 _port = [50000]
