@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -92,19 +91,15 @@ def test_copies_leave_by_the_interface_the_ptb_came_in_on(two_links):
     for dev in ("a0", "b0"):
         out = subprocess.run(["ip", "-n", relay_ns, "-j", "link", "show", dev], capture_output=True, text=True, check=True)
         macs[dev] = json.loads(out.stdout)[0]["address"]
-    relay = subprocess.Popen(
-        ["ip", "netns", "exec", relay_ns, sys.executable, "-m", "pmtud_relay", "run", "-i", "a0", "-i", "b0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    from pmtud_relay.lab import LabProcess
+
+    # LabProcess reads the daemon's stdout/stderr on threads: the wait for readiness is bounded by
+    # its timeout (it raises, with the output, if the daemon exits first or stays silent).
+    relay = LabProcess("relay", relay_ns, [sys.executable, "-m", "pmtud_relay", "run", "-i", "a0", "-i", "b0",
+                                           "--config", "", "--metrics-address", ""])
     try:
-        deadline = time.time() + 15
-        ready = False
-        while time.time() < deadline and not ready:
-            line = relay.stderr.readline()
-            if not line:
-                break
-            ready = "event=ready" in line
-        assert ready, f"relay never became ready (exit {relay.poll()})"
+        ready = relay.wait_for(r"event=ready", stream="stderr", timeout=15)
+        assert "interfaces=a0,b0" in ready, ready
         peer = subprocess.run(
             ["ip", "netns", "exec", peer_ns, sys.executable, "-c", PEER_SCRIPT, json.dumps(macs), VIP4, VIP6],
             capture_output=True, text=True, timeout=30,
@@ -112,13 +107,8 @@ def test_copies_leave_by_the_interface_the_ptb_came_in_on(two_links):
         assert peer.returncode == 0, peer.stderr
         result = json.loads(peer.stdout)
     finally:
-        relay.terminate()
-        try:
-            relay.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            relay.kill()
-            relay.wait()
-    assert relay.returncode == 0
+        rc = relay.stop(timeout=10)  # SIGTERM; SIGKILL (and a negative rc) if it hangs
+    assert rc == 0, f"exit {rc}:\n{relay.stderr}"
     all_sent = {bytes.fromhex(h)[12:]: name for name in ("a1", "b1") for h in result["sent"][name]}
     for name in ("a1", "b1"):
         # Other group-addressed frames (MLD, router solicitations) also show up: keep the copies.

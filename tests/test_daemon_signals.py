@@ -30,23 +30,24 @@ def netns():
 @pytest.mark.parametrize("signals", [1, 2, 5])
 @pytest.mark.timeout(40)
 def test_sigterm_stops_cleanly_even_when_repeated(netns, signals):
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", netns, sys.executable, "-m", "pmtud_relay", "run", "-i", "lo",
-         "--vip", "192.0.2.10", "--metrics-address", "", "--config", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    from pmtud_relay.lab import LabProcess
+
+    # LabProcess reads stdout/stderr on threads: every wait below is bounded by its timeout,
+    # whatever the daemon writes (or does not write).
+    proc = LabProcess("relay", netns, [sys.executable, "-m", "pmtud_relay", "run", "-i", "lo",
+                                       "--vip", "192.0.2.10", "--metrics-address", "", "--config", ""])
     try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line or "event=ready" in line:
-                break
-        assert proc.poll() is None, "daemon died before it was ready"
+        # Raises (with the output) if the daemon exits first or is not ready within 15 s.
+        ready = proc.wait_for(r"event=ready", stream="stderr", timeout=15)
+        assert "interfaces=lo" in ready, ready
+        assert proc.poll() is None, "daemon died right after it was ready:\n" + proc.stderr
         for _ in range(signals):
-            proc.send_signal(signal.SIGTERM)
+            proc.popen.send_signal(signal.SIGTERM)
             time.sleep(0.002)
-        assert proc.wait(timeout=15) == 0
+        try:
+            rc = proc.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 15 s after {signals} SIGTERM(s):\n{proc.stderr}")
+        assert rc == 0, f"exit {rc}:\n{proc.stderr}"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        proc.stop(timeout=5)  # no-op once it exited; else SIGTERM, then SIGKILL after 5 s

@@ -198,6 +198,7 @@ class TinyDns:
         self.mode = "answer"
         self.udp_queries = 0
         self.tcp_queries = 0
+        self.tcp_errors: list[str] = []  # TCP exchanges that timed out or were cut short
         for _ in range(20):
             self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.udp.bind((host, port))
@@ -235,17 +236,36 @@ class TinyDns:
             if self.tcp in ready:
                 conn, _ = self.tcp.accept()
                 with conn:
-                    (n,) = struct.unpack("!H", conn.recv(2, socket.MSG_WAITALL))
-                    query = conn.recv(n, socket.MSG_WAITALL)
-                    self.tcp_queries += 1
-                    reply = self.answer(query)
-                    conn.sendall(struct.pack("!H", len(reply)) + reply)
+                    # A client that connects and stalls must not hang the server (and close()).
+                    conn.settimeout(self.TCP_TIMEOUT)
+                    try:
+                        (n,) = struct.unpack("!H", self._recv_exactly(conn, 2))
+                        query = self._recv_exactly(conn, n)
+                        self.tcp_queries += 1
+                        reply = self.answer(query)
+                        conn.sendall(struct.pack("!H", len(reply)) + reply)
+                    except (OSError, EOFError) as exc:  # socket.timeout is an OSError
+                        self.tcp_errors.append(repr(exc))
+
+    TCP_TIMEOUT = 2.0  # per TCP socket operation
+    JOIN_TIMEOUT = 5.0
+
+    @staticmethod
+    def _recv_exactly(conn: socket.socket, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = conn.recv(n - len(buf))
+            if not chunk:
+                raise EOFError(f"peer closed after {len(buf)} of {n} bytes")
+            buf += chunk
+        return buf
 
     def close(self):
         self._stop.set()
-        self._thread.join()
+        self._thread.join(self.JOIN_TIMEOUT)
         self.udp.close()
         self.tcp.close()
+        assert not self._thread.is_alive(), f"TinyDns thread still running {self.JOIN_TIMEOUT} s after close()"
 
 
 @pytest.fixture
@@ -276,7 +296,7 @@ def test_resolver_falls_back_to_tcp_for_a_truncated_answer(tmp_path, dns):
     dns.zone[w.TYPE_A] = [(None, w.TYPE_A, 40, f"198.51.100.{i}") for i in range(1, 41)]  # > 512 bytes
     answer = client_for(tmp_path, dns.port).resolve(NAME)
     assert len(answer.addresses) == 41 and answer.ttl == 40
-    assert dns.tcp_queries == 2
+    assert dns.tcp_queries == 2 and dns.tcp_errors == []
 
 
 def test_resolver_ignores_answers_with_the_wrong_id(tmp_path, dns):

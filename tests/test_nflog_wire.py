@@ -326,8 +326,11 @@ def test_core_checks_apply_to_nflog_frames() -> None:
     assert Relay(RelayConfig(policy=Policy(vips=VipSet(["192.0.2.99"])))).handle(
         w.rebuild_frame(w.parse_datagram(ptb4_msg()).packets[0], HOST_MAC), 0.0, HOST_MAC).reason is Reason.NOT_VIP
     echo = bytearray(ptb4_packet())
-    echo[20] = 8  # ICMP echo request instead of 3/4
-    assert decide(ptb4_msg(payload=bytes(echo))) in (Reason.NOT_PTB, Reason.BAD_CHECKSUM)
+    echo[20] = 8  # ICMP echo request instead of 3/4 ...
+    echo[22:24] = b"\0\0"
+    echo[22:24] = struct.pack("!H", _csum(bytes(echo[20:])))  # ... with a valid checksum: only the type is wrong
+    assert _csum(bytes(echo[20:])) == 0
+    assert decide(ptb4_msg(payload=bytes(echo))) is Reason.NOT_PTB
     broken = bytearray(ptb4_packet())
     broken[-1] ^= 0xFF
     assert decide(ptb4_msg(payload=bytes(broken))) is Reason.BAD_CHECKSUM

@@ -193,15 +193,38 @@ def test_key_file_with_loose_permissions_is_refused(tmp_path, mode):
         load_keyring(path)
 
 
+OTHER_UID = 65534  # nobody: neither root nor (in CI) the user running the tests
+
+
+def _owned_by(st: os.stat_result, uid: int) -> os.stat_result:
+    fields = list(st[:10])
+    fields[4] = uid  # st_uid
+    return os.stat_result(fields)
+
+
 def test_key_file_owner_is_checked(tmp_path):
     path = keyfile(tmp_path, f"1:{KEY_HEX}\n")
     st = os.stat(path)
-    check_mode(path, st, euid=st.st_uid)
-    if st.st_uid == 0:
-        check_mode(path, st, euid=12345)  # root-owned files are always fine
-    else:
-        with pytest.raises(KeyFileError, match="owned by uid"):
-            check_mode(path, st, euid=st.st_uid + 1)
+    check_mode(path, st, euid=st.st_uid)  # the reader's own file
+    check_mode(path, _owned_by(st, 0), euid=12345)  # root-owned files are always fine
+    # Owned by someone else (neither root nor the reader): refused, whoever runs the tests.
+    reader = os.geteuid()
+    other = OTHER_UID if reader != OTHER_UID else OTHER_UID - 1
+    with pytest.raises(KeyFileError, match=f"owned by uid {other}; it must belong to root or to uid {reader}"):
+        check_mode(path, _owned_by(st, other))
+    with pytest.raises(KeyFileError, match=f"owned by uid {other}; it must belong to root or to uid 12345"):
+        check_mode(path, _owned_by(st, other), euid=12345)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another uid (chown)")
+def test_key_file_owned_by_another_uid_is_refused_by_root(tmp_path):
+    """The real path (open, fstat, check) as root: a 0600 key file that belongs to uid 65534."""
+    path = keyfile(tmp_path, f"1:{KEY_HEX}\n")
+    assert load_keyring(path).send_id == 1  # root's own file loads
+    os.chown(path, OTHER_UID, OTHER_UID)
+    assert os.stat(path).st_uid == OTHER_UID
+    with pytest.raises(KeyFileError, match=f"owned by uid {OTHER_UID}; it must belong to root or to uid 0"):
+        load_keyring(path)
 
 
 def test_key_file_errors_never_show_the_key(tmp_path):

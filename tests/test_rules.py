@@ -42,14 +42,22 @@ def need_root_and(*binaries: str) -> None:
 
 
 def need_backend(backend: str) -> None:
+    """Skip only for what the machine lacks (root, a binary); a broken backend fails the test.
+
+    python-iptables is a declared runtime dependency: if it cannot be imported (not installed,
+    libiptc/libxtables missing, ...) the iptables backend is broken, and the test must say so."""
     if backend == "nft":
         need_root_and("nft")
     else:
         need_root_and("iptables-legacy-save", "ip6tables-legacy-save")
         try:
             importlib.import_module("iptc")  # python-iptables
-        except Exception as exc:  # noqa: BLE001
-            pytest.skip(f"python-iptables cannot be loaded: {exc}")
+        except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from a missing libxtables
+            broken = f"{type(exc).__name__}: {exc}"
+        else:
+            return
+        pytest.fail(f"python-iptables (a runtime dependency) cannot be loaded by {sys.executable}: {broken}",
+                    pytrace=False)
 
 
 def _env() -> dict[str, str]:
