@@ -61,11 +61,12 @@ class FaultNS(NetNS):
 _port = [50000]
 
 
-def relays(ns: FaultNS, wire: str = "v0", timeout: float = 5.0, dst_mac: str = RELAY_MAC) -> bool:
-    """Inject one fresh PTB (a new flow: never a duplicate) on ``wire``, unicast to ``dst_mac``;
-    True if its broadcast copy comes back, unchanged but for the MACs, within ``timeout``."""
+def relays(ns: FaultNS, wire: str = "v0", timeout: float = 5.0, dst_mac: str = RELAY_MAC, **ptb) -> bool:
+    """Inject one fresh IPv4 PTB (a new flow: never a duplicate; ``ptb``: more F.ptb_v4 fields)
+    on ``wire``, unicast to ``dst_mac``; True if its broadcast copy comes back, unchanged but for
+    the MACs, within ``timeout``."""
     _port[0] += 1
-    frame = F.ptb_v4(dst_mac=dst_mac, dport=_port[0])
+    frame = F.ptb_v4(dst_mac=dst_mac, dport=_port[0], **ptb)
 
     def sockets():
         watch = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))

@@ -1,0 +1,47 @@
+"""Service addresses discovered from ``lo`` follow the host while the daemon runs: an address
+added to ``lo`` after start becomes a VIP at the next refresh (``vip_refresh``), and one removed
+stops being one; each change is logged (``vips_changed``). Real kernel, in a namespace the test
+creates (tests/test_faults.py's ``FaultNS``: VIPs 192.0.2.10 and 2001:db8:ffff::10 on ``lo``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from test_faults import FaultNS, relays, stop, wait_count
+from test_rules import VIP4, VIP6, need_root_and, wait_ready
+
+pytestmark = pytest.mark.netns
+
+NEW_VIP = "192.0.2.20"
+
+
+@pytest.fixture
+def ns():
+    need_root_and()
+    with FaultNS() as the_ns:
+        yield the_ns
+
+
+@pytest.mark.timeout(60)
+def test_an_address_added_to_lo_becomes_a_vip_and_a_removed_one_stops_being_one(ns):
+    proc = ns.spawn([sys.executable, "-m", "pmtud_relay", "run", "-i", "v1", "--config", "", "--metrics-address", "",
+                     "--vip-refresh", "0.2", "--log-level", "info"], node="relay")
+    try:
+        wait_ready(proc)
+        assert f"event=ready interfaces=v1 mode=l2 capture=afpacket vips={VIP4}/32,{VIP6}/128" in proc.stderr, \
+            proc.stderr  # discovered at start (logged as the first vips_changed)
+        about_new = {"outer_dst": NEW_VIP, "src": NEW_VIP}
+        assert relays(ns)
+        assert not relays(ns, timeout=0.5, **about_new)  # not a VIP (yet): dropped as not_vip
+        subprocess.run(["ip", "-n", ns.name, "addr", "add", f"{NEW_VIP}/32", "dev", "lo"], check=True, timeout=10)
+        wait_count(proc, r"event=vips_changed", 2, timeout=5)
+        assert relays(ns, **about_new), proc.stderr
+        subprocess.run(["ip", "-n", ns.name, "addr", "del", f"{VIP4}/32", "dev", "lo"], check=True, timeout=10)
+        wait_count(proc, r"event=vips_changed", 3, timeout=5)
+        assert not relays(ns, timeout=0.5)  # 192.0.2.10 is no longer on lo
+        assert relays(ns, **about_new)
+    finally:
+        stop(proc)
