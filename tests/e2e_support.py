@@ -13,6 +13,8 @@ import ctypes
 import json
 import os
 import re
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -56,6 +58,19 @@ def in_ns(ns: str, fn):
     if "error" in out:
         raise out["error"]
     return out["value"]
+
+
+def terminate(proc: subprocess.Popen, timeout: float) -> int | None:
+    """SIGTERM (if still running), then wait up to ``timeout`` seconds; a process that does not
+    stop is killed. Its exit status, or None when it had to be killed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        return None
 
 
 # -- relay daemons ---------------------------------------------------------------------------------

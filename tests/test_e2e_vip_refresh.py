@@ -10,19 +10,12 @@ import sys
 
 import pytest
 
-from test_faults import FaultNS, relays, stop, wait_count
-from test_rules import VIP4, VIP6, need_root_and, wait_ready
+from test_faults import ns, relays, stop, wait_count  # noqa: F401 - ns: the fixture
+from test_rules import VIP4, VIP6, wait_ready
 
 pytestmark = pytest.mark.netns
 
 NEW_VIP = "192.0.2.20"
-
-
-@pytest.fixture
-def ns():
-    need_root_and()
-    with FaultNS() as the_ns:
-        yield the_ns
 
 
 @pytest.mark.timeout(60)

@@ -21,8 +21,7 @@ from e2e_support import in_ns
 from pmtud_relay.capture.afpacket import _AUXDATA, PACKET_AUXDATA, SOL_PACKET, TP_STATUS_VLAN_TPID_VALID, \
     TP_STATUS_VLAN_VALID
 from pmtud_relay.core.frame import insert_vlan_tag
-from test_faults import RELAY_MAC, FaultNS, start, stop
-from test_rules import need_root_and
+from test_faults import RELAY_MAC, FaultNS, ns, start, stop  # noqa: F401 - ns: the fixture
 
 pytestmark = pytest.mark.netns
 
@@ -36,13 +35,6 @@ TAGS = {
 
 #: Where copies go: IPv4 to the broadcast address, IPv6 to all-nodes multicast.
 COPY_MACS = (b"\xff" * 6, bytes.fromhex("333300000001"))
-
-
-@pytest.fixture
-def ns():
-    need_root_and()
-    with FaultNS() as the_ns:
-        yield the_ns
 
 
 def _copies(ns: FaultNS, frames: list[bytes], timeout: float = 5.0) -> list[bytes]:

@@ -23,7 +23,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from e2e_support import terminate
 
 pytestmark = [
     pytest.mark.netns,
@@ -215,13 +216,6 @@ def test_unprivileged_user_with_two_ambient_capabilities_relays(nobody_python, c
         assert bytes.fromhex(copy)[12:] == frame[12:]
         assert "event=relayed" in log_path.read_text()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-            rc = None  # hung on SIGTERM: fails below (unless the body already failed)
+        rc = terminate(proc, 10)  # None: hung on SIGTERM, killed; fails below (unless the body already failed)
         log.close()
     assert rc == 0, f"exit {rc} (None: did not stop within 10 s of SIGTERM, killed)\n" + log_path.read_text()

@@ -22,7 +22,7 @@ import urllib.request
 
 import pytest
 
-from e2e_support import in_ns
+from e2e_support import in_ns, terminate
 from pmtud_relay import cli
 from test_rules import NetNS
 
@@ -135,14 +135,7 @@ def test_metrics_health_and_sighup_reload(tmp_path, netns):
         assert metric("pmtud_relay_vips") == 2
         assert "event=config_reload_failed" in log() and "pmr-nope0" in log()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-            rc = None  # hung on SIGTERM: fails below (unless the body already failed)
+        rc = terminate(proc, 15)  # None: hung on SIGTERM, killed; fails below (unless the body already failed)
         stderr.close()
     assert rc == 0, f"exit {rc} (None: did not stop within 15 s of SIGTERM, killed)\n" + log()
     assert "Traceback" not in log(), log()
