@@ -74,12 +74,16 @@ def feed(d: RelayDaemon, port: _Port, frames: list[bytes]) -> None:
     d._on_readable(port)
 
 
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Prometheus text as {(sample name, sorted labels): value}."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
 def scrape(d: RelayDaemon) -> dict[tuple[str, tuple], float]:
     from prometheus_client import generate_latest
 
-    text = generate_latest(metrics.build_registry(d.stats, lambda: d.relay, logs.dropped)).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return samples(generate_latest(metrics.build_registry(d.stats, lambda: d.relay, logs.dropped)).decode())
 
 
 def scrape_served(d: RelayDaemon, timeout: float = 10.0) -> tuple[str, int, int]:
@@ -131,9 +135,6 @@ def scrape_served(d: RelayDaemon, timeout: float = 10.0) -> tuple[str, int, int]
         _other_end.close()
 
 
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
 HOSTILE = {
