@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from pmtud_relay import peering as _peering
+from pmtud_relay import safefile as _safefile
 from pmtud_relay.capture.nflog import DEFAULT_GROUP as _NFLOG_DEFAULT_GROUP
 from pmtud_relay.capture.peer_receiver import parse_listen as _parse_listen
 from pmtud_relay.core import dedup as _dedup
@@ -47,6 +48,8 @@ from pmtud_relay.daemon import DaemonSettings as _DaemonSettings
 DEFAULT_PATH = "/etc/pmtud-relay/config.toml"
 ENV_PREFIX = "PMTUD_RELAY_"
 ENV_CONFIG = ENV_PREFIX + "CONFIG"  # names the TOML file, like --config
+#: Largest config file read (bytes): the full reference with comments is ~10 KiB.
+MAX_CONFIG_FILE = 1 << 20
 
 #: Default Prometheus listener. Loopback only; 9781 is this project's choice (the exporter
 #: range 9100-9999 of Prometheus' port-allocation list is full, so it is not registered there).
@@ -466,21 +469,25 @@ def _suggest(name: str, candidates: Iterable[str]) -> str:
 # -- the sources ---------------------------------------------------------------------------
 
 
-def read_file(path: str) -> dict[str, Any]:
-    """Parse and type-check one TOML file: {key: value}. ConfigError names the file and key."""
+def read_file(path: str, named_by: str | None = None) -> dict[str, Any]:
+    """Parse and type-check one TOML file: {key: value}. ConfigError names the file and key;
+    an error about the file itself (missing, not a regular file, too large) is prefixed with
+    ``named_by``, the flag or variable that named it (``--config``, ``PMTUD_RELAY_CONFIG``).
+
+    The file is opened without blocking and read only if it is a regular file of at most
+    :data:`MAX_CONFIG_FILE` bytes (pmtud_relay.safefile): a FIFO in its place neither freezes
+    start-up nor, on SIGHUP, the event loop."""
+    prefix = f"{named_by}: " if named_by else ""
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a TOML file") from None
-    except PermissionError:
-        raise ConfigError(f"{path}: permission denied") from None
+        raw = _safefile.read_regular(path, MAX_CONFIG_FILE)
+    except _safefile.FileRefused as exc:
+        raise ConfigError(f"{prefix}{exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:  # tomllib decodes UTF-8 itself; belt and braces
-        raise ConfigError(f"{path}: not UTF-8: {exc}") from None
     out: dict[str, Any] = {}
     for name, value in data.items():
         key = KEYS.get(name)
@@ -539,12 +546,18 @@ def read_args(args: argparse.Namespace | None) -> dict[str, tuple[Any, str]]:
 
 def config_path(args: argparse.Namespace | None, environ: Mapping[str, str]) -> tuple[str | None, bool]:
     """(path, required): the file to read, and whether it must exist."""
+    path, required, _ = _config_source(args, environ)
+    return path, required
+
+
+def _config_source(args: argparse.Namespace | None, environ: Mapping[str, str]) -> tuple[str | None, bool, str | None]:
+    """(path, required, named_by): :func:`config_path` and the flag or variable naming the file."""
     given = getattr(args, "config", UNSET) if args is not None else UNSET
     if given is not UNSET and given is not None:
-        return (given or None), True
+        return (given or None), True, "--config"
     if ENV_CONFIG in environ:
-        return (environ[ENV_CONFIG] or None), True
-    return DEFAULT_PATH, False
+        return (environ[ENV_CONFIG] or None), True, ENV_CONFIG
+    return DEFAULT_PATH, False, None
 
 
 def load(
@@ -561,17 +574,18 @@ def load(
     Pure: reads the file and ``environ`` only; raises :class:`ConfigError`.
     """
     environ = os.environ if environ is None else environ
+    named_by = None
     if path is not None:
         file_path, required = str(path), True
     else:
-        file_path, required = config_path(args, environ)
+        file_path, required, named_by = _config_source(args, environ)
         if not use_default_path and not required:
             file_path = None
     values: dict[str, Any] = {k.name: k.default for k in SCHEMA}
     sources: dict[str, str] = dict.fromkeys(values, "default")
     read_path = None
     if file_path is not None and (required or os.path.exists(file_path)):
-        for name, value in read_file(file_path).items():
+        for name, value in read_file(file_path, named_by).items():
             values[name] = value
             sources[name] = file_path
         read_path = file_path

@@ -10,6 +10,7 @@ listed in the hosts file. Every other name is queried as a fully qualified name,
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import struct
@@ -21,6 +22,7 @@ from pmtud_relay.dnswire import (
     CLASS_IN, TYPE_A, TYPE_AAAA, Answer, DnsError, Response, build_query, encode_name, extract,
     name_key, parse_response,
 )
+from pmtud_relay.safefile import FileRefused, open_regular, read_bounded
 
 RESOLV_CONF = "/etc/resolv.conf"
 HOSTS = "/etc/hosts"
@@ -38,11 +40,19 @@ class ResolvConf:
 
 
 def _read_text(path: str) -> str:
+    """The file's first _MAX_FILE bytes as text (a hosts file may be large: read what fits, as
+    before), or "" if it is missing or not a regular file (a FIFO would block the refresh thread
+    for good)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(_MAX_FILE).decode("utf-8", "replace")
+        fd, _ = open_regular(path)
+    except FileRefused:
+        return ""
+    try:
+        return read_bounded(fd, _MAX_FILE)[:_MAX_FILE].decode("utf-8", "replace")
     except OSError:
         return ""
+    finally:
+        os.close(fd)
 
 
 def read_resolv_conf(path: str = RESOLV_CONF) -> ResolvConf:

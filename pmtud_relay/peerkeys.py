@@ -1,7 +1,7 @@
 """The peer key file (``--peer-key-file``): one or two ``KEYID:HEXKEY`` lines.
 
 The first key signs what this host sends; every listed key is accepted. The file is checked
-before it is read: a regular file (symlinks are followed, as Kubernetes secret volumes need),
+before it is read (opened without blocking, pmtud_relay.safefile): a regular file (symlinks are followed, as Kubernetes secret volumes need),
 owned by root or by the user the relay runs as, with no access for others and not writable by
 its group (0600 or 0640). Rotation is a file change: the daemon polls the file's identity
 (mtime, size, inode) and reloads it; a broken new file leaves the running keys in place.
@@ -15,6 +15,7 @@ import os
 import stat
 
 from pmtud_relay.core.peerproto import Keyring, parse_keyring
+from pmtud_relay.safefile import FileRefused, open_regular, read_bounded
 
 MAX_FILE = 4096  # bytes; two keys and comments fit many times over
 
@@ -49,16 +50,14 @@ def check_mode(path: str, st: os.stat_result, euid: int | None = None) -> None:
 def load_keyring(path: str) -> Keyring:
     """Read and check the key file; KeyFileError says what is wrong."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such file") from None
-    except PermissionError:
-        raise KeyFileError(f"{path}: permission denied") from None
+        fd, st = open_regular(path)  # never blocks: a FIFO is refused, not waited on
+    except FileRefused as exc:
+        raise KeyFileError(str(exc)) from None
+    try:
+        check_mode(path, st)
+        data = read_bounded(fd, MAX_FILE)
     except OSError as exc:
         raise KeyFileError(f"{path}: {exc.strerror or exc}") from None
-    try:
-        check_mode(path, os.fstat(fd))
-        data = os.read(fd, MAX_FILE + 1)
     finally:
         os.close(fd)
     if len(data) > MAX_FILE:

@@ -33,6 +33,7 @@ from pmtud_relay.core.peers import DEFAULT_PORT, Peer, PeerSpec, merge_peers, pa
 from pmtud_relay.dnsresolve import DnsClient
 from pmtud_relay.dnswire import DnsError
 from pmtud_relay.peerkeys import file_stamp
+from pmtud_relay.safefile import FileRefused, read_regular
 
 DEFAULT_DNS_INTERVAL = 10.0  # getaddrinfo names and answers without records
 DNS_TTL_MIN = 5.0  # a TTL below this (e.g. 0) is treated as this (or as the interval, if smaller)
@@ -198,11 +199,12 @@ class PeersFile:
             self.specs = []
             return changed
         try:
-            with open(self.path, "rb") as f:
-                data = f.read(MAX_PEERS_FILE + 1)
-            if len(data) > MAX_PEERS_FILE:
-                raise PeerSourceError(f"{self.path}: larger than {MAX_PEERS_FILE} bytes")
+            # Never blocks (a FIFO is refused) and never reads more than the bound.
+            data = read_regular(self.path, MAX_PEERS_FILE)
             specs = parse_peers_text(data.decode("utf-8"), self.path, self.default_port)
+        except FileRefused as exc:
+            self.error = str(exc)
+            return False
         except (OSError, UnicodeDecodeError) as exc:
             self.error = f"{self.path}: {getattr(exc, 'strerror', None) or exc}"
             return False

@@ -257,9 +257,9 @@ def test_default_path_is_read_only_if_it_exists(tmp_path, monkeypatch):
 
 def test_named_file_must_exist(tmp_path):
     missing = str(tmp_path / "nope.toml")
-    assert error_of(cfg.load, parser().parse_args(["--config", missing]), {}) == f"{missing}: no such file"
-    assert error_of(cfg.load, None, {"PMTUD_RELAY_CONFIG": missing}) == f"{missing}: no such file"
-    assert error_of(cfg.load, None, {}, path=str(tmp_path)) == f"{tmp_path}: is a directory, not a TOML file"
+    assert error_of(cfg.load, parser().parse_args(["--config", missing]), {}) == f"--config: {missing}: no such file"
+    assert error_of(cfg.load, None, {"PMTUD_RELAY_CONFIG": missing}) == f"PMTUD_RELAY_CONFIG: {missing}: no such file"
+    assert error_of(cfg.load, None, {}, path=str(tmp_path)) == f"{tmp_path}: not a regular file (a directory)"
 
 
 def test_empty_config_name_reads_no_file(tmp_path, monkeypatch):
@@ -310,7 +310,7 @@ def test_reload_rereads_the_file_and_a_broken_file_changes_nothing(tmp_path):
     assert error_of(cfg.reload, args, {}) == f"{path}: source_rate: must be > 0, got -5"
     assert first.settings.source_rate == 1.0  # nothing was mutated
     pathlib.Path(path).unlink()
-    assert error_of(cfg.reload, args, {}) == f"{path}: no such file"
+    assert error_of(cfg.reload, args, {}) == f"--config: {path}: no such file"
 
 
 # -- printing and `config check` -------------------------------------------------------------
