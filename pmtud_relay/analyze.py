@@ -102,6 +102,7 @@ _REASON_TEXT = {
     Reason.BAD_CHECKSUM: "malformed: checksum does not verify",
     Reason.TOO_SHORT: "malformed: truncated (snap length?)",
     Reason.SHORT_QUOTE: "malformed: quotes too little of the original packet",
+    Reason.SHORT_L4_QUOTE: "quotes under 8 bytes past the quoted IP header: no kernel can match it to a socket",
     Reason.BAD_INNER: "malformed: quoted packet is not IP",
     Reason.INNER_ICMP_ERROR: "PTB about an ICMP error: never legitimate",
     Reason.BAD_IP: "malformed outer IP header",

@@ -246,21 +246,26 @@ def test_quoted_icmp_echo_is_accepted_without_ports(family):
     assert (ptb.sport, ptb.dport) == (-1, -1)
 
 
-def test_v4_quote_of_just_the_ip_header_has_no_ports():
-    ptb = parse_frame(F.ptb_v4(quote=F.original_v4()[:20]))
-    assert isinstance(ptb, PTB)
-    assert (ptb.proto, ptb.sport, ptb.dport, ptb.inner_length) == (6, -1, -1, 1500)
+def test_v4_quote_of_just_the_ip_header_is_a_short_l4_quote():
+    """No kernel can map it to a socket (it pulls 8 bytes past the quoted header first)."""
+    assert parse_frame(F.ptb_v4(quote=F.original_v4()[:20])) is Reason.SHORT_L4_QUOTE
 
 
-def test_v4_quote_with_three_l4_bytes_has_no_ports():
-    ptb = parse_frame(F.ptb_v4(quote=F.original_v4()[:23]))
-    assert (ptb.sport, ptb.dport) == (-1, -1)
+def test_v4_quote_with_seven_l4_bytes_is_short_eight_is_enough():
+    assert parse_frame(F.ptb_v4(quote=F.original_v4()[:27])) is Reason.SHORT_L4_QUOTE
+    ptb = parse_frame(F.ptb_v4(quote=F.original_v4()[:28]))
+    assert (ptb.proto, ptb.sport, ptb.dport, ptb.inner_length) == (6, F.SERVICE_PORT, F.CLIENT_PORT, 1500)
 
 
-def test_v6_quote_of_just_the_ip_header_has_no_ports():
-    ptb = parse_frame(F.ptb_v6(quote=F.original_v6()[:40]))
-    assert isinstance(ptb, PTB)
-    assert (ptb.proto, ptb.sport, ptb.dport, ptb.inner_length) == (6, -1, -1, 1500)
+def test_v6_quote_of_just_the_ip_header_is_a_short_l4_quote():
+    assert parse_frame(F.ptb_v6(quote=F.original_v6()[:40])) is Reason.SHORT_L4_QUOTE
+    ptb = parse_frame(F.ptb_v6(quote=F.original_v6()[:48]))
+    assert (ptb.proto, ptb.sport, ptb.dport, ptb.inner_length) == (6, F.SERVICE_PORT, F.CLIENT_PORT, 1500)
+
+
+def test_quoted_non_first_fragment_has_no_ports():
+    ptb = parse_frame(F.ptb_v4(quote=F.original_v4(frag=100)[:28]))
+    assert isinstance(ptb, PTB) and (ptb.sport, ptb.dport) == (-1, -1)
 
 
 @pytest.mark.parametrize("trailer", [b"\x00" * 6, b"\xde\xad\xbe\xef" * 8])
@@ -396,6 +401,11 @@ REJECTS = [
     ("v4 quoted ihl 15, 40 bytes", lambda: F.ptb_v4(quote=quoted_v4_with(0, b"\x4f")[:40]), Reason.SHORT_QUOTE),
     ("v6 empty quote", lambda: F.ptb_v6(quote=b""), Reason.SHORT_QUOTE),
     ("v6 quote 39 bytes", lambda: F.ptb_v6(quote=F.original_v6()[:39]), Reason.SHORT_QUOTE),
+    # short_l4_quote: fewer than 8 bytes past the quoted header (tests/test_unmatchable.py has more)
+    ("v4 quote 4 l4 bytes (fast path)", lambda: F.ptb_v4(quote=F.original_v4()[:24]), Reason.SHORT_L4_QUOTE),
+    ("v4 quote 0 l4 bytes", lambda: F.ptb_v4(quote=F.original_v4()[:20]), Reason.SHORT_L4_QUOTE),
+    ("v6 quote 4 l4 bytes (fast path)", lambda: F.ptb_v6(quote=F.original_v6()[:44]), Reason.SHORT_L4_QUOTE),
+    ("v6 quote 0 l4 bytes", lambda: F.ptb_v6(quote=F.original_v6()[:40]), Reason.SHORT_L4_QUOTE),
     # bad_inner
     ("v4 quoting ipv6", lambda: F.ptb_v4(quote=F.original_v6()[:64]), Reason.BAD_INNER),
     ("v4 quoted version 5", lambda: F.ptb_v4(quote=quoted_v4_with(0, b"\x55")), Reason.BAD_INNER),

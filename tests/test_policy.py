@@ -184,7 +184,7 @@ def test_port_allow_list_checks_the_quoted_source_port():
 def test_port_allow_list_rejects_ptbs_without_ports():
     https = Policy(vips=VIPS, ports=frozenset({443}))
     assert https.check(v4(proto="icmp-echo")) is Reason.PORT_NOT_ALLOWED
-    assert https.check(v4(quote=F.original_v4()[:20])) is Reason.PORT_NOT_ALLOWED  # no L4 quoted
+    assert https.check(v4(quote=F.original_v4(frag=100)[:28])) is Reason.PORT_NOT_ALLOWED  # a non-first fragment
 
 
 def test_check_order():

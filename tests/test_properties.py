@@ -205,7 +205,7 @@ def test_parse_frame_on_truncated_or_padded_valid_frames(name, cut, trailer):
         assert padded._replace(frame=b"") == parse_frame(frame)._replace(frame=b"")
 
 
-QUOTE_REASONS = {Reason.SHORT_QUOTE, Reason.BAD_INNER, Reason.INNER_ICMP_ERROR}
+QUOTE_REASONS = {Reason.SHORT_QUOTE, Reason.BAD_INNER, Reason.INNER_ICMP_ERROR, Reason.SHORT_L4_QUOTE}
 
 
 @FAST

@@ -58,6 +58,10 @@ _TYPE_CODE_MTU6 = struct.Struct("!H2xI").unpack_from  # ICMPv6 type+code, MTU
 # packet with none. Anything else takes the general path, which decides every frame the same.
 _V4_COMMON = struct.Struct("!xxHxxHxBxx4s4sH4xHxxHxxHxBxx4s4sHH").unpack_from  # 52 bytes from l3
 _V4_COMMON_LEN = 52
+#: Bytes past the quoted IP header (IPv6: past its extension headers) a kernel needs to act on a
+#: PTB: Linux pulls them before it looks up the socket (icmp_socket_deliver, icmpv6_notify) and
+#: discards a shorter quote. They hold the ports and, for TCP, the sequence number.
+QUOTED_L4_MIN = 8
 _V6_COMMON = struct.Struct("!BxxxHBx16s16sH2xIBxxxHBx16s16sHH").unpack_from  # 92 bytes from l3
 _V6_COMMON_LEN = 92
 _from_bytes = int.from_bytes
@@ -68,7 +72,8 @@ class PTB(NamedTuple):
     """A parsed, well-formed Packet Too Big message.
 
     Addresses are packed bytes (4 or 16 long). ``sport``/``dport`` are ``-1`` when the
-    quoted packet carries no ports (other protocol, non-first fragment, short quote).
+    quoted packet carries no ports (other protocol, non-first fragment). The quote always holds
+    at least 8 bytes past the quoted IP header (``QUOTED_L4_MIN``).
     """
 
     family: int  # 4 or 6
@@ -188,7 +193,7 @@ def _ipv4(frame: bytes, l3: int) -> ParseResult:
             proto == IPPROTO_ICMP
             and type_code == 0x0304
             and not frag & 0x3FFF
-            and _V4_COMMON_LEN <= total <= n - l3
+            and _V4_COMMON_LEN + 4 <= total <= n - l3  # 8 bytes of the quoted L4 header
             and qtotal >= 20
             and qproto in PORT_PROTOCOLS
         ):
@@ -234,11 +239,14 @@ def _ipv4_general(frame: bytes, l3: int) -> ParseResult:
     sport = dport = -1
     l4 = q + qihl
     if not qfrag & 0x1FFF:  # first (or only) fragment: the L4 header is quoted
-        if qproto in PORT_PROTOCOLS:
-            if end - l4 >= 4:
-                sport, dport = _PORTS(frame, l4)
-        elif qproto == IPPROTO_ICMP and end > l4 and frame[l4] in ICMP4_ERROR_TYPES:
+        if qproto == IPPROTO_ICMP and end > l4 and frame[l4] in ICMP4_ERROR_TYPES:
             return Reason.INNER_ICMP_ERROR
+        if end - l4 < QUOTED_L4_MIN:
+            return Reason.SHORT_L4_QUOTE
+        if qproto in PORT_PROTOCOLS:
+            sport, dport = _PORTS(frame, l4)
+    elif end - l4 < QUOTED_L4_MIN:  # the kernel pulls 8 bytes whatever the quote holds
+        return Reason.SHORT_L4_QUOTE
     # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python-level call.
     return _new(
         PTB,
@@ -270,7 +278,7 @@ def _ipv6(frame: bytes, l3: int) -> ParseResult:
             type_code == 0x0200
             and vfc >> 4 == 6
             and qvfc >> 4 == 6
-            and _V6_COMMON_LEN - 40 <= plen <= n - l3 - 40
+            and _V6_COMMON_LEN - 36 <= plen <= n - l3 - 40  # 8 bytes of the quoted L4 header
             and qnh in PORT_PROTOCOLS
         ):
             return _new(PTB, (6, src, dst, mtu, qsrc, qdst, qnh, sport, dport, 40 + qplen, l3, l3 + 40, frame))
@@ -325,14 +333,13 @@ def _ipv6_general(frame: bytes, l3: int) -> ParseResult:
     qplen = frame[q + 4] << 8 | frame[q + 5]
     proto = frame[q + 6]
     if proto in PORT_PROTOCOLS:  # no quoted extension header: the common case
-        if end - q >= 44:
-            sport, dport = _PORTS(frame, q + 40)
-        else:
-            sport = dport = -1
+        if end - q < 40 + QUOTED_L4_MIN:
+            return Reason.SHORT_L4_QUOTE
+        sport, dport = _PORTS(frame, q + 40)
     else:
         proto, sport, dport = _quoted_ipv6_l4(frame, q, end)
         if proto < 0:
-            return Reason.INNER_ICMP_ERROR
+            return Reason.INNER_ICMP_ERROR if proto == -1 else Reason.SHORT_L4_QUOTE
     return _new(
         PTB,
         (
@@ -356,29 +363,32 @@ def _ipv6_general(frame: bytes, l3: int) -> ParseResult:
 def _quoted_ipv6_l4(frame: bytes, q: int, end: int) -> tuple[int, int, int]:
     """Walk the quoted packet's extension headers as far as the quote allows.
 
-    Returns (protocol, sport, dport); ports are -1 when not quoted. Returns a negative
-    protocol when the quoted packet is itself an ICMPv6 error.
+    Returns (protocol, sport, dport); ports are -1 when not quoted. The protocol is -1 when
+    the quoted packet is itself an ICMPv6 error, -2 when the quote ends inside the extension
+    headers or less than 8 bytes after them (the kernel's ipv6_skip_exthdr / pull fails).
     """
     nh = frame[q + 6]
     off = q + 40
     for _ in range(MAX_EXT_HEADERS):
         if nh in _GENERIC_EXT or nh == IPPROTO_AH:
             if end - off < 2:
-                return nh, -1, -1
+                return -2, -1, -1
             step = ((frame[off + 1] + 1) << 3) if nh != IPPROTO_AH else ((frame[off + 1] + 2) << 2)
             nh, off = frame[off], off + step
         elif nh == IPPROTO_FRAGMENT:
             if end - off < 8:
-                return nh, -1, -1
+                return -2, -1, -1
             first = not (_U16(frame, off + 2)[0] & 0xFFF8)
             nh, off = frame[off], off + 8
             if not first:
                 return nh, -1, -1
         else:
             break
-    if nh in PORT_PROTOCOLS and end - off >= 4:
-        sport, dport = _PORTS(frame, off)
-        return nh, sport, dport
     if nh == IPPROTO_ICMPV6 and end > off and frame[off] < 128:
         return -1, -1, -1
+    if end - off < QUOTED_L4_MIN:
+        return -2, -1, -1
+    if nh in PORT_PROTOCOLS:
+        sport, dport = _PORTS(frame, off)
+        return nh, sport, dport
     return nh, -1, -1

@@ -61,6 +61,9 @@ class PeerReason(enum.Enum):
     STALE = "stale"  # timestamp older than max_age
     FUTURE = "future"  # timestamp more than max_age ahead (clock skew or a forged stamp)
     REPLAY = "replay"  # nonce seen within the window (or older than the replay cache reaches)
+    # After the PTB parsed (core/injection.py): PTBs the kernel would discard once injected.
+    SOURCE_ROUTED = "source_routed"  # IPv4 LSRR/SSRR or IPv6 routing type 0, outer or quoted
+    LOOPBACK_SOURCE = "loopback_source"  # outer source in 127.0.0.0/8 or ::1
 
     def __str__(self) -> str:
         return self.value

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Union
 
 from pmtud_relay.core import dedup as _dedup
+from pmtud_relay.core import injection as _injection
 from pmtud_relay.core.packet import PTB, parse_ipv4, parse_ipv6
 from pmtud_relay.core.peerproto import PeerDecoder, PeerReason
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
@@ -280,7 +281,9 @@ def _declared_end(ptb: PTB) -> int:
 class PeerInbox:
     """Datagram from a peer → decision to inject the PTB into this host's receive path.
 
-    The PTB is re-checked with this host's own :class:`Policy` (its quoted source must be one of
+    A PTB this host's kernel would discard after injection (a source route, a loopback outer
+    source: core/injection.py) is refused with its own reason. The PTB is then re-checked with
+    this host's own :class:`Policy` (its quoted source must be one of
     *this* host's VIPs, the outer destination the quoted source, the MTU plausible, …): a valid
     MAC proves who sent the message, not that the PTB is right for this host. Then dedup (the
     same flow and MTU from two peers is injected once) and a token bucket per sending address
@@ -314,6 +317,10 @@ class PeerInbox:
         if _declared_end(ptb) != len(packet):
             self._count(PeerReason.BAD_LENGTH)
             return InboxDecision(False, PeerReason.BAD_LENGTH, ptb, None, decoded.key_id)
+        refused = _injection.refusal(ptb)  # what the kernel would discard: never "injected"
+        if refused is not None:
+            self._count(refused)
+            return InboxDecision(False, refused, ptb, None, decoded.key_id)
         reason = policy.check(ptb, PACKET_HOST)
         if reason is None:
             key = _dedup.dedup_key(ptb)

@@ -26,6 +26,9 @@ class Reason(enum.Enum):
     BAD_CHECKSUM = "bad_checksum"  # ICMP or outer IPv4 header checksum does not verify (checked last)
     SHORT_QUOTE = "short_quote"  # fewer bytes quoted than the quoted IP header needs
     BAD_INNER = "bad_inner"  # quoted packet is not a plausible IP header
+    # The quote stops short of 8 bytes past the quoted IP header (and IPv6 extension headers):
+    # the kernel needs them (ports, TCP sequence number) to find the socket, and discards it.
+    SHORT_L4_QUOTE = "short_l4_quote"
     INNER_ICMP_ERROR = "inner_icmp_error"  # PTB about an ICMP error: never legitimate
 
     # Policy: a well-formed PTB this host must not relay.
@@ -66,5 +69,6 @@ PARSE_REASONS = frozenset(
         Reason.SHORT_QUOTE,
         Reason.BAD_INNER,
         Reason.INNER_ICMP_ERROR,
+        Reason.SHORT_L4_QUOTE,
     }
 )
