@@ -145,6 +145,11 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
         return EXIT_CONFIG
     s = loaded.settings
     log = logs.setup(s.log_level, s.log_format)
+    wide = cfg.wide_vips(s)
+    if wide:  # only loaded with allow_any_vip: meant, but say so once at start
+        log.warning("vip_prefix_allows_any", extra={"kv": {
+            "prefixes": ",".join(wide), "source": loaded.sources["allow_any_vip"],
+            "effect": "nearly every quoted source passes the VIP check"}})
     try:
         interfaces = s.interfaces or (hostinfo.default_interface(),)
     except hostinfo.HostInfoError as exc:

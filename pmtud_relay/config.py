@@ -152,7 +152,11 @@ def _num(value: float) -> str:
     return repr(value)
 
 
-def _range(lo: float | None = None, hi: float | None = None, *, gt: float | None = None):
+def _range(lo: float | None = None, hi: float | None = None, *, gt: float | None = None,
+           at_most: float | None = None):
+    """A numeric check: ``lo``/``hi`` (a range, reported as "within lo..hi"), ``gt`` (strictly
+    above), ``at_most`` (a documented maximum for a value otherwise bounded only below)."""
+
     def check(value):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {value}")
@@ -163,8 +167,27 @@ def _range(lo: float | None = None, hi: float | None = None, *, gt: float | None
                              else f"must be within {_num(lo)}..{_num(hi)}, got {_num(value)}")
         if hi is not None and value > hi:
             raise ValueError(f"must be within {_num(lo)}..{_num(hi)}, got {_num(value)}")
+        if at_most is not None and value > at_most:
+            raise ValueError(f"must be at most {_num(at_most)}, got {_num(value)}")
 
+    check.hi = hi if at_most is None else at_most  # type: ignore[attr-defined]  # Key.maximum
     return check
+
+
+# Maxima of the count and size settings (docs/configuration.md shows each; docs/security.md why).
+#: Dedup keys / tracked sources: 4x the default. bench/scale.py measured 73 MiB of growth with
+#: both tables full at 65 536 entries each, so both at this maximum stay near 300 MiB.
+MAX_TABLE = 262144
+#: Sources dropped in the kernel at once: the blocklist prefix's conditional jumps reach at most
+#: 255 instructions, and 32 IPv6 sources (8 instructions each) no longer fit.
+MAX_SHUN_SOURCES = 31
+#: Rates (PTB/s, datagrams/s) and bursts (tokens): far above what the relay can process
+#: (docs/performance.md), low enough that a typo with extra zeros is caught.
+MAX_RATE = 1_000_000
+MAX_BURST = 1_000_000
+#: A VIP prefix shorter than this covers address space no single operator holds: nearly every
+#: quoted source would pass the VIP check (allow_any_vip says it is meant).
+MIN_VIP_PREFIX = {4: 8, 6: 16}
 
 
 def _choice(options: tuple[str, ...]):
@@ -245,6 +268,11 @@ class Key:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def maximum(self) -> float | None:
+        """The largest value accepted (None: no maximum, or not a number)."""
+        return getattr(self.check, "hi", None)
+
+    @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
@@ -286,26 +314,32 @@ SCHEMA: tuple[Key, ...] = (
     _k("ports", list, (), "relay only PTBs quoting one of these source (service) ports "
        "(empty: any)", "policy", _parse_port, _check_port, metavar="PORT",
        aliases=("--port",), item=int, toml_item=(int,), doc_default="any"),
+    _k("allow_any_vip", bool, False, "accept a VIP prefix shorter than /"
+       f"{MIN_VIP_PREFIX[4]} (IPv4) or /{MIN_VIP_PREFIX[6]} (IPv6), such as 0.0.0.0/0: nearly every "
+       "address is then a VIP and the quoted-source check passes almost anything (logged as a "
+       "warning at start)", "policy", _parse_bool),
     # dedup and rate limits
     _k("dedup_window", float, _dedup.DEFAULT_WINDOW, "seconds during which the same (flow, MTU) "
        "is relayed once", "limits", _parse_float, _range(0), metavar="SECONDS"),
     _k("dedup_capacity", int, _dedup.DEFAULT_CAPACITY, "dedup table size (keys)", "limits",
-       _parse_int, _range(1), metavar="KEYS"),
+       _parse_int, _range(1, at_most=MAX_TABLE), metavar="KEYS"),
     _k("source_rate", float, _rl.DEFAULT_SOURCE_RATE, "PTBs per second relayed per sending "
-       "router (outer source)", "limits", _parse_float, _range(gt=0), metavar="PPS"),
+       "router (outer source)", "limits", _parse_float, _range(gt=0, at_most=MAX_RATE), metavar="PPS"),
     _k("source_burst", float, _rl.DEFAULT_SOURCE_BURST, "per-source burst (tokens)", "limits",
-       _parse_float, _range(1), metavar="N"),
+       _parse_float, _range(1, at_most=MAX_BURST), metavar="N"),
     _k("global_rate", float, _rl.DEFAULT_GLOBAL_RATE, "PTBs per second relayed in total",
-       "limits", _parse_float, _range(gt=0), metavar="PPS"),
+       "limits", _parse_float, _range(gt=0, at_most=MAX_RATE), metavar="PPS"),
     _k("global_burst", float, _rl.DEFAULT_GLOBAL_BURST, "global burst (tokens)", "limits",
-       _parse_float, _range(1), metavar="N"),
+       _parse_float, _range(1, at_most=MAX_BURST), metavar="N"),
     _k("source_capacity", int, _rl.DEFAULT_SOURCE_CAPACITY, "sending routers tracked by the "
-       "per-source limiter (oldest evicted)", "limits", _parse_int, _range(1), metavar="N"),
+       "per-source limiter (oldest evicted)", "limits", _parse_int, _range(1, at_most=MAX_TABLE), metavar="N"),
     _k("shun_min_rate", float, _field_default(RelayConfig, "shun_min_rate"), "a source whose own "
        "bucket drops more than this many PTBs per second is dropped in the kernel for a while "
-       "(AF_PACKET capture; docs/rate-limits.md)", "limits", _parse_float, _range(gt=0), metavar="PPS"),
+       "(AF_PACKET capture; docs/rate-limits.md)", "limits", _parse_float, _range(gt=0, at_most=MAX_RATE),
+       metavar="PPS"),
     _k("shun_max_sources", int, _field_default(RelayConfig, "shun_max_sources"), "sources dropped "
-       "in the kernel at once (0 turns the shun list off)", "limits", _parse_int, _range(0), metavar="N"),
+       "in the kernel at once (0 turns the shun list off)", "limits", _parse_int, _range(0, at_most=MAX_SHUN_SOURCES),
+       metavar="N"),
     # output
     _k("v6_broadcast", bool, _field_default(RelayConfig, "v6_broadcast"), "send IPv6 copies to "
        "ff:ff:ff:ff:ff:ff instead of 33:33:00:00:00:01", "output", _parse_bool),
@@ -350,9 +384,9 @@ SCHEMA: tuple[Key, ...] = (
        "verify); required for the peer relay", "peers", _parse_str, metavar="PATH",
        reload="restart", doc_default="none"),
     _k("peer_rate", float, _peers.DEFAULT_PEER_RATE, "datagrams per second sent to one peer",
-       "peers", _parse_float, _range(gt=0), metavar="PPS", reload="restart"),
+       "peers", _parse_float, _range(gt=0, at_most=MAX_RATE), metavar="PPS", reload="restart"),
     _k("peer_burst", float, _peers.DEFAULT_PEER_BURST, "per-peer burst", "peers", _parse_float,
-       _range(1), metavar="N", reload="restart"),
+       _range(1, at_most=MAX_BURST), metavar="N", reload="restart"),
     _k("peer_max_age", float, _peering.peerproto.DEFAULT_MAX_AGE, "accept peer messages stamped "
        "within this many seconds of the local clock", "peers", _parse_float, _range(gt=0),
        metavar="SECONDS", reload="restart"),
@@ -632,12 +666,32 @@ def _cross_check(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
     except ValueError as exc:  # PeerConfigError: the peer options do not fit together
         given = sorted({sources[k] for k in _PEER_KEYS if sources[k] != "default"}) or ["default"]
         raise ConfigError(f"{', '.join(given)}: {exc}") from None
+    wide = _wide_prefixes(values["vips"])
+    if wide and not values["allow_any_vip"]:
+        src = sources["vips"]
+        where = src if src.startswith("-") or src.startswith(ENV_PREFIX) else f"{src}: vips"
+        p = wide[0]
+        raise ConfigError(
+            f"{where}: {p} is shorter than /{MIN_VIP_PREFIX[p.version]}: nearly every address would "
+            f"count as a VIP, which turns off the quoted-source check; add --allow-any-vip "
+            f"(allow_any_vip = true, {KEYS['allow_any_vip'].env}=1) if that is meant"
+        )
     if values["manage_rules"] and values["capture"] != "nflog":
         raise ConfigError(
             f"{sources['manage_rules']}: manage_rules: the managed rules feed capture = \"nflog\", "
             f"but capture is {values['capture']!r} ({sources['capture']}): add --capture nflog "
             f"(or capture = \"nflog\", {KEYS['capture'].env}=nflog)"
         )
+
+
+def _wide_prefixes(vips) -> list:
+    return [p for p in vips if p.prefixlen < MIN_VIP_PREFIX[p.version]]
+
+
+def wide_vips(settings) -> list[str]:
+    """The configured VIP prefixes shorter than :data:`MIN_VIP_PREFIX` (loaded only with
+    ``allow_any_vip``); the daemon warns about each at start and on reload."""
+    return [str(p) for p in _wide_prefixes(settings.vips)]
 
 
 def reload(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Loaded:
@@ -794,7 +848,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         g = groups.get(key.group)
         if g is None:
             g = groups[key.group] = parser.add_argument_group(_GROUP_TITLES.get(key.group, key.group))
-        text = f"{key.help} (default {default_text(key)}; env {key.env})"
+        limit = f"; at most {_num(key.maximum)}" if key.maximum is not None else ""
+        text = f"{key.help} (default {default_text(key)}{limit}; env {key.env})"
         if key.kind is bool:
             g.add_argument(key.flag, "--no-" + key.flag[2:], *key.aliases, dest=key.name,
                            action=_Bool, default=UNSET, help=text)
@@ -867,9 +922,12 @@ def markdown_table() -> str:
         default = default_text(k)
         default = f"`{default}`" if k.doc_default is None else default
         reload_text = "applied" if k.reload == "live" else "restart"
+        meaning = k.help.replace('|', '/')
+        if k.maximum is not None:
+            meaning += f" (at most {_num(k.maximum)})"
         rows.append(
             f"| `{k.name}` | {', '.join(f'`{f}`' for f in flags)} | `{k.env}` | {kind} | {default} "
-            f"| {reload_text} | {k.help.replace('|', '/')} |"
+            f"| {reload_text} | {meaning} |"
         )
     return "\n".join(rows)
 

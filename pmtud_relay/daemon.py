@@ -423,6 +423,10 @@ class RelayDaemon:
         self.config = new
         self.stats.reloaded(True)
         self.log.info("config_reloaded", extra={"kv": {"changed": ",".join(live) or "none"}})
+        wide = config.wide_vips(new)
+        if wide and "vips" in live:  # only loaded with allow_any_vip: meant, but say so
+            self.log.warning("vip_prefix_allows_any", extra={"kv": {
+                "prefixes": ",".join(wide), "effect": "nearly every quoted source passes the VIP check"}})
         if discover and not config.discover_vips(old):
             asyncio.get_running_loop().create_task(self.refresh_vips())
         return True
