@@ -175,7 +175,7 @@ def ptb_frames(draw, macs=unicast_mac):
             vlans=vlans,
             mtu=draw(st.integers(0, 65535)),
             proto=proto,
-            quote_len=draw(st.integers(20, 200)),
+            quote_len=draw(st.integers(28, 200)),  # 8 bytes past the quoted header: short_l4_quote below
             ip_fields={"options": options, "flags": draw(st.sampled_from([0, "DF"])), "id": draw(st.integers(0, 65535))},
         )
     ext_choices = st.sampled_from(
@@ -192,7 +192,7 @@ def ptb_frames(draw, macs=unicast_mac):
         outer_ext=ext,
         mtu=draw(st.integers(0, 2**32 - 1)),
         proto=proto,
-        quote_len=draw(st.integers(40, 300)),
+        quote_len=draw(st.integers(48, 300)),
     )
 
 
