@@ -249,6 +249,71 @@ def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: R
     assert int(final["s2"]["peer_rx_accepted"]) == 1, final
 
 
+def _unusable_ptbs(lab: RoutedLab, family: int) -> dict[str, bytes]:
+    """PTB packets a receiver must not inject (issue 18, item 4), each otherwise like
+    :func:`ptb_packet`: a quote 4 bytes short of what the kernel pulls (the kernel ignores it), a
+    source route in the quote and a loopback outer source (the kernel acts on both once injected
+    through lo, which skips the checks a packet from the wire meets: measured, docs/security.md)."""
+    import frames as F
+    from scapy.layers.inet import ICMP, IPOption_LSRR
+    from scapy.layers.inet6 import IPv6ExtHdrRouting
+
+    vip, client, router = lab.vip(family), lab.client_addr(family), lab.router_addr(family)
+    if family == 4:
+        def build(**kw):
+            kw.setdefault("outer_src", router)
+            return F.ptb_v4(outer_dst=vip, src=vip, dst=client, proto=ICMP(type=0, id=7, seq=1), mtu=1400,
+                            length=1500, flags="DF", **kw)[14:]
+        original = F.original_v4(src=vip, dst=client, proto=ICMP(type=0, id=7, seq=1), length=1500, flags="DF")
+        return {"ptb_short_l4_quote": build(quote=original[:24]),
+                "source_routed": build(options=[IPOption_LSRR(routers=["203.0.113.9"])]),
+                "loopback_source": build(outer_src="127.0.0.1")}
+
+    def build6(**kw):
+        kw.setdefault("outer_src", router)
+        return F.ptb_v6(outer_dst=vip, src=vip, dst=client, proto="icmp-echo", mtu=1400, length=1500, **kw)[14:]
+    original = F.original_v6(src=vip, dst=client, proto="icmp-echo", length=1500)
+    return {"ptb_short_l4_quote": build6(quote=original[:44]),
+            "source_routed": build6(ext=(IPv6ExtHdrRouting(type=0, segleft=1, addresses=["2001:db8:3::8"]),)),
+            "loopback_source": build6(outer_src="::1")}
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_unusable_or_martian_ptbs_are_refused_not_injected(routed_lab: RoutedLab, key_file: str,
+                                                          family: int) -> None:
+    """Signed by the right key, but not for injection: each refused with its own reason, nothing
+    injected, no PMTU learned; the genuine PTB after them is injected and learned."""
+    from pmtud_relay.core.peerproto import Keyring, encode
+
+    lab = routed_lab
+    target = lab.server("s2").addr(family)
+    procs = start_relays(lab, {"s2": ["run", "-i", "eth0", "--peer-listen", f":{PORT}", "--peer-key-file", key_file,
+                                      "--summary-interval", "0.2"]})
+    relay = procs["s2"]
+    ring = Keyring([(1, key_bytes(key_file))])
+    client = lab.client_addr(family)
+
+    def signed(pkt: bytes) -> bytes:
+        return encode(pkt, ring, time.time(), secrets.token_bytes(12))
+
+    unusable = _unusable_ptbs(lab, family)
+    lab.flush_pmtu()
+    send_from_router(lab, target, [signed(p) for p in unusable.values()])
+    rec = wait_counters(relay, {f"peer_rx_{reason}": 1 for reason in unusable})
+    assert int(rec.get("peer_injected", 0)) == 0 and int(rec.get("peer_rx_accepted", 0)) == 0, rec
+    assert lab.learned_pmtu("s2", client) is None
+
+    send_from_router(lab, target, [signed(ptb_packet(lab, family))])  # the control
+    wait_counters(relay, {"peer_injected": 1})
+    assert lab.learned_pmtu("s2", client) == 1400
+    text = scrape(lab, "s2")
+    for reason in unusable:
+        assert f'pmtud_relay_peer_datagrams_received_total{{reason="{reason}"}} 1.0' in text, (reason, text)
+    stop_relays(procs)
+
+
 @pytest.mark.netns
 @pytest.mark.timeout(90)
 def test_dry_run_receiver_reports_and_injects_nothing(routed_lab: RoutedLab, key_file: str) -> None:

@@ -5,10 +5,10 @@
   ``icmpv6_notify``: ``pskb_may_pull(inner_offset + 8)``) to find the socket by its ports and, for
   TCP, check the sequence number; without them the PTB is discarded as an ICMP input error.
   Dropped by the parser as ``short_l4_quote``, on the L2 path (``Relay.handle``) and the peer path.
-* On the peer path, PTBs the kernel discards after injection: a source route in the outer or
-  the quoted header (IPv4 LSRR/SSRR options, an IPv6 routing header of type 0) and an outer
-  source on loopback (127.0.0.0/8, ::1). Refused as ``source_routed`` / ``loopback_source``
-  instead of being counted ``injected``.
+* On the peer path, PTBs the kernel would not accept from the wire, whose checks injection
+  through lo skips: a source route in the outer or the quoted header (IPv4 LSRR/SSRR options, an
+  IPv6 routing header of type 0) and an outer source on loopback (127.0.0.0/8, ::1). Refused as
+  ``source_routed`` / ``loopback_source`` instead of being injected.
 
 Every frame is built with correct checksums (tests/frames.py), so each drop is for its reason.
 """
@@ -106,7 +106,7 @@ def test_quote_with_8_l4_bytes_is_relayed_and_injected(build):
     assert inbox_decision(frame[14:]).reason is PeerReason.ACCEPTED
 
 
-# -- PTBs the kernel discards once injected -------------------------------------------------------
+# -- PTBs the kernel would not accept from the wire ----------------------------------------------
 def _routing(rtype: int, segleft: int = 1) -> Packet:
     return IPv6ExtHdrRouting(type=rtype, segleft=segleft, addresses=["2001:db8:3::8"])
 
@@ -141,7 +141,7 @@ INJECTED = [  # controls: near misses that are injected
 
 
 @pytest.mark.parametrize("build, reason", [(b, r) for _, b, r in REFUSED], ids=[n for n, _, _ in REFUSED])
-def test_peer_injection_refuses_what_the_kernel_discards(build, reason):
+def test_peer_injection_refuses_what_the_wire_would_not_deliver(build, reason):
     packet = build()[14:]
     ptb = parse_packet(packet)
     assert isinstance(ptb, PTB), ptb  # a well-formed PTB: the refusal is the injection check's

@@ -1,13 +1,20 @@
-"""Which well-formed PTBs a peer receiver must not inject: the ones this host's kernel would
-discard after injection, so counting them ``injected`` would be a lie. Sans-IO.
+"""Which well-formed PTBs a peer receiver must not inject: ones this host's kernel would not
+accept had they arrived on the wire. Sans-IO.
 
+Injection sends the PTB through ``lo`` with its output route attached, so the checks the kernel
+makes on a packet arriving from a NIC (martian source, source routing) never run: measured in the
+routed lab (Linux 6.18, tests/test_e2e_peers.py), an injected PTB from 127.0.0.1 or ``::1``, or
+quoting a packet with LSRR or a type-0 routing header, lowered the PMTU just like a genuine one.
+The peer relay must not open that path, so the receiver refuses:
+
+* **A loopback outer source** (127.0.0.0/8, ``::1``): no router sends from there; from the wire
+  the kernel drops it as a martian (IPv6: ``ip6_rcv_core`` drops a non-loopback packet from
+  ``::1``).
 * **Source routes**, in the outer header or the quoted one: an IPv4 LSRR or SSRR option, an IPv6
   routing header of type 0 (deprecated by RFC 5095; Linux neither sends nor honours it). The
-  kernel drops a source-routed packet it receives (``accept_source_route`` is off by default),
-  and a quoted packet with a source route names its next hop as destination, not the peer a
-  socket is connected to, so no socket matches it.
-* **A loopback outer source** (127.0.0.0/8, ::1): no router sends from there, and the kernel
-  does not act on a PTB claiming to.
+  kernel drops a source-routed packet it receives (``accept_source_route`` off), and a packet
+  really sent with a source route carries its next hop as destination, so a PTB quoting one
+  cannot be about a connection to the peer it names.
 
 The walks are bounded (IPv4 options: at most 40 bytes; IPv6: at most ``MAX_EXT_HEADERS``
 headers) and read only bytes the parser already proved present.

@@ -61,7 +61,7 @@ class PeerReason(enum.Enum):
     STALE = "stale"  # timestamp older than max_age
     FUTURE = "future"  # timestamp more than max_age ahead (clock skew or a forged stamp)
     REPLAY = "replay"  # nonce seen within the window (or older than the replay cache reaches)
-    # After the PTB parsed (core/injection.py): PTBs the kernel would discard once injected.
+    # After the PTB parsed (core/injection.py): PTBs the kernel would not accept from the wire.
     SOURCE_ROUTED = "source_routed"  # IPv4 LSRR/SSRR or IPv6 routing type 0, outer or quoted
     LOOPBACK_SOURCE = "loopback_source"  # outer source in 127.0.0.0/8 or ::1
 

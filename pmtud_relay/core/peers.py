@@ -281,8 +281,9 @@ def _declared_end(ptb: PTB) -> int:
 class PeerInbox:
     """Datagram from a peer → decision to inject the PTB into this host's receive path.
 
-    A PTB this host's kernel would discard after injection (a source route, a loopback outer
-    source: core/injection.py) is refused with its own reason. The PTB is then re-checked with
+    A PTB this host's kernel would not accept from the wire (a source route, a loopback outer
+    source: core/injection.py; injection through lo skips those checks) is refused with its own
+    reason. The PTB is then re-checked with
     this host's own :class:`Policy` (its quoted source must be one of
     *this* host's VIPs, the outer destination the quoted source, the MTU plausible, …): a valid
     MAC proves who sent the message, not that the PTB is right for this host. Then dedup (the
