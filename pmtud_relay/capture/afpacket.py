@@ -28,6 +28,7 @@ import time
 
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.frame import insert_vlan_tag
+from pmtud_relay.core.shun import SAMPLE
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -80,7 +81,7 @@ class PacketCapture:
     """A non-blocking PTB capture socket bound to one interface.
 
     ``ring``: read through a PACKET_RX_RING (None: where the CPU allows it, see the module
-    docstring); False: one recvmsg() per frame.
+    docstring); False: one recvmsg() per frame. ``sample``: see :func:`blocklist_prefix`.
     """
 
     def __init__(
@@ -89,8 +90,10 @@ class PacketCapture:
         rcvbuf: int = DEFAULT_RCVBUF,
         program: list[bpf.Insn] | None = None,
         ring: bool | None = None,
+        sample: int | None = SAMPLE,
     ):
         self.ifname = ifname
+        self.sample = sample  # 1 in this many frames of a held source still passes (None: none)
         if ring is None:
             ring = platform.machine().lower() in _RING_ARCHES
         self.ring: mmap.mmap | None = None
@@ -137,15 +140,16 @@ class PacketCapture:
         return {"truncated": self.truncated, "ring_resync": self.resyncs}
 
     def set_blocked(self, sources) -> None:
-        """Drop frames from these outer IPv4/IPv6 sources in the kernel (the PTB filter with a
-        prefix; see core/shun.py). Replacing a socket filter is atomic. The kernel strips the
+        """Drop frames from these outer IPv4/IPv6 sources in the kernel but a random one in
+        core.shun.SAMPLE (the PTB filter with a prefix; see core/shun.py). Replacing a socket
+        filter is atomic. The kernel strips the
         outer VLAN tag before the filter runs, so untagged and single-tagged frames are matched;
         a frame with two tags (QinQ) is not, and still reaches userspace and its rate limits
         (tests/test_shun.py checks both on a real kernel)."""
         sources = frozenset(sources)
         if sources == self.blocked:
             return
-        attach_filter(self.sock, blocklist_prefix(sources) + self._program)
+        attach_filter(self.sock, blocklist_prefix(sources, self.sample) + self._program)
         self.blocked = sources
 
     def drain(self, limit: int = 256) -> list[tuple[bytes, int]]:
@@ -245,11 +249,18 @@ class PacketCapture:
 _U32_PACK = struct.Struct("=I").pack_into
 
 
-def blocklist_prefix(sources) -> list[bpf.Insn]:
+def blocklist_prefix(sources, sample: int | None = SAMPLE) -> list[bpf.Insn]:
     """BPF instructions that drop frames from ``sources`` (4- or 16-byte outer IP sources)
     whose EtherType at offset 12 is IPv4/IPv6 as the filter sees them (the kernel has stripped
     the outer VLAN tag by then: untagged and single-tagged frames), and fall through to whatever
-    follows for every other frame."""
+    follows for every other frame.
+
+    ``sample`` (a power of two): one in ``sample`` frames of a held source, picked by the
+    kernel's random ancillary load (the low bits of a fresh 32-bit random number all zero),
+    falls through too, so a held router's genuine PTBs keep a path to its bucket (core/shun.py).
+    None: drop them all."""
+    if sample is not None and (sample < 2 or sample & (sample - 1)):
+        raise ValueError(f"sample must be a power of two >= 2, got {sample}")
     v4 = sorted(s for s in sources if len(s) == 4)
     v6 = sorted(s for s in sources if len(s) == 16)
     if not v4 and not v6:
@@ -274,6 +285,9 @@ def blocklist_prefix(sources) -> list[bpf.Insn]:
         a.label(nxt)
     a.goto("pass")
     a.label("drop")
+    if sample is not None:
+        a.op(bpf.LD | bpf.W | bpf.ABS, bpf.SKF_AD_OFF + bpf.SKF_AD_RANDOM)
+        a.jump(bpf.JMP | bpf.JSET | bpf.K, sample - 1, None, "pass")
     a.op(bpf.RET | bpf.K, 0)
     a.label("pass")
     prog = a.assemble()

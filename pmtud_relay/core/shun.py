@@ -10,9 +10,16 @@ asks the capture adapter to drop that source's frames in the kernel (a BPF prefi
 ``max_hold``. At most ``max_sources`` sources are held (the heaviest first): a flood from
 many sources is bounded by the global bucket as before.
 
-While a source is held its PTBs are not seen at all (not even counted). A legitimate router
-whose address an attacker floods with loses nothing it still had: the flood had already
-emptied that router's bucket.
+While a source is held, the kernel passes only one in ``SAMPLE`` (64) of its frames, chosen at
+random; the rest are never seen (not even counted). The sample keeps a path for the genuine
+PTBs of a router whose address the flood spoofs: they still meet that source's bucket, now
+competing with 1/64 of the flood, so a genuine PTB's chance of being relayed while the source is
+held is the chance it had without the hold (the bucket's rate over the flood's), at 1/64 of the
+userspace cost (docs/rate-limits.md, "Holds").
+
+A hold ends on time even when nothing reaches userspace: the caller asks :attr:`next_expiry`
+and calls :meth:`expire` then (the daemon arms a timer). Without that, a held source on a quiet
+host would stay held until some other frame happened to wake the relay.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ DEFAULT_MIN_RATE = 4000.0  # PTB/s dropped by a source's own bucket before it is
 DEFAULT_HOLD = 10.0
 DEFAULT_MAX_HOLD = 300.0
 DEFAULT_MAX_SOURCES = 16
+#: One in SAMPLE frames of a held source still reaches userspace (a power of two: the kernel
+#: filter tests the low bits of a random number).
+SAMPLE = 64
 
 
 class Shunner:
@@ -60,15 +70,27 @@ class Shunner:
         """Sources held now (as of the last :meth:`update`)."""
         return len(self._held)
 
+    @property
+    def next_expiry(self) -> float | None:
+        """When the earliest hold ends (clock of the ``now`` values), or None if none is held."""
+        return min(self._held.values()) if self._held else None
+
+    def expire(self, now: float) -> frozenset[bytes] | None:
+        """End the holds due by ``now``; the new set of held sources if it changed, else None.
+        Leaves the drop-count interval alone (:meth:`update` still sees every drop)."""
+        done = [s for s, until in self._held.items() if until <= now]
+        if not done:
+            return None
+        for src in done:
+            del self._held[src]
+        return frozenset(self._held)
+
     def update(self, drops: dict[bytes, int], now: float) -> frozenset[bytes] | None:
         """Feed the per-source drop counts since the previous call; return the new set of
         held sources if it changed, else None."""
         elapsed = now - self._last
         self._last = now
-        changed = False
-        for src in [s for s, until in self._held.items() if until <= now]:
-            del self._held[src]
-            changed = True
+        changed = self.expire(now) is not None
         if elapsed > 0 and self.max_sources:
             threshold = self.min_rate * elapsed
             heavy = sorted(((n, s) for s, n in drops.items() if n >= threshold and s not in self._held), reverse=True)
