@@ -12,7 +12,8 @@ PTB datagrams (distinct flows). Kinds, alternated for ``--rounds``:
 
 Per run: the junk rate offered (datagrams the sender's sendto() accepted / its wall time), the
 receiver's CPU (utime+stime of its process over the flood window / the window, % of one core),
-``peer_rx_bad_mac`` (junk that reached userspace) and ``peer_rx_accepted`` of the 16 genuine
+the share of the window it spent runnable but waiting for its CPU (``/proc/PID/schedstat``: the
+machine is shared), ``peer_rx_bad_mac`` (junk that reached userspace) and ``peer_rx_accepted`` of the 16 genuine
 datagrams (from its ``stopped`` line), and the UDP receive-buffer drops the kernel counted in
 s2's namespace (``Udp6RcvbufErrors`` + ``UdpRcvbufErrors``, nstat). The receiver runs on CPU 1,
 the sender on CPU 0 (``taskset``). Writes bench/results/peer-junk-<time>.json. Needs root.
@@ -81,6 +82,13 @@ def nstat(lab: RoutedLab, node: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)", out, re.M)}
 
 
+def schedstat(pid: int) -> tuple[float, float]:
+    """Seconds ``pid`` ran on a CPU and waited runnable on a run queue (/proc/PID/schedstat)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        run_ns, wait_ns, _slices = (int(x) for x in f.read().split())
+    return run_ns / 1e9, wait_ns / 1e9
+
+
 def one_run(lab: RoutedLab, kind: str, key_file: str, key: bytes, seconds: float) -> dict:
     s1, s2 = lab.server("s1"), lab.server("s2")
     script = ["-m", "pmtud_relay"] if kind == "filter" else [str(HERE / "peer_filter_off.py")]
@@ -96,7 +104,7 @@ def one_run(lab: RoutedLab, kind: str, key_file: str, key: bytes, seconds: float
         junk = lab.spawn("router", ["taskset", "-c", "0", lab.python, "-c", JUNK_PY, s2.ipv4, str(PORT),
                                     str(seconds), head.hex()])
         time.sleep(0.3)  # the flood is up to speed
-        cpu0, t0 = proc_cpu(relay.pid), time.monotonic()
+        cpu0, t0, sched0 = proc_cpu(relay.pid), time.monotonic(), schedstat(relay.pid)
         time.sleep(seconds / 2 - 0.3)
         ring = Keyring([(1, key)])
         vip, client = BF.ip4(lab.vip(4)), BF.ip4(lab.client_addr(4))
@@ -107,7 +115,7 @@ def one_run(lab: RoutedLab, kind: str, key_file: str, key: bytes, seconds: float
         deadline = time.monotonic() + seconds
         while junk.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        cpu1, t1 = proc_cpu(relay.pid), time.monotonic()
+        cpu1, t1, sched1 = proc_cpu(relay.pid), time.monotonic(), schedstat(relay.pid)
         junk.stop(timeout=5)
         sent, failed, elapsed = (float(x) for x in junk.stdout.split())
         time.sleep(0.5)
@@ -123,6 +131,9 @@ def one_run(lab: RoutedLab, kind: str, key_file: str, key: bytes, seconds: float
         "kind": kind,
         "junk_sent": int(sent), "junk_send_failed": int(failed), "junk_per_s": sent / elapsed,
         "cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),
+        # runnable but waiting for its CPU (other jobs on the shared machine): run + wait near 100 %
+        # means the receiver would have used more CPU had it been given it
+        "runq_wait_pct": 100.0 * (sched1[1] - sched0[1]) / (t1 - t0),
         "bad_mac_seen": int(stopped.get("peer_rx_bad_mac", 0)),
         "genuine_accepted": int(stopped.get("peer_rx_accepted", 0)),
         "genuine_sent": GENUINE,
@@ -160,6 +171,7 @@ def main(argv=None) -> int:
                         "junk_per_s": median([r["junk_per_s"] for r in mine]),
                         "cpu_pct": median([r["cpu_pct"] for r in mine]),
                         "cpu_pct_max": max(r["cpu_pct"] for r in mine),
+                        "runq_wait_pct": median([r["runq_wait_pct"] for r in mine]),
                         "bad_mac_seen": median([r["bad_mac_seen"] for r in mine]),
                         "genuine_accepted_min": min(r["genuine_accepted"] for r in mine),
                         "genuine_sent": GENUINE})
