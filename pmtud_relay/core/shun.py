@@ -10,12 +10,12 @@ asks the capture adapter to drop that source's frames in the kernel (a BPF prefi
 ``max_hold``. At most ``max_sources`` sources are held (the heaviest first): a flood from
 many sources is bounded by the global bucket as before.
 
-While a source is held, the kernel passes only one in ``SAMPLE`` (64) of its frames, chosen at
+While a source is held, the kernel passes only one in ``SAMPLE`` (256) of its frames, chosen at
 random; the rest are never seen (not even counted). The sample keeps a path for the genuine
 PTBs of a router whose address the flood spoofs: they still meet that source's bucket, now
-competing with 1/64 of the flood, so a genuine PTB's chance of being relayed while the source is
-held is the chance it had without the hold (the bucket's rate over the flood's), at 1/64 of the
-userspace cost (docs/rate-limits.md, "Holds").
+competing with 1/256 of the flood, so a genuine PTB's chance of being relayed while the source
+is held is the chance it had without the hold (the bucket's rate over the flood's), at 1/256 of
+the userspace cost (docs/rate-limits.md, "Holds in the kernel").
 
 A hold ends on time even when nothing reaches userspace: the caller asks :attr:`next_expiry`
 and calls :meth:`expire` then (the daemon arms a timer). Without that, a held source on a quiet
@@ -30,8 +30,11 @@ DEFAULT_HOLD = 10.0
 DEFAULT_MAX_HOLD = 300.0
 DEFAULT_MAX_SOURCES = 16
 #: One in SAMPLE frames of a held source still reaches userspace (a power of two: the kernel
-#: filter tests the low bits of a random number).
-SAMPLE = 64
+#: filter tests the low bits of a random number). At most min_rate / the per-source rate
+#: (4 000 / 10 = 400): then a source flooding fast enough to be held still offers its bucket
+#: more sampled frames than it has tokens, so a genuine PTB keeps exactly the chance it had
+#: without the hold (docs/rate-limits.md, "Holds in the kernel").
+SAMPLE = 256
 
 
 class Shunner:
