@@ -261,13 +261,15 @@ class RelayDaemon:
     # -- kernel holds (core/shun.py) ------------------------------------------------------------
     def _apply_kernel_holds(self, blocked: frozenset[bytes]) -> None:
         """Put the held set into every AF_PACKET capture's filter and arm the expiry timer."""
+        samples = self.relay.shunner.samples  # each held source and its 1-in-N sample
         for other in self.ports:
             set_blocked = getattr(other.capture, "set_blocked", None)
             if set_blocked is not None:
-                set_blocked(blocked)
+                set_blocked(samples)
         self.log.warning("flood_sources_dropped_in_kernel", extra={"kv": {
             "sources": ",".join(sorted(str(ipaddress.ip_address(b)) for b in blocked)) or "none",
-            "count": len(blocked)}})
+            "count": len(blocked),
+            "sample": ",".join(f"1/{samples[b]}" for b in sorted(blocked, key=lambda b: str(ipaddress.ip_address(b)))) or "none"}})
         self._arm_hold_timer()
 
     def _arm_hold_timer(self) -> None:
@@ -420,7 +422,7 @@ class RelayDaemon:
             self.log.warning("interface_bind_failed", extra={"kv": {"interface": ifname, "error": exc.strerror or str(exc)}})
             return
         self._waiting.discard(ifname)
-        held = self.relay.shunner.held
+        held = self.relay.shunner.samples
         set_blocked = getattr(port.capture, "set_blocked", None)
         if held and set_blocked is not None:  # a new socket starts with no kernel drops: re-apply them
             set_blocked(held)

@@ -51,6 +51,32 @@ def test_holds_expire_by_the_clock_alone_without_drop_counts():
     assert s.expire(12.5) == frozenset() and s.next_expiry is None and len(s) == 0
 
 
+def test_sample_is_the_largest_power_of_two_keeping_the_bucket_fed():
+    from pmtud_relay.core.shun import MAX_SAMPLE, sample_for
+
+    assert [sample_for(r, 10) for r in (0, 19, 20, 39, 40, 4000, 15000, 250000)] == \
+        [2, 2, 2, 2, 4, 256, 1024, 16384]
+    assert sample_for(1e12, 10) == MAX_SAMPLE
+    for rate in (4000.0, 9999.0, 123456.0):  # the sampled stream: 1x to 2x the bucket's rate
+        assert 10 <= rate / sample_for(rate, 10) < 20
+
+
+def test_held_sources_get_their_sample_and_a_thinner_one_if_they_flood_faster():
+    s = Shunner(interval=0.1, min_rate=1000, hold=10, max_hold=40, now=0.0, bucket_rate=10)
+    s.update({A4: 1500}, 0.1)  # 15 000/s: 1 in 1024 passes ~14.6/s
+    assert s.samples == {A4: 1024}
+    # Sampled drops as expected at that rate (~5/s): no change, whatever the noise within 4x.
+    for i in range(1, 30):
+        assert s.update({A4: 1 if i % 2 else 0}, 0.1 + 0.1 * i) is None
+    assert s.samples == {A4: 1024}
+    # It floods 20x faster: ~290 sampled frames/s, ~280 dropped; by the end of a 1 s window
+    # N is at least 4x larger (that window still held some of the slower rate).
+    changed = [s.update({A4: 28}, 2.9 + 0.1 * i) for i in range(1, 11)]
+    assert changed.count(frozenset({A4})) == 1 and s.samples[A4] >= 4096
+    s.expire(100.0)
+    assert s.samples == {}
+
+
 def test_at_most_max_sources_heaviest_first():
     s = Shunner(interval=1, min_rate=10, max_sources=1, now=0.0)
     assert s.update({A4: 100, B4: 500}, 1.0) == frozenset({B4})
@@ -280,6 +306,12 @@ def test_prefix_lets_one_in_sample_of_a_held_sources_frames_through():
     assert bpf.run(blocklist_prefix({A4}, sample=None) + ptb, F.ptb_v4(outer_src="198.51.100.66")) == 0
     with pytest.raises(ValueError):
         blocklist_prefix({A4}, sample=48)
+    # Each source its own N.
+    per_source = blocklist_prefix({A4: 4, A6: 1024}) + ptb
+    f4, f6 = F.ptb_v4(outer_src="198.51.100.66"), F.ptb_v6(outer_src="2001:db8:1::66")
+    assert sum(bool(bpf.run(per_source, f4, random=_Draws([r]))) for r in range(4096)) == 1024
+    assert sum(bool(bpf.run(per_source, f6, random=_Draws([r]))) for r in range(4096)) == 4
+    assert bpf.run(blocklist_prefix({A4: None}) + ptb, f4) == 0
 
 
 # --- holds through the daemon, on a real kernel ---------------------------------------------------
@@ -322,6 +354,7 @@ _DAEMON_SNIPPET = textwrap.dedent(
     tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     tx.bind(("pmr1", 0))
     rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # the copies the relay sends
+    rx.setsockopt(263, 23, 1)  # SOL_PACKET, PACKET_IGNORE_OUTGOING: not what tx sends
     rx.bind(("pmr1", 0))
     rx.setblocking(False)
 
@@ -374,7 +407,9 @@ _DAEMON_SNIPPET = textwrap.dedent(
         else:  # the held router's genuine PTB, repeated (one per retransmission), while held
             copies()
             before = d.relay.counts[Reason.RELAYED]
-            await send([genuine] * cfg["repeats"], chunk=64)
+            n = out["sample"] = list(d.relay.shunner.samples.values())[0]
+            out["sent"] = 20 * n
+            await send([genuine] * (20 * n), chunk=64)
             await asyncio.sleep(0.3)
             out["still_held"] = len(d.relay.shunner)
             out["seen_while_held"] = seen[0] - quiet_from
@@ -422,16 +457,14 @@ def test_a_hold_lifts_on_time_on_a_quiet_host(veth_netns, netns_python):
 @pytest.mark.netns
 @pytest.mark.timeout(40)
 def test_a_held_routers_genuine_ptbs_get_through_at_the_sampled_rate(veth_netns, netns_python):
-    """While a source is held the kernel still passes one in SAMPLE of its frames: 5 120 copies of
-    the held router's genuine PTB (one per retransmission, as a router sends them) put about
-    5120/256 = 20 frames into userspace, and the first of them is relayed."""
-    repeats = 5120
+    """While a source is held the kernel still passes one in N of its frames (N sized from its
+    flood rate): 20·N copies of the held router's genuine PTB (one per retransmission, as a router
+    sends them) put about 20 frames into userspace, and the first of them is relayed."""
     flood, genuine = _hold_frames(400)
     out = netns_python(veth_netns, _DAEMON_SNIPPET, {"mode": "sample", "hold": 30.0, "vip": F.VIP4,
-                                                     "flood": flood, "genuine": genuine, "repeats": repeats},
-                       timeout=30)
+                                                     "flood": flood, "genuine": genuine}, timeout=60)
     assert out["held"] and out["still_held"] == 1, out
-    # Binomial(5120, 1/256) (SAMPLE is 256, test_prefix_lets_one_in_sample_…): mean 20, sd 4.5;
-    # outside 5..45 has a probability below 1e-4.
+    assert 2 <= out["sample"] <= 4096, out  # 400 frames within ~30 ms: thousands per second
+    # Binomial(20·N, 1/N): mean 20, sd < 4.5; outside 5..45 has a probability below 1e-4.
     assert 5 <= out["seen_while_held"] <= 45, out
     assert out["genuine_relayed"] == 1 and out["genuine_copies"] == 1, out

@@ -25,6 +25,7 @@ import platform
 import socket
 import struct
 import time
+from collections.abc import Mapping
 
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.frame import insert_vlan_tag
@@ -122,6 +123,7 @@ class PacketCapture:
         self.sock = sock
         self._program = program if program is not None else bpf.ptb_filter()
         self.blocked: frozenset[bytes] = frozenset()
+        self._samples: dict[bytes, int | None] = {}  # held source -> N (None: every frame dropped)
         self.mac: bytes = sock.getsockname()[4]
         self.ifindex = socket.if_nametoindex(ifname)
         self.truncated = 0
@@ -140,17 +142,22 @@ class PacketCapture:
         return {"truncated": self.truncated, "ring_resync": self.resyncs}
 
     def set_blocked(self, sources) -> None:
-        """Drop frames from these outer IPv4/IPv6 sources in the kernel but a random one in
-        core.shun.SAMPLE (the PTB filter with a prefix; see core/shun.py). Replacing a socket
+        """Drop frames from these outer IPv4/IPv6 sources in the kernel but a random one in N
+        (the PTB filter with a prefix; see core/shun.py): ``sources`` maps each source to its N
+        (core.shun.Shunner.samples), or is a plain set (N = ``self.sample``). Replacing a socket
         filter is atomic. The kernel strips the
         outer VLAN tag before the filter runs, so untagged and single-tagged frames are matched;
         a frame with two tags (QinQ) is not, and still reaches userspace and its rate limits
         (tests/test_shun.py checks both on a real kernel)."""
-        sources = frozenset(sources)
-        if sources == self.blocked:
+        if isinstance(sources, Mapping):
+            samples = {s: (n if self.sample is not None else None) for s, n in sources.items()}
+        else:
+            samples = dict.fromkeys(sources, self.sample)
+        if samples == self._samples:
             return
-        attach_filter(self.sock, blocklist_prefix(sources, self.sample) + self._program)
-        self.blocked = sources
+        attach_filter(self.sock, blocklist_prefix(samples) + self._program)
+        self._samples = samples
+        self.blocked = frozenset(samples)
 
     def drain(self, limit: int = 256) -> list[tuple[bytes, int]]:
         """Read up to ``limit`` queued frames without blocking: [(frame, pkttype), …]."""
@@ -255,14 +262,24 @@ def blocklist_prefix(sources, sample: int | None = SAMPLE) -> list[bpf.Insn]:
     the outer VLAN tag by then: untagged and single-tagged frames), and fall through to whatever
     follows for every other frame.
 
-    ``sample`` (a power of two): one in ``sample`` frames of a held source, picked by the
-    kernel's random ancillary load (the low bits of a fresh 32-bit random number all zero),
-    falls through too, so a held router's genuine PTBs keep a path to its bucket (core/shun.py).
-    None: drop them all."""
-    if sample is not None and (sample < 2 or sample & (sample - 1)):
-        raise ValueError(f"sample must be a power of two >= 2, got {sample}")
-    v4 = sorted(s for s in sources if len(s) == 4)
-    v6 = sorted(s for s in sources if len(s) == 16)
+    One in N frames of a held source, picked by the kernel's random ancillary load (the low
+    log2(N) bits of a fresh 32-bit random number all zero), falls through too, so a held router's
+    genuine PTBs keep a path to its bucket (core/shun.py). ``sources`` maps each source to its N
+    (a power of two >= 2, or None: drop every frame), or is a plain set that takes ``sample``."""
+    if isinstance(sources, Mapping):
+        samples = dict(sources)
+    else:
+        samples = dict.fromkeys(sources, sample)
+    for n in samples.values():
+        if n is not None and (n < 2 or n & (n - 1)):
+            raise ValueError(f"sample must be a power of two >= 2, got {n}")
+
+    def target(src: bytes) -> str:
+        n = samples[src]
+        return "drop" if n is None else f"held_{n}"
+
+    v4 = sorted(s for s in samples if len(s) == 4)
+    v6 = sorted(s for s in samples if len(s) == 16)
     if not v4 and not v6:
         return []
     a = bpf._Asm()
@@ -273,7 +290,7 @@ def blocklist_prefix(sources, sample: int | None = SAMPLE) -> list[bpf.Insn]:
     if v4:
         a.op(bpf.LD | bpf.W | bpf.ABS, 14 + 12)
         for src in v4:
-            a.jump(bpf.JMP | bpf.JEQ | bpf.K, int.from_bytes(src, "big"), "drop", None)
+            a.jump(bpf.JMP | bpf.JEQ | bpf.K, int.from_bytes(src, "big"), target(src), None)
     a.goto("pass")
     a.label("v6")
     for i, src in enumerate(v6):
@@ -281,13 +298,14 @@ def blocklist_prefix(sources, sample: int | None = SAMPLE) -> list[bpf.Insn]:
         for w in range(4):
             a.op(bpf.LD | bpf.W | bpf.ABS, 14 + 8 + 4 * w)
             word = int.from_bytes(src[4 * w : 4 * w + 4], "big")
-            a.jump(bpf.JMP | bpf.JEQ | bpf.K, word, "drop" if w == 3 else None, nxt)
+            a.jump(bpf.JMP | bpf.JEQ | bpf.K, word, target(src) if w == 3 else None, nxt)
         a.label(nxt)
     a.goto("pass")
-    a.label("drop")
-    if sample is not None:
+    for n in sorted({n for n in samples.values() if n is not None}):
+        a.label(f"held_{n}")
         a.op(bpf.LD | bpf.W | bpf.ABS, bpf.SKF_AD_OFF + bpf.SKF_AD_RANDOM)
-        a.jump(bpf.JMP | bpf.JSET | bpf.K, sample - 1, None, "pass")
+        a.jump(bpf.JMP | bpf.JSET | bpf.K, n - 1, "drop", "pass")
+    a.label("drop")
     a.op(bpf.RET | bpf.K, 0)
     a.label("pass")
     prog = a.assemble()
