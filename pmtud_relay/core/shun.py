@@ -39,7 +39,8 @@ MIN_SAMPLE = 2
 MAX_SAMPLE = 1 << 16
 #: N for a capture given held sources without their own N (tests, set_blocked of a plain set).
 SAMPLE = 256
-RESAMPLE_WINDOW = 1.0  # seconds of a held source's sampled drops behind a new N
+RESAMPLE_WINDOW = 1.0  # seconds of a held source's sampled drops behind a new N …
+RESAMPLE_COUNT = 100  # … or this many of them, if sooner
 
 
 def sample_for(rate: float, bucket_rate: float) -> int:
@@ -120,15 +121,17 @@ class Shunner:
         elapsed = now - self._last
         self._last = now
         changed = self.expire(now) is not None
-        # A held source's sampled frames still meet its bucket: if, over a window of at least
-        # RESAMPLE_WINDOW, it floods four or more times faster than its sample was sized for,
-        # sample it more thinly (a factor of 4, not 2, so that the noise of a few sampled frames
-        # cannot ratchet N up).
+        # A held source's sampled frames still meet its bucket: if, over a window of
+        # RESAMPLE_WINDOW seconds or RESAMPLE_COUNT sampled drops, whichever comes first, it
+        # floods four or more times faster than its sample was sized for, sample it more thinly
+        # (a factor of 4, not 2, so that the noise of a few sampled frames cannot ratchet N up;
+        # the count ends the window early when the first estimate, from one short interval,
+        # was far too low).
         for src, n in self._sample.items():
             window = self._window[src]
             window[0] += drops.get(src, 0)
             span = now - window[1]
-            if span >= RESAMPLE_WINDOW:
+            if span >= RESAMPLE_WINDOW or (span > 0 and window[0] >= RESAMPLE_COUNT):
                 rate = (window[0] / span + self.bucket_rate) * n  # sampled = dropped + passed, times N
                 wanted = sample_for(rate, self.bucket_rate)
                 if wanted >= 4 * n:
