@@ -150,3 +150,55 @@ def test_the_kernel_admits_only_peers_with_the_magic_and_follows_a_new_peer_set(
     assert out["first"] == want([PEER4, PEER6])
     assert out["second"] == want([OTHER4])
     assert out["magic"] == want(senders)
+
+
+# --- the service: which filter for which peer set, and the fallback when the kernel refuses -------
+class FakeListener:
+    def __init__(self, refuse_addresses: bool = False):
+        self.filter = None
+        self.refuse = refuse_addresses
+        self.applied: list = []
+
+    def set_filter(self, pf):
+        if self.refuse and pf.mode == "addresses" and pf.addresses:
+            raise OSError(12, "Cannot allocate memory")  # ENOMEM: above net.core.optmem_max
+        self.filter = pf
+        self.applied.append((pf.mode, sorted(pf.addresses)))
+
+    def close(self):
+        pass
+
+
+def _service(fanout: str):
+    from pmtud_relay.peering import PeerService, PeerSettings
+    from pmtud_relay.core.policy import Policy
+
+    settings = PeerSettings(fanout=fanout, listen=(("", 2106),), key_file="/nonexistent")
+    return PeerService(settings, Policy, own_addresses=frozenset)
+
+
+def test_the_service_follows_the_peer_set_and_falls_back_to_the_magic_when_refused(caplog):
+    import logging
+
+    from pmtud_relay.core.peers import Peer
+
+    svc = _service("peers")
+    svc.listener = FakeListener()
+    svc._filter_for = frozenset()  # as open() leaves it: nobody until the first resolution
+    svc.table.update([Peer(PEER4), Peer(PEER6, 2200)], 0.0)
+    svc._apply_filter()
+    svc._apply_filter()  # unchanged set: not rebuilt
+    svc.table.update([Peer(PEER4)], 0.0)
+    svc._apply_filter()
+    assert svc.listener.applied == [("addresses", [PEER4, PEER6]), ("addresses", [PEER4])]
+    refused = _service("peers")
+    refused.listener = FakeListener(refuse_addresses=True)
+    refused._filter_for = frozenset()
+    refused.table.update([Peer(PEER4)], 0.0)
+    with caplog.at_level(logging.WARNING, logger=refused.log.name):
+        refused._apply_filter()
+    assert refused.listener.applied == [("magic", [])]
+    warned = [r for r in caplog.records if r.getMessage() == "peer_filter"]
+    assert warned and warned[-1].kv["mode"] == "magic" and "Cannot allocate memory" in warned[-1].kv["reason"]
+    listen_only = _service("l2")
+    assert listen_only._filter_addresses() is None  # magic only: it has no list of senders
