@@ -475,4 +475,5 @@ def test_a_held_routers_genuine_ptbs_get_through_at_the_sampled_rate(veth_netns,
     assert 2 <= out["sample"] <= 4096, out  # 400 frames within ~30 ms: thousands per second
     # Binomial(20·N, 1/N): mean 20, sd < 4.5; outside 5..45 has a probability below 1e-4.
     assert 5 <= out["seen_while_held"] <= 45, out
-    assert out["genuine_relayed"] == 1 and out["genuine_copies"] == 1, out
+    # Relayed, once per dedup window (1 s) that the 20·N copies span; each relay a copy on the wire.
+    assert out["genuine_relayed"] >= 1 and out["genuine_copies"] == out["genuine_relayed"], out
