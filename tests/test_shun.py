@@ -329,7 +329,7 @@ _DAEMON_SNIPPET = textwrap.dedent(
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
     from pmtud_relay import daemon as D, metrics
-    from pmtud_relay.core.policy import Policy, VipSet
+    from pmtud_relay.core.policy import Policy
     from pmtud_relay.core.reasons import Reason
     from pmtud_relay.core.relay import RelayConfig
     from pmtud_relay.daemon import parse_vips
