@@ -477,3 +477,20 @@ def test_a_held_routers_genuine_ptbs_get_through_at_the_sampled_rate(veth_netns,
     assert 5 <= out["seen_while_held"] <= 45, out
     # Relayed, once per dedup window (1 s) that the 20·N copies span; each relay a copy on the wire.
     assert out["genuine_relayed"] >= 1 and out["genuine_copies"] == out["genuine_relayed"], out
+
+
+def test_prefix_assembles_and_matches_with_many_held_sources():
+    # shun_max_sources has no upper bound: a conditional jump reaches 255 instructions, so the
+    # prefix must jump over long source lists with JA (a ValueError here used to be possible).
+    import ipaddress
+
+    v4 = {ipaddress.ip_address(0xC6336400 + i).packed: 1 << (1 + i % 16) for i in range(300)}
+    v6 = {ipaddress.ip_address((0x20010DB8 << 96) + i).packed: None for i in range(100)}
+    prog = blocklist_prefix({**v4, **v6}) + bpf.ptb_filter()
+    last4 = F.ptb_v4(outer_src=str(ipaddress.ip_address(0xC6336400 + 299)))
+    last6 = F.ptb_v6(outer_src="2001:db8::63")
+    other4, other6 = F.ptb_v4(outer_src="203.0.113.7"), F.ptb_v6(outer_src="2001:db8:1::67")
+    assert bpf.run(prog, last4, random=_Draws([1])) == 0
+    assert bpf.run(prog, last4, random=_Draws([0])) != 0  # its sample (1 in 2**12) lets this one by
+    assert bpf.run(prog, last6) == 0
+    assert bpf.run(prog, other4) != 0 and bpf.run(prog, other6) != 0

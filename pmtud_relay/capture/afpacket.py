@@ -282,15 +282,22 @@ def blocklist_prefix(sources, sample: int | None = SAMPLE) -> list[bpf.Insn]:
     v6 = sorted(s for s in samples if len(s) == 16)
     if not v4 and not v6:
         return []
+    # Conditional jumps reach 255 instructions at most; every jump past a list of sources is a
+    # JA (32-bit offset), so any number of held sources assembles (shun_max_sources has no cap).
     a = bpf._Asm()
     a.op(bpf.LD | bpf.H | bpf.ABS, 12)
+    a.jump(bpf.JMP | bpf.JEQ | bpf.K, 0x86DD, None, "not_v6")
+    a.goto("v6")
+    a.label("not_v6")
     a.jump(bpf.JMP | bpf.JEQ | bpf.K, 0x0800, "v4", None)
-    a.jump(bpf.JMP | bpf.JEQ | bpf.K, 0x86DD, "v6", "pass")
+    a.goto("pass")
     a.label("v4")
     if v4:
         a.op(bpf.LD | bpf.W | bpf.ABS, 14 + 12)
-        for src in v4:
-            a.jump(bpf.JMP | bpf.JEQ | bpf.K, int.from_bytes(src, "big"), target(src), None)
+        for i, src in enumerate(v4):
+            a.jump(bpf.JMP | bpf.JEQ | bpf.K, int.from_bytes(src, "big"), None, f"v4_{i + 1}")
+            a.goto(target(src))
+            a.label(f"v4_{i + 1}")
     a.goto("pass")
     a.label("v6")
     for i, src in enumerate(v6):
@@ -298,7 +305,8 @@ def blocklist_prefix(sources, sample: int | None = SAMPLE) -> list[bpf.Insn]:
         for w in range(4):
             a.op(bpf.LD | bpf.W | bpf.ABS, 14 + 8 + 4 * w)
             word = int.from_bytes(src[4 * w : 4 * w + 4], "big")
-            a.jump(bpf.JMP | bpf.JEQ | bpf.K, word, target(src) if w == 3 else None, nxt)
+            a.jump(bpf.JMP | bpf.JEQ | bpf.K, word, None, nxt)
+        a.goto(target(src))
         a.label(nxt)
     a.goto("pass")
     for n in sorted({n for n in samples.values() if n is not None}):
