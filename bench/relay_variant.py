@@ -9,7 +9,9 @@ import sys
 import pmtud_relay.capture.afpacket as afpacket
 import pmtud_relay.emit.l2 as l2
 
-afpacket.PacketCapture.__init__.__defaults__ = afpacket.PacketCapture.__init__.__defaults__[:-1] + (False,)
+_defaults = list(afpacket.PacketCapture.__init__.__defaults__)  # rcvbuf, program, ring, sample
+_defaults[2] = False
+afpacket.PacketCapture.__init__.__defaults__ = tuple(_defaults)
 l2.L2Emitter.__init__.__defaults__ = (False,)
 sys.argv = ["pmtud_relay", *sys.argv[1:]]
 runpy.run_module("pmtud_relay", run_name="__main__", alter_sys=True)

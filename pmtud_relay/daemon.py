@@ -95,6 +95,8 @@ class RelayDaemon:
         self.peering = None  # a peering.PeerService when settings.peers
         self.links = None  # a linkwatch.LinkWatcher: re-binds interfaces that come back (both capture modes)
         self._waiting: set[str] = set()  # configured interfaces without an open port (down, deleted, renamed)
+        self._hold_timer: asyncio.TimerHandle | None = None  # ends kernel holds on time (core/shun.py)
+        self._hold_timer_at: float | None = None
 
     # -- set-up ---------------------------------------------------------------
     def open(self) -> None:
@@ -249,18 +251,61 @@ class RelayDaemon:
             # it (its firewall rules carry their own in-kernel limit), so it is not decided there.
             blocked = self.relay.kernel_blocklist(now) if self.nflog is None else None
             if blocked is not None:
-                for other in self.ports:
-                    set_blocked = getattr(other.capture, "set_blocked", None)
-                    if set_blocked is not None:
-                        set_blocked(blocked)
-                self.log.warning("flood_sources_dropped_in_kernel", extra={"kv": {
-                    "sources": ",".join(sorted(str(ipaddress.ip_address(b)) for b in blocked)) or "none",
-                    "count": len(blocked)}})
+                self._apply_kernel_holds(blocked)
             self.stats.latency.observe(time.perf_counter() - started)
         except Exception:  # never let one bad frame or a bug kill the daemon
             self.internal_errors += 1
             self.stats.internal_errors += 1
             self._rate_limited_error("packet_path_error", port.ifname)
+
+    # -- kernel holds (core/shun.py) ------------------------------------------------------------
+    def _apply_kernel_holds(self, blocked: frozenset[bytes]) -> None:
+        """Put the held set into every AF_PACKET capture's filter and arm the expiry timer."""
+        samples = self.relay.shunner.samples  # each held source and its 1-in-N sample
+        for other in self.ports:
+            set_blocked = getattr(other.capture, "set_blocked", None)
+            if set_blocked is not None:
+                set_blocked(samples)
+        self.log.warning("flood_sources_dropped_in_kernel", extra={"kv": {
+            "sources": ",".join(sorted(str(ipaddress.ip_address(b)) for b in blocked)) or "none",
+            "count": len(blocked),
+            "sample": ",".join(f"1/{samples[b]}" for b in sorted(blocked, key=lambda b: str(ipaddress.ip_address(b)))) or "none"}})
+        self._arm_hold_timer()
+
+    def _arm_hold_timer(self) -> None:
+        """Wake up when the earliest hold ends. A held source's frames mostly never reach
+        userspace, so on a quiet host no batch would ever come to end its hold: the timer does."""
+        expiry = self.relay.shunner.next_expiry
+        if expiry == self._hold_timer_at:
+            return
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        self._hold_timer_at = expiry
+        if expiry is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving (a unit test driving batches by hand): batches expire holds
+            self._hold_timer_at = None
+            return
+        # Relative to self.clock (what the shunner's times are on), not loop.time(); 1 ms late
+        # rather than early (uvloop's timers have millisecond resolution).
+        self._hold_timer = loop.call_later(max(0.0, expiry - self.clock()) + 0.001, self._on_hold_expiry)
+
+    def _on_hold_expiry(self) -> None:
+        self._hold_timer = None
+        self._hold_timer_at = None
+        try:
+            blocked = self.relay.shunner.expire(self.clock())
+            if blocked is not None:
+                self._apply_kernel_holds(blocked)
+            else:  # woke a little early: wait for it again
+                self._arm_hold_timer()
+        except Exception:  # noqa: BLE001 - a failed filter update is retried by the next batch
+            self.internal_errors += 1
+            self.stats.internal_errors += 1
+            self._rate_limited_error("kernel_hold_expiry_error", "-")
 
     def _on_nflog_readable(self) -> None:
         """One NFLOG socket serves every port: the first drain reads it, each port gets its share."""
@@ -377,7 +422,7 @@ class RelayDaemon:
             self.log.warning("interface_bind_failed", extra={"kv": {"interface": ifname, "error": exc.strerror or str(exc)}})
             return
         self._waiting.discard(ifname)
-        held = self.relay.shunner.held
+        held = self.relay.shunner.samples
         set_blocked = getattr(port.capture, "set_blocked", None)
         if held and set_blocked is not None:  # a new socket starts with no kernel drops: re-apply them
             set_blocked(held)
@@ -606,6 +651,9 @@ class RelayDaemon:
                     loop.remove_reader(port.capture.fileno())
             if self.links is not None:
                 loop.remove_reader(self.links.fileno())
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
+                self._hold_timer = self._hold_timer_at = None
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -200,10 +200,12 @@ class PeerService:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_errors: tuple[str, ...] = ()
+        self._filter_for: frozenset[str] | None = None  # the peer addresses the listener's filter was built for
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> None:
         """Load the keys, open the sockets. PeerError (with an exit code) on failure."""
+        from pmtud_relay.capture.peer_filter import program_for
         from pmtud_relay.capture.peer_receiver import LoopbackInjector, PeerListener
         from pmtud_relay.emit.peers import PeerEmitter
 
@@ -220,7 +222,10 @@ class PeerService:
                     sender_rate=2 * s.rate, sender_burst=2 * s.burst), now=self.clock())
                 if not self.dry_run:
                     self.injector = LoopbackInjector()
-                self.listener = PeerListener(list(s.listen))
+                # Until the first refresh resolves the peers: a sending host admits nobody yet.
+                self._filter_for = self._filter_addresses()
+                self.listener = PeerListener(list(s.listen), peer_filter=program_for(self._filter_for))
+                self._log_filter(self.listener.filter)
             if s.sends and not self.dry_run:
                 self.emitter = PeerEmitter()
         except PermissionError:
@@ -262,6 +267,7 @@ class PeerService:
             "peers": len(self.table.peers),
             "peer_listen": ",".join(self.listener.bound()) if self.listener is not None else "none",
             "peer_keys": ",".join(str(k) for k in self.keyring.ids) if self.keyring else "",
+            "peer_filter": self.listener.filter.mode if self.listener is not None and self.listener.filter else "none",
         }
 
     # -- refresh: peer list and keys -------------------------------------------------------------
@@ -272,6 +278,7 @@ class PeerService:
         if self.table.update(peers, self.clock()):
             self.log.info("peers_changed", extra={"kv": {
                 "count": len(peers), "peers": ",".join(_peer_text(p) for p in peers) or "none"}})
+        self._apply_filter()
         if errors != self._last_errors:
             self._last_errors = errors
             for err in errors:
@@ -302,6 +309,47 @@ class PeerService:
             except KeyFileError as exc:
                 errors += (f"--peer-key-file: {exc} (keeping the previous keys)",)
         return peers, errors, keyring, stamp
+
+    # -- the in-kernel filter on the listener (capture/peer_filter.py) ---------------------------
+    def _filter_addresses(self) -> frozenset[str] | None:
+        """Who may cost this host anything: the peers it sends to, or None (magic only) on a
+        host that only listens (it has no list of senders)."""
+        if not self.settings.sends:
+            return None
+        return frozenset(p.address for p in self.table.peers)
+
+    def _apply_filter(self) -> None:
+        """Rebuild the listener's kernel filter when the peer set changed (file, DNS, reload).
+        If the kernel refuses the address program (too large for net.core.optmem_max), fall
+        back to the magic alone and say so."""
+        from pmtud_relay.capture.peer_filter import program_for
+
+        listener = self.listener
+        if listener is None:
+            return
+        wanted = self._filter_addresses()
+        if wanted == self._filter_for:
+            return
+        self._filter_for = wanted
+        pf = program_for(wanted)
+        try:
+            listener.set_filter(pf)
+        except OSError as exc:
+            pf = program_for(None)._replace(
+                reason=f"the kernel refused the {len(wanted or ())}-address filter: {exc.strerror or exc}")
+            listener.set_filter(pf)
+        self._log_filter(pf)
+
+    def _log_filter(self, pf) -> None:
+        if pf is None:
+            return
+        kv = {"mode": pf.mode, "addresses": len(pf.addresses), "instructions": len(pf.program)}
+        if pf.reason:
+            kv["reason"] = pf.reason
+        if pf.mode == "magic" and self.settings.sends:  # a list that could not be used
+            self.log.warning("peer_filter", extra={"kv": kv})
+        else:
+            self.log.info("peer_filter", extra={"kv": kv})
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -61,4 +61,13 @@ class PeerCollector:
         for name, n in sorted(svc.inject_errors.items()):
             inject_errors.add_metric([name], n)
         yield inject_errors
+        listener = svc.listener
+        pf = listener.filter if listener is not None else None
+        if pf is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_filter_addresses", "Peer addresses the listener's in-kernel "
+                                    "filter admits (datagrams from any other address never reach userspace).",
+                                    value=len(pf.addresses))
+            yield GaugeMetricFamily(f"{PREFIX}_filter_magic_only", "1 when the listener's in-kernel filter "
+                                    "checks only the protocol magic (a host that only listens, or a peer list "
+                                    "the kernel cannot take), else 0.", value=1 if pf.mode == "magic" else 0)
         yield CounterMetricFamily(f"{PREFIX}_key_reloads", "Key file changes applied.", value=svc.key_reloads)

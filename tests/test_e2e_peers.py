@@ -212,7 +212,7 @@ def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: R
     mtu_at = 32 + (20 + 6 if family == 4 else 40 + 4)  # a byte of the ICMP MTU field
     tampered[mtu_at + 1] ^= 0x20
     hostile = [
-        os.urandom(200),  # not our protocol
+        b"XXXX" + os.urandom(196),  # not our protocol: dropped by the listener's kernel filter
         valid[:-32],  # no MAC at all
         signed(keyring=Keyring([(1, secrets.token_bytes(32))])),  # the right key id, a wrong key
         signed(keyring=Keyring([(9, secrets.token_bytes(32))])),  # an unknown key id
@@ -224,7 +224,7 @@ def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: R
     client = lab.client_addr(family)
     lab.flush_pmtu()
     send_from_router(lab, target, hostile)
-    rec = wait_counters(relay, {"peer_rx_bad_magic": 1, "peer_rx_too_short": 1, "peer_rx_bad_mac": 2,
+    rec = wait_counters(relay, {"peer_rx_too_short": 1, "peer_rx_bad_mac": 2,
                                 "peer_rx_unknown_key": 1, "peer_rx_stale": 1, "peer_rx_ptb_not_vip": 1})
     assert int(rec.get("peer_injected", 0)) == 0, rec
     assert lab.learned_pmtu("s2", client) is None, "a hostile datagram changed s2's PMTU"
@@ -241,10 +241,13 @@ def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: R
     assert int(rec["peer_injected"]) == 1, rec
     assert lab.learned_pmtu("s2", client) is None, "a replayed datagram was injected"
     text = scrape(lab, "s2")  # the same counters on /metrics (default 127.0.0.1:9781 in s2's namespace)
+    # bad_magic 0: s2 only listens (no peer list), so its kernel filter checks the magic alone and
+    # the datagram without it never reached userspace.
     for reason, n in [("accepted", 1), ("replay", 2), ("bad_mac", 2), ("unknown_key", 1), ("stale", 1),
-                      ("too_short", 1), ("bad_magic", 1), ("ptb_not_vip", 1)]:
+                      ("too_short", 1), ("bad_magic", 0), ("ptb_not_vip", 1)]:
         assert f'pmtud_relay_peer_datagrams_received_total{{reason="{reason}"}} {n}.0' in text, (reason, text)
     assert "pmtud_relay_peer_injected_total 1.0" in text
+    assert "pmtud_relay_peer_filter_magic_only 1.0" in text
     final = stop_relays(procs)
     assert int(final["s2"]["peer_rx_accepted"]) == 1, final
 
@@ -276,6 +279,18 @@ def _unusable_ptbs(lab: RoutedLab, family: int) -> dict[str, bytes]:
     return {"ptb_short_l4_quote": build6(quote=original[:44]),
             "source_routed": build6(ext=(IPv6ExtHdrRouting(type=0, segleft=1, addresses=["2001:db8:3::8"]),)),
             "loopback_source": build6(outer_src="::1")}
+
+
+JUNK_PY = (
+    "import os, socket, sys, time\n"
+    "host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+    "s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "head = bytes.fromhex(sys.argv[4])\n"
+    "for i in range(n):\n"
+    "    s.sendto(head + os.urandom(150), (host, port))\n"  # the magic and header, then junk: a bad MAC
+    "    if i % 200 == 199:\n"
+    "        time.sleep(0.002)\n"
+)
 
 
 @pytest.mark.netns
@@ -312,6 +327,49 @@ def test_unusable_or_martian_ptbs_are_refused_not_injected(routed_lab: RoutedLab
     for reason in unusable:
         assert f'pmtud_relay_peer_datagrams_received_total{{reason="{reason}"}} 1.0' in text, (reason, text)
     stop_relays(procs)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
+def test_junk_from_a_non_peer_never_reaches_userspace(routed_lab: RoutedLab, key_file: str, tmp_path) -> None:
+    """s2 sends to s1 and s3 (a peers file) and listens. The router, not a peer, sends 4 000
+    datagrams with the protocol's header and a bad MAC: none reaches s2's userspace (its bad-MAC
+    count stays 0) while s1's genuine datagram is injected and a forged one from s1 is counted
+    (so the counter works). Then the router is added to the peers file: the filter is rebuilt and
+    the router's junk is now seen (and refused by the MAC)."""
+    from pmtud_relay.core.peerproto import HEADER, MAGIC, Keyring, encode
+
+    lab = routed_lab
+    s1, s2, s3 = (lab.server(n) for n in ("s1", "s2", "s3"))
+    peers = tmp_path / "peers"
+    peers.write_text(f"{s1.ipv4}\n{s3.ipv4}\n")
+    procs = start_relays(lab, {"s2": ["run", "-i", "eth0", "--fanout", "peers", "--peers-file", str(peers),
+                                      "--peers-refresh", "0.2", "--peer-key-file", key_file,
+                                      "--summary-interval", "0.2"]})
+    relay = procs["s2"]  # ready: the first refresh (and with it the filter for s1 and s3) is done
+    head = HEADER.pack(MAGIC, 1, 0, 1, int(time.time() * 1000), bytes(12), 150 - 32, 0)
+    lab.run("router", [lab.python, "-c", JUNK_PY, s2.ipv4, str(PORT), "4000", head.hex()], timeout=60)
+    ring = Keyring([(1, key_bytes(key_file))])
+    genuine = encode(ptb_packet(lab, 4), ring, time.time(), secrets.token_bytes(12))
+    forged = encode(ptb_packet(lab, 4), Keyring([(1, secrets.token_bytes(32))]), time.time(), secrets.token_bytes(12))
+    lab.run("s1", [lab.python, "-c", SEND_PY, s2.ipv4, str(PORT), genuine.hex(), forged.hex(), "58585858" + "00" * 96])
+    rec = wait_counters(relay, {"peer_rx_accepted": 1, "peer_rx_bad_mac": 1})
+    time.sleep(0.5)  # anything of the router's still queued would be counted by now
+    rec = last_event(relay, "summary")
+    assert int(rec["peer_rx_bad_mac"]) == 1, rec  # s1's forgery only: none of the router's 4 000
+    assert int(rec.get("peer_rx_bad_magic", 0)) == 0, rec  # s1's datagram without the magic: kernel-dropped
+    assert int(rec["peer_injected"]) == 1, rec
+    text = scrape(lab, "s2")
+    assert "pmtud_relay_peer_filter_addresses 2.0" in text and "pmtud_relay_peer_filter_magic_only 0.0" in text
+
+    # The peer set changes (the router is listed now): the filter follows it.
+    router = lab.router_addr(4, "s2")
+    peers.write_text(f"{s1.ipv4}\n{s3.ipv4}\n{router}\n")
+    relay.wait_for(r"peer_filter.*mode=addresses addresses=3", timeout=5)
+    lab.run("router", [lab.python, "-c", JUNK_PY, s2.ipv4, str(PORT), "5", head.hex()], timeout=30)
+    wait_counters(relay, {"peer_rx_bad_mac": 6})
+    final = stop_relays(procs)
+    assert int(final["s2"]["peer_injected"]) == 1, final
 
 
 @pytest.mark.netns

@@ -37,6 +37,54 @@ def test_a_source_back_right_after_its_hold_gets_twice_the_hold_up_to_the_cap():
     assert s.update({}, 25.4) == frozenset()
 
 
+def test_holds_expire_by_the_clock_alone_without_drop_counts():
+    # The daemon's timer path: nothing reaches userspace, so no drop counts come; expire() ends
+    # the hold at its time, and next_expiry says when to call it.
+    s = Shunner(interval=0.1, min_rate=1000, hold=10, max_hold=40, now=0.0)
+    assert s.next_expiry is None
+    s.update({A4: 200}, 0.1)
+    s.update({B4: 2000}, 2.0)  # 1.9 s since the last look: over 1000/s
+    assert s.next_expiry == pytest.approx(10.1)
+    assert s.expire(10.0) is None and s.held == {A4, B4}
+    assert s.expire(10.1) == frozenset({B4})
+    assert s.next_expiry == pytest.approx(12.0)
+    assert s.expire(12.5) == frozenset() and s.next_expiry is None and len(s) == 0
+
+
+def test_sample_is_the_largest_power_of_two_keeping_the_bucket_fed():
+    from pmtud_relay.core.shun import MAX_SAMPLE, sample_for
+
+    assert [sample_for(r, 10) for r in (0, 19, 20, 39, 40, 4000, 15000, 250000)] == \
+        [2, 2, 2, 2, 4, 256, 1024, 16384]
+    assert sample_for(1e12, 10) == MAX_SAMPLE
+    for rate in (4000.0, 9999.0, 123456.0):  # the sampled stream: 1x to 2x the bucket's rate
+        assert 10 <= rate / sample_for(rate, 10) < 20
+
+
+def test_held_sources_get_their_sample_and_a_thinner_one_if_they_flood_faster():
+    s = Shunner(interval=0.1, min_rate=1000, hold=10, max_hold=40, now=0.0, bucket_rate=10)
+    s.update({A4: 1500}, 0.1)  # 15 000/s: 1 in 1024 passes ~14.6/s
+    assert s.samples == {A4: 1024}
+    # Sampled drops as expected at that rate (~5/s): no change, whatever the noise within 4x.
+    for i in range(1, 30):
+        assert s.update({A4: 1 if i % 2 else 0}, 0.1 + 0.1 * i) is None
+    assert s.samples == {A4: 1024}
+    # It floods 20x faster: ~290 sampled frames/s, ~280 dropped; by the end of a 1 s window
+    # N is at least 4x larger (that window still held some of the slower rate).
+    changed = [s.update({A4: 28}, 2.9 + 0.1 * i) for i in range(1, 11)]
+    assert frozenset({A4}) in changed and s.samples[A4] >= 4096
+    # A first estimate far too low (the flood was ramping up) is corrected after 100 sampled
+    # drops, well within the second.
+    s2 = Shunner(interval=0.02, min_rate=1000, now=0.0, bucket_rate=10)
+    s2.update({A4: 100}, 0.02)  # 5 000/s: 1 in 256
+    assert s2.samples == {A4: 256}
+    s2.update({A4: 60}, 0.04)  # 256 x (3 000 + 10)/s: about 770 000/s
+    assert s2.samples == {A4: 256}
+    assert s2.update({A4: 60}, 0.06) == frozenset({A4}) and s2.samples[A4] >= 16384
+    s.expire(100.0)
+    assert s.samples == {}
+
+
 def test_at_most_max_sources_heaviest_first():
     s = Shunner(interval=1, min_rate=10, max_sources=1, now=0.0)
     assert s.update({A4: 100, B4: 500}, 1.0) == frozenset({B4})
@@ -138,7 +186,7 @@ _KERNEL_SNIPPET = textwrap.dedent(
     ring, blocked, batch, sentinel = json.load(sys.stdin)
     blocked = {bytes.fromhex(h) for h in blocked}
     batch, sentinel = [bytes.fromhex(h) for h in batch], bytes.fromhex(sentinel)
-    cap = PacketCapture("pmr0", ring=ring)
+    cap = PacketCapture("pmr0", ring=ring, sample=None)  # exact drops; the sample has its own test
     assert (cap.ring is not None) == ring
     tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     tx.bind(("pmr1", 0))
@@ -205,7 +253,7 @@ def test_kernel_drops_held_sources_and_lifts_the_hold(veth_netns, netns_python, 
     ]
     assert named(out["lifted"]) == everything
     # The pure-interpreter model (as_the_filter_sees) agrees with the kernel frame by frame.
-    prog = blocklist_prefix({A4, A6}) + bpf.ptb_filter()
+    prog = blocklist_prefix({A4, A6}, sample=None) + bpf.ptb_filter()
     assert named(f.hex() for f in batch if bpf.run(prog, as_the_filter_sees(f))) == named(out["blocked"])
 
 
@@ -234,3 +282,215 @@ def test_shun_keys_in_the_config_schema():
     assert (rc.shun_min_rate, rc.shun_max_sources) == (900.0, 0)
     with pytest.raises(cfg.ConfigError, match="SHUN_MAX_SOURCES"):
         cfg.load(None, environ={"PMTUD_RELAY_SHUN_MAX_SOURCES": "-1"}, use_default_path=False)
+
+
+class _Draws:
+    """The kernel's random ancillary load, scripted."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def __call__(self) -> int:
+        return self.values.pop(0)
+
+
+def test_prefix_lets_one_in_sample_of_a_held_sources_frames_through():
+    from pmtud_relay.core.shun import SAMPLE
+
+    assert SAMPLE == 256  # the figure the docs and the kernel test below use
+
+    ptb = bpf.ptb_filter()
+    prog = blocklist_prefix({A4, A6}) + ptb
+    for frame in (F.ptb_v4(outer_src="198.51.100.66"), F.ptb_v6(outer_src="2001:db8:1::66")):
+        # A draw whose low log2(SAMPLE) bits are all zero passes: 1 in SAMPLE of uniform draws.
+        assert bpf.run(prog, frame, random=_Draws([0])) == bpf.run(ptb, frame) != 0
+        assert bpf.run(prog, frame, random=_Draws([SAMPLE * 12345])) != 0
+        for low in (1, SAMPLE // 2, SAMPLE - 1, SAMPLE + 1):
+            assert bpf.run(prog, frame, random=_Draws([low])) == 0
+        passed = sum(bool(bpf.run(prog, frame, random=_Draws([r]))) for r in range(SAMPLE * 20))
+        assert passed == 20
+    other = F.ptb_v4(outer_src="198.51.100.67")
+    assert bpf.run(prog, other, random=_Draws([])) == bpf.run(ptb, other)  # no draw for others
+    assert bpf.run(blocklist_prefix({A4}, sample=None) + ptb, F.ptb_v4(outer_src="198.51.100.66")) == 0
+    with pytest.raises(ValueError):
+        blocklist_prefix({A4}, sample=48)
+    # Each source its own N.
+    per_source = blocklist_prefix({A4: 4, A6: 1024}) + ptb
+    f4, f6 = F.ptb_v4(outer_src="198.51.100.66"), F.ptb_v6(outer_src="2001:db8:1::66")
+    assert sum(bool(bpf.run(per_source, f4, random=_Draws([r]))) for r in range(4096)) == 1024
+    assert sum(bool(bpf.run(per_source, f6, random=_Draws([r]))) for r in range(4096)) == 4
+    assert bpf.run(blocklist_prefix({A4: None}) + ptb, f4) == 0
+
+
+# --- holds through the daemon, on a real kernel ---------------------------------------------------
+_DAEMON_SNIPPET = textwrap.dedent(
+    """
+    import asyncio, json, socket, sys, time
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from pmtud_relay import daemon as D, metrics
+    from pmtud_relay.core.policy import Policy
+    from pmtud_relay.core.reasons import Reason
+    from pmtud_relay.core.relay import RelayConfig
+    from pmtud_relay.daemon import parse_vips
+
+    cfg = json.load(sys.stdin)
+    flood = [bytes.fromhex(h) for h in cfg["flood"]]
+    genuine = bytes.fromhex(cfg["genuine"])
+    d = D.RelayDaemon(D.DaemonSettings(
+        interfaces=("pmr0",), discover_vips=False, summary_interval=3600,
+        relay=RelayConfig(policy=Policy(vips=parse_vips([cfg["vip"]])), shun_min_rate=1000)))
+    d.relay.shunner.hold = d.relay.shunner.max_hold = cfg["hold"]  # 10 s in production; shorter here
+    d.open()
+    capture = d.ports[0].capture
+    seen = [0]  # frames that reached userspace
+    _drain = capture.drain
+
+    def counting_drain(limit=256):
+        batch = _drain(limit)
+        seen[0] += len(batch)
+        return batch
+
+    capture.drain = counting_drain
+    registry = metrics.build_registry(d.stats, lambda: d.relay, process=False)
+
+    def held_metric():
+        text = generate_latest(registry).decode()
+        return [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "pmtud_relay_kernel_held_sources"][0]
+
+    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    tx.bind(("pmr1", 0))
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # the copies the relay sends
+    rx.setsockopt(263, 23, 1)  # SOL_PACKET, PACKET_IGNORE_OUTGOING: not what tx sends
+    rx.bind(("pmr1", 0))
+    rx.setblocking(False)
+
+    def copies():
+        out = 0
+        while True:
+            try:
+                data = rx.recv(65536)
+            except BlockingIOError:
+                return out
+            out += data[:6] == b"\\xff" * 6 and data[14:] == genuine[14:]
+
+    async def send(frames, chunk=50):
+        for i in range(0, len(frames), chunk):
+            for f in frames[i:i + chunk]:
+                tx.send(f)
+            await asyncio.sleep(0.003)  # stay under the veth backlog (netdev_max_backlog)
+
+    async def until(cond, timeout, step=0.01):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(step)
+        return True
+
+    out = {}
+
+    async def main():
+        serving = asyncio.ensure_future(d.serve())
+        assert await until(lambda: d.stats.ready, 5)
+        await send(flood)
+        out["held"] = await until(lambda: len(d.relay.shunner) == 1, 3)
+        expiry = min(d.relay.shunner._held.values())
+        out["held_metric"] = held_metric()
+        await asyncio.sleep(0.3)  # the flood's last frames drain
+        quiet_from = seen[0]
+        if cfg["mode"] == "expire":
+            lifted = await until(lambda: held_metric() == 0, cfg["hold"] + 3)
+            out["lifted_late_by"] = d.clock() - expiry if lifted else None
+            out["seen_while_quiet"] = seen[0] - quiet_from
+            out["filter_blocked"] = sorted(s.hex() for s in capture.blocked)
+            copies()
+            before = d.relay.counts[Reason.RELAYED]
+            tx.send(genuine)
+            await until(lambda: d.relay.counts[Reason.RELAYED] > before, 1)
+            await asyncio.sleep(0.1)
+            out["genuine_relayed"] = d.relay.counts[Reason.RELAYED] - before
+            out["genuine_copies"] = copies()
+        else:  # the held router's genuine PTB, repeated (one per retransmission), while held
+            copies()
+            before = d.relay.counts[Reason.RELAYED]
+            n = out["sample"] = list(d.relay.shunner.samples.values())[0]
+            out["sent"] = 20 * n
+            await send([genuine] * (20 * n), chunk=64)
+            await asyncio.sleep(0.3)
+            out["still_held"] = len(d.relay.shunner)
+            out["seen_while_held"] = seen[0] - quiet_from
+            out["genuine_relayed"] = d.relay.counts[Reason.RELAYED] - before
+            out["genuine_copies"] = copies()
+        d.stop()
+        await asyncio.wait_for(serving, 5)
+
+    try:
+        D.run_event_loop(main)
+    finally:
+        d.close()
+    json.dump(out, sys.stdout)
+    """
+)
+
+
+def _hold_frames(n_flood: int) -> tuple[list[str], str]:
+    flood = [F.ptb_v4(outer_src="198.51.100.66", dport=20000 + i).hex() for i in range(n_flood)]
+    genuine = F.ptb_v4(outer_src="198.51.100.66", dport=999, mtu=1400).hex()
+    return flood, genuine
+
+
+HOLD = 2.0  # seconds, for the tests (production: 10 s doubling to 300 s)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(40)
+def test_a_hold_lifts_on_time_on_a_quiet_host(veth_netns, netns_python):
+    """The daemon on a real kernel: one source floods, is held in the kernel, then goes quiet.
+    Nothing reaches userspace while it is quiet, yet the hold ends on time (the daemon's timer):
+    the held-sources metric and the filter go back to none, and the router's next genuine PTB
+    is relayed (its broadcast copy seen on the wire)."""
+    flood, genuine = _hold_frames(400)
+    out = netns_python(veth_netns, _DAEMON_SNIPPET, {"mode": "expire", "hold": HOLD, "vip": F.VIP4,
+                                                     "flood": flood, "genuine": genuine}, timeout=30)
+    assert out["held"] and out["held_metric"] == 1, out
+    assert out["seen_while_quiet"] == 0, out  # no frame woke the relay: only the timer can lift it
+    assert out["lifted_late_by"] is not None, f"the hold never lifted: {out}"
+    assert -0.01 <= out["lifted_late_by"] < 0.5, out
+    assert out["filter_blocked"] == [], out
+    assert out["genuine_relayed"] == 1 and out["genuine_copies"] == 1, out
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(40)
+def test_a_held_routers_genuine_ptbs_get_through_at_the_sampled_rate(veth_netns, netns_python):
+    """While a source is held the kernel still passes one in N of its frames (N sized from its
+    flood rate): 20·N copies of the held router's genuine PTB (one per retransmission, as a router
+    sends them) put about 20 frames into userspace, and the first of them is relayed."""
+    flood, genuine = _hold_frames(400)
+    out = netns_python(veth_netns, _DAEMON_SNIPPET, {"mode": "sample", "hold": 30.0, "vip": F.VIP4,
+                                                     "flood": flood, "genuine": genuine}, timeout=60)
+    assert out["held"] and out["still_held"] == 1, out
+    assert 2 <= out["sample"] <= 4096, out  # 400 frames within ~30 ms: thousands per second
+    # Binomial(20·N, 1/N): mean 20, sd < 4.5; outside 5..45 has a probability below 1e-4.
+    assert 5 <= out["seen_while_held"] <= 45, out
+    # Relayed, once per dedup window (1 s) that the 20·N copies span; each relay a copy on the wire.
+    assert out["genuine_relayed"] >= 1 and out["genuine_copies"] == out["genuine_relayed"], out
+
+
+def test_prefix_assembles_and_matches_with_many_held_sources():
+    # shun_max_sources has no upper bound: a conditional jump reaches 255 instructions, so the
+    # prefix must jump over long source lists with JA (a ValueError here used to be possible).
+    import ipaddress
+
+    v4 = {ipaddress.ip_address(0xC6336400 + i).packed: 1 << (1 + i % 16) for i in range(300)}
+    v6 = {ipaddress.ip_address((0x20010DB8 << 96) + i).packed: None for i in range(100)}
+    prog = blocklist_prefix({**v4, **v6}) + bpf.ptb_filter()
+    last4 = F.ptb_v4(outer_src=str(ipaddress.ip_address(0xC6336400 + 299)))
+    last6 = F.ptb_v6(outer_src="2001:db8::63")
+    other4, other6 = F.ptb_v4(outer_src="203.0.113.7"), F.ptb_v6(outer_src="2001:db8:1::67")
+    assert bpf.run(prog, last4, random=_Draws([1])) == 0
+    assert bpf.run(prog, last4, random=_Draws([0])) != 0  # its sample (1 in 2**12) lets this one by
+    assert bpf.run(prog, last6) == 0
+    assert bpf.run(prog, other4) != 0 and bpf.run(prog, other6) != 0

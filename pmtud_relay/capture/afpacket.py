@@ -25,9 +25,11 @@ import platform
 import socket
 import struct
 import time
+from collections.abc import Mapping
 
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.frame import insert_vlan_tag
+from pmtud_relay.core.shun import SAMPLE
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -80,7 +82,7 @@ class PacketCapture:
     """A non-blocking PTB capture socket bound to one interface.
 
     ``ring``: read through a PACKET_RX_RING (None: where the CPU allows it, see the module
-    docstring); False: one recvmsg() per frame.
+    docstring); False: one recvmsg() per frame. ``sample``: see :func:`blocklist_prefix`.
     """
 
     def __init__(
@@ -89,8 +91,10 @@ class PacketCapture:
         rcvbuf: int = DEFAULT_RCVBUF,
         program: list[bpf.Insn] | None = None,
         ring: bool | None = None,
+        sample: int | None = SAMPLE,
     ):
         self.ifname = ifname
+        self.sample = sample  # 1 in this many frames of a held source still passes (None: none)
         if ring is None:
             ring = platform.machine().lower() in _RING_ARCHES
         self.ring: mmap.mmap | None = None
@@ -119,6 +123,7 @@ class PacketCapture:
         self.sock = sock
         self._program = program if program is not None else bpf.ptb_filter()
         self.blocked: frozenset[bytes] = frozenset()
+        self._samples: dict[bytes, int | None] = {}  # held source -> N (None: every frame dropped)
         self.mac: bytes = sock.getsockname()[4]
         self.ifindex = socket.if_nametoindex(ifname)
         self.truncated = 0
@@ -137,16 +142,22 @@ class PacketCapture:
         return {"truncated": self.truncated, "ring_resync": self.resyncs}
 
     def set_blocked(self, sources) -> None:
-        """Drop frames from these outer IPv4/IPv6 sources in the kernel (the PTB filter with a
-        prefix; see core/shun.py). Replacing a socket filter is atomic. The kernel strips the
+        """Drop frames from these outer IPv4/IPv6 sources in the kernel but a random one in N
+        (the PTB filter with a prefix; see core/shun.py): ``sources`` maps each source to its N
+        (core.shun.Shunner.samples), or is a plain set (N = ``self.sample``). Replacing a socket
+        filter is atomic. The kernel strips the
         outer VLAN tag before the filter runs, so untagged and single-tagged frames are matched;
         a frame with two tags (QinQ) is not, and still reaches userspace and its rate limits
         (tests/test_shun.py checks both on a real kernel)."""
-        sources = frozenset(sources)
-        if sources == self.blocked:
+        if isinstance(sources, Mapping):
+            samples = {s: (n if self.sample is not None else None) for s, n in sources.items()}
+        else:
+            samples = dict.fromkeys(sources, self.sample)
+        if samples == self._samples:
             return
-        attach_filter(self.sock, blocklist_prefix(sources) + self._program)
-        self.blocked = sources
+        attach_filter(self.sock, blocklist_prefix(samples) + self._program)
+        self._samples = samples
+        self.blocked = frozenset(samples)
 
     def drain(self, limit: int = 256) -> list[tuple[bytes, int]]:
         """Read up to ``limit`` queued frames without blocking: [(frame, pkttype), …]."""
@@ -245,24 +256,48 @@ class PacketCapture:
 _U32_PACK = struct.Struct("=I").pack_into
 
 
-def blocklist_prefix(sources) -> list[bpf.Insn]:
+def blocklist_prefix(sources, sample: int | None = SAMPLE) -> list[bpf.Insn]:
     """BPF instructions that drop frames from ``sources`` (4- or 16-byte outer IP sources)
     whose EtherType at offset 12 is IPv4/IPv6 as the filter sees them (the kernel has stripped
     the outer VLAN tag by then: untagged and single-tagged frames), and fall through to whatever
-    follows for every other frame."""
-    v4 = sorted(s for s in sources if len(s) == 4)
-    v6 = sorted(s for s in sources if len(s) == 16)
+    follows for every other frame.
+
+    One in N frames of a held source, picked by the kernel's random ancillary load (the low
+    log2(N) bits of a fresh 32-bit random number all zero), falls through too, so a held router's
+    genuine PTBs keep a path to its bucket (core/shun.py). ``sources`` maps each source to its N
+    (a power of two >= 2, or None: drop every frame), or is a plain set that takes ``sample``."""
+    if isinstance(sources, Mapping):
+        samples = dict(sources)
+    else:
+        samples = dict.fromkeys(sources, sample)
+    for n in samples.values():
+        if n is not None and (n < 2 or n & (n - 1)):
+            raise ValueError(f"sample must be a power of two >= 2, got {n}")
+
+    def target(src: bytes) -> str:
+        n = samples[src]
+        return "drop" if n is None else f"held_{n}"
+
+    v4 = sorted(s for s in samples if len(s) == 4)
+    v6 = sorted(s for s in samples if len(s) == 16)
     if not v4 and not v6:
         return []
+    # Conditional jumps reach 255 instructions at most; every jump past a list of sources is a
+    # JA (32-bit offset), so any number of held sources assembles (shun_max_sources has no cap).
     a = bpf._Asm()
     a.op(bpf.LD | bpf.H | bpf.ABS, 12)
+    a.jump(bpf.JMP | bpf.JEQ | bpf.K, 0x86DD, None, "not_v6")
+    a.goto("v6")
+    a.label("not_v6")
     a.jump(bpf.JMP | bpf.JEQ | bpf.K, 0x0800, "v4", None)
-    a.jump(bpf.JMP | bpf.JEQ | bpf.K, 0x86DD, "v6", "pass")
+    a.goto("pass")
     a.label("v4")
     if v4:
         a.op(bpf.LD | bpf.W | bpf.ABS, 14 + 12)
-        for src in v4:
-            a.jump(bpf.JMP | bpf.JEQ | bpf.K, int.from_bytes(src, "big"), "drop", None)
+        for i, src in enumerate(v4):
+            a.jump(bpf.JMP | bpf.JEQ | bpf.K, int.from_bytes(src, "big"), None, f"v4_{i + 1}")
+            a.goto(target(src))
+            a.label(f"v4_{i + 1}")
     a.goto("pass")
     a.label("v6")
     for i, src in enumerate(v6):
@@ -270,9 +305,14 @@ def blocklist_prefix(sources) -> list[bpf.Insn]:
         for w in range(4):
             a.op(bpf.LD | bpf.W | bpf.ABS, 14 + 8 + 4 * w)
             word = int.from_bytes(src[4 * w : 4 * w + 4], "big")
-            a.jump(bpf.JMP | bpf.JEQ | bpf.K, word, "drop" if w == 3 else None, nxt)
+            a.jump(bpf.JMP | bpf.JEQ | bpf.K, word, None, nxt)
+        a.goto(target(src))
         a.label(nxt)
     a.goto("pass")
+    for n in sorted({n for n in samples.values() if n is not None}):
+        a.label(f"held_{n}")
+        a.op(bpf.LD | bpf.W | bpf.ABS, bpf.SKF_AD_OFF + bpf.SKF_AD_RANDOM)
+        a.jump(bpf.JMP | bpf.JSET | bpf.K, n - 1, "drop", "pass")
     a.label("drop")
     a.op(bpf.RET | bpf.K, 0)
     a.label("pass")

@@ -24,6 +24,14 @@ JA, JEQ, JSET = 0x00, 0x10, 0x40
 K, X = 0x00, 0x08
 TAX = 0x00
 
+#: Ancillary data (linux/filter.h): ``LD W ABS SKF_AD_OFF + SKF_AD_RANDOM`` loads a fresh
+#: 32-bit pseudo-random number (prandom) instead of packet bytes.
+SKF_AD_OFF = 0xFFFFF000  # -0x1000 as the unsigned k field
+SKF_AD_RANDOM = 56
+#: Negative offsets that address the network header (used by socket filters on UDP sockets,
+#: whose data starts at the UDP header): ``SKF_NET_OFF + n`` is byte n of the IP header.
+SKF_NET_OFF = 0xFFF00000  # -0x100000
+
 ACCEPT_BYTES = 0x40000  # snap length returned for accepted packets: the whole frame
 
 
@@ -135,11 +143,14 @@ def pack(program: list[Insn]) -> bytes:
     return b"".join(_INSN.pack(*i) for i in program)
 
 
-def run(program: list[Insn], packet: bytes) -> int:
+def run(program: list[Insn], packet: bytes, random=None, network: bytes | None = None) -> int:
     """Interpret ``program`` over ``packet`` like the kernel does; returns the snap length.
 
     Used by tests to check the filter against the same fixtures as the parser (the
     end-to-end tests check the kernel agrees). Out-of-bounds loads drop the packet.
+    ``random`` () -> int answers the ancillary random load (none given: such a load drops);
+    ``network`` is what ``SKF_NET_OFF`` offsets read (the IP header onwards of a socket filter's
+    packet; none given: such a load drops).
     """
     a = x = 0
     pc = 0
@@ -152,6 +163,16 @@ def run(program: list[Insn], packet: bytes) -> int:
             mode, size = code & 0xE0, code & 0x18
             if mode == IMM:
                 val = k
+            elif mode == ABS and k == SKF_AD_OFF + SKF_AD_RANDOM:
+                if random is None:
+                    return 0
+                val = random() & 0xFFFFFFFF
+            elif mode == ABS and SKF_NET_OFF <= k < SKF_AD_OFF:
+                width = {W: 4, H: 2, B: 1}[size]
+                off = k - SKF_NET_OFF
+                if network is None or off + width > len(network):
+                    return 0
+                val = int.from_bytes(network[off : off + width], "big")
             else:
                 off = k + (x if mode == IND else 0)
                 width = {W: 4, H: 2, B: 1}[size]

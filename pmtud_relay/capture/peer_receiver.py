@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from pmtud_relay.capture.afpacket import attach_filter
+from pmtud_relay.capture.peer_filter import PeerFilter
 from pmtud_relay.core.peers import DEFAULT_PORT
 
 MAX_DATAGRAM = 65535
@@ -52,19 +54,43 @@ def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]
 
 
 class PeerListener:
-    """Non-blocking UDP sockets bound to the listen addresses."""
+    """Non-blocking UDP sockets bound to the listen addresses, each with the in-kernel peer filter
+    (capture/peer_filter.py) attached before it is bound, so nothing unfiltered is ever queued."""
 
-    def __init__(self, addresses: list[tuple[str, int]], rcvbuf: int = DEFAULT_RCVBUF):
+    def __init__(self, addresses: list[tuple[str, int]], rcvbuf: int = DEFAULT_RCVBUF,
+                 peer_filter: PeerFilter | None = None):
         self.socks: list[socket.socket] = []
+        self.filter = peer_filter
         try:
             for host, port in addresses:
-                self.socks.append(self._bind(host, port, rcvbuf))
+                self.socks.append(self._bind(host, port, rcvbuf, peer_filter))
         except BaseException:
             self.close()
             raise
 
+    def set_filter(self, peer_filter: PeerFilter) -> None:
+        """Replace every socket's filter (atomic per socket). OSError if the kernel refuses it
+        (e.g. ENOMEM: a large program over net.core.optmem_max); the old filter stays then."""
+        for sock in self.socks:
+            attach_filter(sock, peer_filter.program)
+        self.filter = peer_filter
+
     @staticmethod
-    def _bind(host: str, port: int, rcvbuf: int) -> socket.socket:
+    def _bind(host: str, port: int, rcvbuf: int, peer_filter: PeerFilter | None = None) -> socket.socket:
+        sock = PeerListener._open(host, port, peer_filter)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        except OSError:
+            pass
+        return sock
+
+    @staticmethod
+    def _open(host: str, port: int, peer_filter: PeerFilter | None) -> socket.socket:
+        def filtered(sock: socket.socket) -> socket.socket:
+            if peer_filter is not None:
+                attach_filter(sock, peer_filter.program)
+            return sock
+
         if host == "":
             try:  # dual-stack wildcard: IPv4 peers arrive as ::ffff:a.b.c.d
                 sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
@@ -72,6 +98,7 @@ class PeerListener:
                 sock = None
             if sock is not None:
                 try:
+                    filtered(sock)
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                     sock.bind(("::", port))
                 except OSError as exc:
@@ -82,6 +109,7 @@ class PeerListener:
             if sock is None:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
                 try:
+                    filtered(sock)
                     sock.bind(("0.0.0.0", port))
                 except BaseException:
                     sock.close()
@@ -90,16 +118,13 @@ class PeerListener:
             af = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(af, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
             try:
+                filtered(sock)
                 if af == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((host, port))
             except BaseException:
                 sock.close()
                 raise
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        except OSError:
-            pass
         return sock
 
     def bound(self) -> list[str]:

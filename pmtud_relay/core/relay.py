@@ -78,7 +78,8 @@ class Relay:
         self.config = config or RelayConfig()
         self.counts: dict[Reason, int] = dict.fromkeys(Reason, 0)
         self.shunner = _shun.Shunner(
-            min_rate=self.config.shun_min_rate, max_sources=self.config.shun_max_sources, now=now
+            min_rate=self.config.shun_min_rate, max_sources=self.config.shun_max_sources, now=now,
+            bucket_rate=self.config.source_rate,
         )
         self._build_state(now)
 
@@ -104,6 +105,7 @@ class Relay:
         # New shun settings apply to the next holds; current holds run out on their own.
         self.shunner.min_rate = config.shun_min_rate
         self.shunner.max_sources = config.shun_max_sources
+        self.shunner.bucket_rate = config.source_rate
         if (old.dedup_window, old.dedup_capacity) != (config.dedup_window, config.dedup_capacity):
             self.dedup = _dedup.Deduplicator(config.dedup_window, config.dedup_capacity)
         if (old.source_rate, old.source_burst, old.global_rate, old.global_burst, old.source_capacity) != (
