@@ -178,9 +178,10 @@ def _range(lo: float | None = None, hi: float | None = None, *, gt: float | None
 #: Dedup keys / tracked sources: 4x the default. bench/scale.py measured 73 MiB of growth with
 #: both tables full at 65 536 entries each, so both at this maximum stay near 300 MiB.
 MAX_TABLE = 262144
-#: Sources dropped in the kernel at once: the blocklist prefix's conditional jumps reach at most
-#: 255 instructions, and 32 IPv6 sources (8 instructions each) no longer fit.
-MAX_SHUN_SOURCES = 31
+#: Sources dropped in the kernel at once: every captured frame walks the blocklist prefix (9
+#: instructions per IPv6 source), so 256 keep the whole filter near 2 400 of the kernel's 4 096
+#: (BPF_MAXINSNS) and the per-frame walk short.
+MAX_SHUN_SOURCES = 256
 #: Rates (PTB/s, datagrams/s) and bursts (tokens): far above what the relay can process
 #: (docs/performance.md), low enough that a typo with extra zeros is caught.
 MAX_RATE = 1_000_000
