@@ -19,7 +19,7 @@ from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.core import shun as _shun
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
-from pmtud_relay.core.packet import PTB, checksum_ok, parse_frame_unverified
+from pmtud_relay.core.packet import PTB, checksum_ok, parse_frame_unverified, quoted_tag
 from pmtud_relay.core.policy import PACKET_HOST, Policy
 from pmtud_relay.core.reasons import Reason
 
@@ -41,6 +41,7 @@ _new = tuple.__new__  # NamedTuple construction without its Python-level __new__
 _RELAYED = Reason.RELAYED
 _DUPLICATE = Reason.DUPLICATE
 _BAD_CHECKSUM = Reason.BAD_CHECKSUM
+_SEQ_SPAN = _dedup.SEQ_SPAN
 
 #: Parser rejections carry no per-packet data: one shared Decision each.
 _PARSE_DROPS = {r: Decision(False, r, None, None) for r in Reason}
@@ -143,11 +144,14 @@ class Relay:
             return _PARSE_DROPS[ptb]
         reason = self.policy.check(ptb, pkttype)
         if reason is None:
-            # (mtu, inner src, inner dst, proto, sport, dport): one C-level slice of the
-            # record, equivalent to dedup_key() (the family is the length of the addresses).
-            key = ptb[3:9]
+            # (outer src, outer dst, mtu, inner src, inner dst, proto, sport, dport): one
+            # C-level slice of the record, dedup_key() inlined; with the quoted sequence number
+            # (TCP) or verification tag (SCTP), so only a PTB with the same effect on the owner
+            # is a duplicate (core/dedup.py).
+            key = ptb[1:9]
+            tag = quoted_tag(ptb)
             dedup = self.dedup
-            if dedup.is_duplicate(key, now):
+            if dedup.is_duplicate(key, now, tag, _SEQ_SPAN if ptb.proto == 6 else 1):
                 reason = _DUPLICATE
             else:
                 reason = self.limiter.check(ptb.outer_src, now)
@@ -156,7 +160,7 @@ class Relay:
                         self.limiter.refund(ptb.outer_src)
                         self.counts[_BAD_CHECKSUM] += 1
                         return _PARSE_DROPS[_BAD_CHECKSUM]
-                    dedup.remember(key, now)
+                    dedup.remember(key, now, tag)
                     self.counts[_RELAYED] += 1
                     dst = BROADCAST_MAC if ptb.family == 4 else self._dst_v6
                     return _new(Decision, (True, _RELAYED, ptb, dst + src_mac + frame[12:]))  # frame.build_copy
