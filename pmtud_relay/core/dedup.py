@@ -38,7 +38,8 @@ DEFAULT_WINDOW = 1.0
 DEFAULT_CAPACITY = 65536
 #: A TCP PTB collapses into the entry whose sequence number lies at most this far before its own.
 SEQ_SPAN = 65536
-_MASK = 0xFFFFFFFF
+MASK = 0xFFFFFFFF  # TCP sequence numbers are modulo 2^32
+_MASK = MASK
 _NEVER = float("inf")
 
 
@@ -83,11 +84,20 @@ class Deduplicator:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def recent(self, key: tuple, now: float) -> int | None:
+        """The quoted word ``key`` was last relayed with, if that was less than ``window``
+        seconds before ``now``; else None. (Split from :meth:`is_duplicate` so a caller reads
+        the PTB's own word only when there is something to compare it with.)"""
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < self.window:
+            return entry[1]
+        return None
+
     def is_duplicate(self, key: tuple, now: float, tag: int = 0, span: int = 1) -> bool:
         """True if ``key`` was remembered less than ``window`` seconds before ``now`` with a word
         at most ``span - 1`` before ``tag`` (modulo 2^32; ``span`` 1: the same word)."""
-        entry = self._seen.get(key)
-        return entry is not None and now - entry[0] < self.window and (tag - entry[1]) & _MASK < span
+        base = self.recent(key, now)
+        return base is not None and (tag - base) & _MASK < span
 
     def remember(self, key: tuple, now: float, tag: int = 0) -> None:
         """Record that ``key`` was relayed at ``now`` quoting ``tag``."""

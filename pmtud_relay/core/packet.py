@@ -161,15 +161,13 @@ def quoted_tag(ptb: PTB) -> int:
     Called only for a PTB that passed the policy (dedup keys on it), so it reads the offsets
     the parser already checked and re-walks quoted IPv6 extension headers only when there are
     some."""
-    proto = ptb.proto
+    family, _, _, _, _, _, proto, sport, _, _, l3, icmp, frame = ptb  # one unpack: no property calls
     if proto != IPPROTO_TCP and proto != IPPROTO_SCTP:
         return 0
-    if ptb.sport < 0:  # a quoted non-first fragment, or no room for the ports
+    if sport < 0:  # a quoted non-first fragment, or no room for the ports
         return NO_TAG
-    frame = ptb.frame
-    l3 = ptb.l3_offset
-    q = ptb.icmp_offset + 8
-    if ptb.family == 4:
+    q = icmp + 8
+    if family == 4:
         end = l3 + (frame[l3 + 2] << 8 | frame[l3 + 3])
         l4 = q + ((frame[q] & 0x0F) << 2)
     else:

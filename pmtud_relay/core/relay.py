@@ -42,6 +42,8 @@ _RELAYED = Reason.RELAYED
 _DUPLICATE = Reason.DUPLICATE
 _BAD_CHECKSUM = Reason.BAD_CHECKSUM
 _SEQ_SPAN = _dedup.SEQ_SPAN
+_MASK = _dedup.MASK
+_UNREAD = object()  # quoted_tag() not called yet
 
 #: Parser rejections carry no per-packet data: one shared Decision each.
 _PARSE_DROPS = {r: Decision(False, r, None, None) for r in Reason}
@@ -145,22 +147,26 @@ class Relay:
         reason = self.policy.check(ptb, pkttype)
         if reason is None:
             # (outer src, outer dst, mtu, inner src, inner dst, proto, sport, dport): one
-            # C-level slice of the record, dedup_key() inlined; with the quoted sequence number
-            # (TCP) or verification tag (SCTP), so only a PTB with the same effect on the owner
-            # is a duplicate (core/dedup.py).
+            # C-level slice of the record, dedup_key() inlined. A PTB is a duplicate only if it
+            # also quotes the word (TCP sequence number, SCTP tag) of the one relayed under this
+            # key, or for TCP one a little after it: the same effect on the owner (core/dedup.py).
+            # The word is read only when there is an entry to compare it with, or to remember.
             key = ptb[1:9]
-            tag = quoted_tag(ptb)
             dedup = self.dedup
-            if dedup.is_duplicate(key, now, tag, _SEQ_SPAN if ptb.proto == 6 else 1):
-                reason = _DUPLICATE
-            else:
+            base = dedup.recent(key, now)
+            tag = _UNREAD
+            if base is not None:
+                tag = quoted_tag(ptb)
+                if (tag - base) & _MASK < (_SEQ_SPAN if ptb[6] == 6 else 1):  # ptb[6]: proto
+                    reason = _DUPLICATE
+            if reason is None:
                 reason = self.limiter.check(ptb.outer_src, now)
                 if reason is None:
                     if not checksum_ok(ptb):  # a corrupt frame: reported as a parse drop
                         self.limiter.refund(ptb.outer_src)
                         self.counts[_BAD_CHECKSUM] += 1
                         return _PARSE_DROPS[_BAD_CHECKSUM]
-                    dedup.remember(key, now, tag)
+                    dedup.remember(key, now, quoted_tag(ptb) if tag is _UNREAD else tag)
                     self.counts[_RELAYED] += 1
                     dst = BROADCAST_MAC if ptb.family == 4 else self._dst_v6
                     return _new(Decision, (True, _RELAYED, ptb, dst + src_mac + frame[12:]))  # frame.build_copy
