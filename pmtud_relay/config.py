@@ -284,8 +284,8 @@ SCHEMA: tuple[Key, ...] = (
        "(empty: any)", "policy", _parse_port, _check_port, metavar="PORT",
        aliases=("--port",), item=int, toml_item=(int,), doc_default="any"),
     # dedup and rate limits
-    _k("dedup_window", float, _dedup.DEFAULT_WINDOW, "seconds during which the same (flow, MTU) "
-       "is relayed once", "limits", _parse_float, _range(0), metavar="SECONDS"),
+    _k("dedup_window", float, _dedup.DEFAULT_WINDOW, "seconds during which the same PTB (router, "
+       "flow, MTU, quoted TCP sequence) is relayed once", "limits", _parse_float, _range(0), metavar="SECONDS"),
     _k("dedup_capacity", int, _dedup.DEFAULT_CAPACITY, "dedup table size (keys)", "limits",
        _parse_int, _range(1), metavar="KEYS"),
     _k("source_rate", float, _rl.DEFAULT_SOURCE_RATE, "PTBs per second relayed per sending "
