@@ -5,17 +5,18 @@ decision logic exactly as the daemon runs it; no capture losses, no CPU limit). 
 rate, ``--sources`` spoofed outer sources take turns, so each stays far inside its own bucket
 (rate / sources PTB/s, burst 50): every flood PTB is well formed, quotes a VIP and a flow of its
 own, has correct checksums. Meanwhile ``--legit`` routers (198.51.100.0/24) each send one PTB
-about a flow of their own, evenly spread over the run after its first second (the global burst of
-500 is spent by then). Reports legitimate PTBs relayed, flood PTBs relayed, and the global
+about a flow of their own, at random times after the run's first second (the global burst of
+500 is spent by then); the flood arrives as a Poisson stream. Reports legitimate PTBs relayed, flood PTBs relayed, and the global
 bucket's drops.
 
     .venv/bin/python bench/distributed_flood.py [--sources 150000] [--seconds 10]
-                                                 [--rates 1000,5000,20000,85000] [--legit 20]
+                                                 [--rates 150,300,1000,5000,20000,85000] [--legit 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import struct
 import sys
 import time
@@ -77,27 +78,37 @@ def run(rate: float, sources: int, seconds: float, legit: int) -> dict:
     mac = F.RELAY_MAC
     flood = Flood()
     n = int(rate * seconds)
-    legit_at = {int(n * (1 + (seconds - 1) * (k + 0.5) / legit) / seconds): k for k in range(legit)} if n else {}
+    # Legitimate PTBs at random times from 1 s on (at evenly spaced times they all met the global
+    # bucket at the same phase of its refill); flood PTBs as a Poisson stream of ``rate``.
+    when = random.Random(2).uniform
+    legit_times = sorted(when(1, seconds) for _ in range(legit))
     legit_relayed = flood_relayed = 0
+    legit_reasons: dict[str, int] = {}
+    gap = random.Random(1).expovariate
     t0 = time.process_time()
+    now = 0.0
+    k = 0
     for i in range(n):
-        now = i / rate
+        now += gap(rate)
+        while k < legit and legit_times[k] <= now:
+            f = F.ptb4(F.ip4(f"198.51.100.{10 + k}"), F.ip4(F.VIP4), F.client4(200 + k), F.SERVICE_PORT, 30000 + k)
+            d = handle(f, legit_times[k], mac)
+            legit_relayed += d.relay
+            legit_reasons[d.reason.value] = legit_reasons.get(d.reason.value, 0) + 1
+            k += 1
         if handle(flood.frame(i % sources if sources < n else i), now, mac).relay:
             flood_relayed += 1
-        k = legit_at.get(i)
-        if k is not None:
-            f = F.ptb4(F.ip4(f"198.51.100.{10 + k}"), F.ip4(F.VIP4), F.client4(200 + k), F.SERVICE_PORT, 30000 + k)
-            legit_relayed += handle(f, now, mac).relay
     cpu = time.process_time() - t0
     return {
         "flood PTB/s": rate,
         "sources": sources,
         "PTB/s per source": rate / sources,
-        "legit relayed": f"{legit_relayed}/{legit}",
+        "legit relayed": f"{legit_relayed}/{k}",
         "flood relayed": flood_relayed,
         "global-limited": relay.counts[Reason.RATE_LIMITED_GLOBAL],
         "source-limited": relay.counts[Reason.RATE_LIMITED_SOURCE],
         "cpu s": round(cpu, 1),
+        "legit reasons": legit_reasons,
         "_legit_relayed": legit_relayed,
     }
 
@@ -106,7 +117,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sources", type=int, default=150_000)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rates", default="1000,5000,20000,85000")
+    ap.add_argument("--rates", default="150,300,1000,5000,20000,85000")
     ap.add_argument("--legit", type=int, default=20)
     args = ap.parse_args(argv)
     rows = [run(float(r), args.sources, args.seconds, args.legit) for r in args.rates.split(",")]
