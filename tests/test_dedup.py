@@ -100,6 +100,38 @@ def test_quoted_tag_of_a_quote_without_the_sequence_number():
     assert quoted_tag(ptb) == NO_TAG
 
 
+@pytest.mark.parametrize("build", [F.ptb_v4, F.ptb_v6], ids=["v4", "v6"])
+def test_quoted_tag_ignores_bytes_after_the_ip_packet(build):
+    # A quote that stops after the ports, followed by Ethernet padding: the padding is not a
+    # sequence number (the common-layout read checks the IP length, not the frame's).
+    quote_len = 24 if build is F.ptb_v4 else 44
+    ptb = parse_frame(build(quote_len=quote_len, trailer=b"\xab" * 64))
+    assert ptb.sport == F.SERVICE_PORT
+    assert quoted_tag(ptb) == NO_TAG
+
+
+@pytest.mark.parametrize("seq", [0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x12345678])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda tcp: F.ptb_v4(proto=tcp),
+        lambda tcp: F.ptb_v4(proto=tcp, quote_len=48),  # exactly the 8 L4 bytes
+        lambda tcp: F.ptb_v4(proto=tcp, options=b"\x94\x04\x00\x00"),  # quoted options
+        lambda tcp: F.ptb_v4(proto=tcp, ip_fields={"options": b"\x94\x04\x00\x00"}),  # outer options
+        lambda tcp: F.ptb_v4(proto=tcp, vlans=((0x8100, 5),)),
+        lambda tcp: F.ptb_v6(proto=tcp),
+        lambda tcp: F.ptb_v6(proto=tcp, quote_len=48),
+        lambda tcp: F.ptb_v6(proto=tcp, ext=(IPv6ExtHdrHopByHop(),)),
+        lambda tcp: F.ptb_v6(proto=tcp, outer_ext=(IPv6ExtHdrHopByHop(),)),
+        lambda tcp: F.ptb_v6(proto=tcp, vlans=((0x8100, 5), (0x8100, 6))),
+    ],
+    ids=["v4", "v4-8-bytes", "v4-quoted-options", "v4-outer-options", "v4-vlan", "v6", "v6-8-bytes",
+         "v6-quoted-ext", "v6-outer-ext", "v6-qinq"],
+)
+def test_quoted_tag_on_every_layout(build, seq):
+    assert quoted_tag(parse_frame(build(_tcp(seq)))) == seq
+
+
 def test_span_is_seq_span_for_tcp_only():
     assert span_of(parse_frame(F.ptb_v4())) == SEQ_SPAN
     assert span_of(parse_frame(F.ptb_v4(proto="sctp"))) == 1

@@ -149,6 +149,12 @@ def checksum_ok(ptb: PTB) -> bool:
 
 #: What :func:`quoted_tag` returns when the quote holds no such word (see there).
 NO_TAG = -1
+# From the outer IP header: IPv4 total length, quoted version/IHL, quoted L4 bytes 4-7 (20-byte
+# headers); IPv6 payload length, quoted next header, quoted L4 bytes 4-7 (no extension header).
+_V4_TAG = struct.Struct("!2xH24xB23xI").unpack_from
+_V4_TAG_LEN = 56
+_V6_TAG = struct.Struct("!4xH48xB37xI").unpack_from
+_V6_TAG_LEN = 96
 
 
 def quoted_tag(ptb: PTB) -> int:
@@ -166,6 +172,17 @@ def quoted_tag(ptb: PTB) -> int:
         return 0
     if sport < 0:  # a quoted non-first fragment, or no room for the ports
         return NO_TAG
+    # The common layouts (no IPv4 options or IPv6 extension headers, outside or in the quote) in
+    # one struct read each; everything else below.
+    if family == 4:
+        if icmp == l3 + 20 and len(frame) >= l3 + _V4_TAG_LEN:
+            total, qvihl, tag = _V4_TAG(frame, l3)
+            if qvihl == 0x45 and total >= _V4_TAG_LEN:
+                return tag
+    elif icmp == l3 + 40 and len(frame) >= l3 + _V6_TAG_LEN:
+        plen, qnh, tag = _V6_TAG(frame, l3)
+        if qnh == proto and plen >= _V6_TAG_LEN - 40:
+            return tag
     q = icmp + 8
     if family == 4:
         end = l3 + (frame[l3 + 2] << 8 | frame[l3 + 3])

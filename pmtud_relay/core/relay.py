@@ -160,15 +160,15 @@ class Relay:
                 if (tag - base) & _MASK < (_SEQ_SPAN if ptb[6] == 6 else 1):  # ptb[6]: proto
                     reason = _DUPLICATE
             if reason is None:
-                reason = self.limiter.check(ptb.outer_src, now)
+                reason = self.limiter.check(ptb[1], now)  # ptb.outer_src (no property call)
                 if reason is None:
                     if not checksum_ok(ptb):  # a corrupt frame: reported as a parse drop
-                        self.limiter.refund(ptb.outer_src)
+                        self.limiter.refund(ptb[1])
                         self.counts[_BAD_CHECKSUM] += 1
                         return _PARSE_DROPS[_BAD_CHECKSUM]
                     dedup.remember(key, now, quoted_tag(ptb) if tag is _UNREAD else tag)
                     self.counts[_RELAYED] += 1
-                    dst = BROADCAST_MAC if ptb.family == 4 else self._dst_v6
+                    dst = BROADCAST_MAC if ptb[0] == 4 else self._dst_v6  # ptb.family
                     return _new(Decision, (True, _RELAYED, ptb, dst + src_mac + frame[12:]))  # frame.build_copy
         self.counts[reason] += 1
         return _new(Decision, (False, reason, ptb, None))
