@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from pmtud_relay.core.packet import IPPROTO_TCP, PTB, quoted_tag
+from pmtud_relay.core.packet import IPPROTO_TCP, PTB
 
 DEFAULT_WINDOW = 1.0
 DEFAULT_CAPACITY = 65536

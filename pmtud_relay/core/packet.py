@@ -162,7 +162,9 @@ def quoted_tag(ptb: PTB) -> int:
     on the PTB: TCP's sequence number (it must lie in the socket's send window) or SCTP's
     verification tag (it must be the association's). 0 for every other protocol (UDP's next
     bytes are its length and checksum, which no kernel matches: the ports are all there is);
-    :data:`NO_TAG` for TCP or SCTP when the quote stops before the word or has no L4 header.
+    :data:`NO_TAG` for TCP or SCTP when the quote stops before the word or has no L4 header
+    (such a PTB is one no kernel acts on; in dedup's arithmetic modulo 2^32, NO_TAG counts as
+    0xFFFFFFFF, so leaving the word out gives a forger nothing a guess would not).
 
     Called only for a PTB that passed the policy (dedup keys on it), so it reads the offsets
     the parser already checked and re-walks quoted IPv6 extension headers only when there are
