@@ -118,7 +118,8 @@ def run_old(frames: list[bytes], mods) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_interleaved(frames: list[bytes], cfg: RelayConfig, mods, chunk: int = 20 * BATCH) -> tuple[float, float]:
+def run_interleaved(frames: list[bytes], cfg: RelayConfig, mods, chunk: int = 20 * BATCH,
+                    limits: str = "lifted") -> tuple[float, float]:
     """The current core and the core at GITREF on the same frames, alternating every ``chunk``
     frames (each with its own state and clock): a machine whose speed drifts over seconds slows
     both alike, so the ratio of the summed times is far steadier than run-after-run medians.
@@ -129,7 +130,8 @@ def run_interleaved(frames: list[bytes], cfg: RelayConfig, mods, chunk: int = 20
     left behind (one of the two table sets lands on recycled pages, the other faults in fresh
     ones), alternately in favour of one side and the other; see :func:`paired_interleaved`."""
     relay_mod, policy_mod = mods
-    old_cfg = relay_mod.RelayConfig(policy=policy_mod.Policy(vips=policy_mod.VipSet([F.VIP4, F.VIP6])), **LIFTED)
+    old_cfg = relay_mod.RelayConfig(policy=policy_mod.Policy(vips=policy_mod.VipSet([F.VIP4, F.VIP6])),
+                                    **(LIFTED if limits == "lifted" else {}))
     handles = (Relay(cfg, now=0.0).handle, relay_mod.Relay(old_cfg, now=0.0).handle)
     spent = [0.0, 0.0]
     mac = F.RELAY_MAC
@@ -155,13 +157,13 @@ def run_interleaved(frames: list[bytes], cfg: RelayConfig, mods, chunk: int = 20
     return spent[0], spent[1]
 
 
-def paired_interleaved(frames: list[bytes], cfg: RelayConfig, mods) -> float:
+def paired_interleaved(frames: list[bytes], cfg: RelayConfig, mods, limits: str = "lifted") -> float:
     """Speed-up of this core over the core at GITREF: the geometric mean of two consecutive
     interleaved runs, whose memory-layout biases point in opposite directions (an A/A check,
     ``--compare-with HEAD`` on a clean tree, reads 1.00 +- 0.02 this way)."""
     ratios = []
     for _ in range(2):
-        t_new, t_old = run_interleaved(frames, cfg, mods)
+        t_new, t_old = run_interleaved(frames, cfg, mods, limits=limits)
         ratios.append(t_old / t_new)
     return (ratios[0] * ratios[1]) ** 0.5
 
@@ -172,6 +174,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--compare-limits", choices=("lifted", "default"), default="lifted",
+                    help="limits of both cores in the interleaved comparison (default %(default)s)")
     ap.add_argument("--compare-with", metavar="GITREF", default=None,
                     help="also run the core as of GITREF on the mix (limits lifted), alternately, for the speed-up")
     args = ap.parse_args(argv)
@@ -213,7 +217,8 @@ def main(argv=None) -> int:
                     old["wall"].append(len(mix) / wall)
                     old["cpu"].append(len(mix) / cpu if cpu > 0 else None)
                     gc.collect()
-                    interleaved.append(paired_interleaved(mix, config("lifted"), old_mods))
+                    interleaved.append(paired_interleaved(mix, config(args.compare_limits), old_mods,
+                                                          args.compare_limits))
 
     ref_wall, ref_cpu = median(ref["wall"]), median(ref["cpu"])
     rows = []
@@ -252,6 +257,7 @@ def main(argv=None) -> int:
         "target_met": head >= 300_000,
         "ratio_to_reference_userspace": head / ref_wall,
         "compare_with": args.compare_with,
+        "compare_limits": args.compare_limits,
         "old_core_samples": old,
         "speedup_vs_compare_with": speedup,
         "speedup_interleaved": median(interleaved) if interleaved else None,
@@ -264,7 +270,7 @@ def main(argv=None) -> int:
         print(f"mix decisions (lifted): {counts_seen['mix, limits lifted']}")
         if speedup is not None:
             print(f"speed-up of the mix over the core at {args.compare_with}: {speedup:.2f}x (median of per-round ratios)")
-            print(f"  interleaved every {20 * BATCH} frames, paired runs, GC off: {median(interleaved):.2f}x (median; rounds "
+            print(f"  interleaved every {20 * BATCH} frames, paired runs, GC off, limits {args.compare_limits}: {median(interleaved):.2f}x (median; rounds "
                   + ", ".join(f"{r:.2f}" for r in interleaved) + ")")
         print(f"target >= 300,000 frames/s: {'met' if head >= 300_000 else 'NOT met'} ({head:,.0f}); written {path}")
     return 0

@@ -87,7 +87,7 @@ PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "
 #: Reasons whose drops are explained in the report's notes.
 _REASON_TEXT = {
     Reason.RELAYED: "would be relayed",
-    Reason.DUPLICATE: "same flow and MTU already relayed within the dedup window",
+    Reason.DUPLICATE: "same router, flow, MTU and quoted sequence already relayed within the dedup window",
     Reason.RATE_LIMITED_SOURCE: "the sending router's token bucket was empty",
     Reason.RATE_LIMITED_GLOBAL: "the global token bucket was empty",
     Reason.NOT_VIP: "quoted source is not a service address",
@@ -520,8 +520,8 @@ class Analyzer:
             notes.append(f"{v[Reason.NOT_VIP.value]} PTBs quote a source outside the VIPs ({top}): "
                          "add those prefixes with --vip if they are service addresses")
         if v.get(Reason.DUPLICATE.value):
-            notes.append(f"dedup suppressed {v[Reason.DUPLICATE.value]} PTBs repeating a (flow, MTU) already "
-                         f"relayed within {c.dedup_window:g} s")
+            notes.append(f"dedup suppressed {v[Reason.DUPLICATE.value]} PTBs repeating a (router, flow, MTU, "
+                         f"quoted sequence) already relayed within {c.dedup_window:g} s")
         rls, rlg = v.get(Reason.RATE_LIMITED_SOURCE.value, 0), v.get(Reason.RATE_LIMITED_GLOBAL.value, 0)
         if rls or rlg:
             peak = max(self.sources.items(), key=lambda kv: kv[1].peak)
@@ -673,7 +673,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "other unicast MACs as seen promiscuously (default: every unicast frame is for this host)")
     g = p.add_argument_group("dedup and rate limits (as for run)")
     g.add_argument("--dedup-window", type=argtypes.non_negative_float, default=_dedup.DEFAULT_WINDOW, metavar="SECONDS",
-                   help="relay the same (flow, MTU) once per window (default %(default)s)")
+                   help="relay the same PTB (router, flow, MTU, quoted sequence) once per window (default %(default)s)")
     g.add_argument("--dedup-capacity", type=argtypes.positive_int, default=_dedup.DEFAULT_CAPACITY, metavar="KEYS",
                    help="dedup table size (default %(default)s)")
     g.add_argument("--source-rate", type=argtypes.positive_float, default=_rl.DEFAULT_SOURCE_RATE, metavar="PPS",

@@ -320,8 +320,8 @@ SCHEMA: tuple[Key, ...] = (
        "address is then a VIP and the quoted-source check passes almost anything (logged as a "
        "warning at start)", "policy", _parse_bool),
     # dedup and rate limits
-    _k("dedup_window", float, _dedup.DEFAULT_WINDOW, "seconds during which the same (flow, MTU) "
-       "is relayed once", "limits", _parse_float, _range(0), metavar="SECONDS"),
+    _k("dedup_window", float, _dedup.DEFAULT_WINDOW, "seconds during which the same PTB (router, "
+       "flow, MTU, quoted TCP sequence) is relayed once", "limits", _parse_float, _range(0), metavar="SECONDS"),
     _k("dedup_capacity", int, _dedup.DEFAULT_CAPACITY, "dedup table size (keys)", "limits",
        _parse_int, _range(1, at_most=MAX_TABLE), metavar="KEYS"),
     _k("source_rate", float, _rl.DEFAULT_SOURCE_RATE, "PTBs per second relayed per sending "

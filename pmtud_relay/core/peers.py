@@ -15,7 +15,7 @@ from typing import Iterable, NamedTuple, Union
 
 from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core import injection as _injection
-from pmtud_relay.core.packet import PTB, parse_ipv4, parse_ipv6
+from pmtud_relay.core.packet import PTB, parse_ipv4, parse_ipv6, quoted_tag
 from pmtud_relay.core.peerproto import PeerDecoder, PeerReason
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.ratelimit import RateLimiter, TokenBucket
@@ -287,7 +287,7 @@ class PeerInbox:
     this host's own :class:`Policy` (its quoted source must be one of
     *this* host's VIPs, the outer destination the quoted source, the MTU plausible, …): a valid
     MAC proves who sent the message, not that the PTB is right for this host. Then dedup (the
-    same flow and MTU from two peers is injected once) and a token bucket per sending address
+    same PTB from two peers is injected once: see core/dedup.py) and a token bucket per sending address
     (bounds what even a compromised peer can make this host inject).
 
     ``now`` is a monotonic clock (dedup, limits); ``wall`` the wall clock (message freshness).
@@ -325,12 +325,13 @@ class PeerInbox:
         reason = policy.check(ptb, PACKET_HOST)
         if reason is None:
             key = _dedup.dedup_key(ptb)
-            if self.dedup.is_duplicate(key, now):
+            tag = quoted_tag(ptb)
+            if self.dedup.is_duplicate(key, now, tag, _dedup.span_of(ptb)):
                 reason = Reason.DUPLICATE
             else:
                 reason = self.limiter.check(sender if isinstance(sender, bytes) else sender.encode(), now)
                 if reason is None:
-                    self.dedup.remember(key, now)
+                    self.dedup.remember(key, now, tag)
                     self._count(PeerReason.ACCEPTED)
                     return InboxDecision(True, PeerReason.ACCEPTED, ptb, packet, decoded.key_id)
         self._count(reason)

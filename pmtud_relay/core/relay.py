@@ -19,7 +19,7 @@ from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.core import shun as _shun
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
-from pmtud_relay.core.packet import PTB, checksum_ok, parse_frame_unverified
+from pmtud_relay.core.packet import PTB, checksum_ok, parse_frame_unverified, quoted_tag
 from pmtud_relay.core.policy import PACKET_HOST, Policy
 from pmtud_relay.core.reasons import Reason
 
@@ -41,6 +41,9 @@ _new = tuple.__new__  # NamedTuple construction without its Python-level __new__
 _RELAYED = Reason.RELAYED
 _DUPLICATE = Reason.DUPLICATE
 _BAD_CHECKSUM = Reason.BAD_CHECKSUM
+_SEQ_SPAN = _dedup.SEQ_SPAN
+_MASK = _dedup.MASK
+_UNREAD = object()  # quoted_tag() not called yet
 
 #: Parser rejections carry no per-packet data: one shared Decision each.
 _PARSE_DROPS = {r: Decision(False, r, None, None) for r in Reason}
@@ -145,22 +148,29 @@ class Relay:
             return _PARSE_DROPS[ptb]
         reason = self.policy.check(ptb, pkttype)
         if reason is None:
-            # (mtu, inner src, inner dst, proto, sport, dport): one C-level slice of the
-            # record, equivalent to dedup_key() (the family is the length of the addresses).
-            key = ptb[3:9]
+            # (outer src, outer dst, mtu, inner src, inner dst, proto, sport, dport): one
+            # C-level slice of the record, dedup_key() inlined. A PTB is a duplicate only if it
+            # also quotes the word (TCP sequence number, SCTP tag) of the one relayed under this
+            # key, or for TCP one a little after it: the same effect on the owner (core/dedup.py).
+            # The word is read only when there is an entry to compare it with, or to remember.
+            key = ptb[1:9]
             dedup = self.dedup
-            if dedup.is_duplicate(key, now):
-                reason = _DUPLICATE
-            else:
-                reason = self.limiter.check(ptb.outer_src, now)
+            base = dedup.recent(key, now)
+            tag = _UNREAD
+            if base is not None:
+                tag = quoted_tag(ptb)
+                if (tag - base) & _MASK < (_SEQ_SPAN if ptb[6] == 6 else 1):  # ptb[6]: proto
+                    reason = _DUPLICATE
+            if reason is None:
+                reason = self.limiter.check(ptb[1], now)  # ptb.outer_src (no property call)
                 if reason is None:
                     if not checksum_ok(ptb):  # a corrupt frame: reported as a parse drop
-                        self.limiter.refund(ptb.outer_src)
+                        self.limiter.refund(ptb[1])
                         self.counts[_BAD_CHECKSUM] += 1
                         return _PARSE_DROPS[_BAD_CHECKSUM]
-                    dedup.remember(key, now)
+                    dedup.remember(key, now, quoted_tag(ptb) if tag is _UNREAD else tag)
                     self.counts[_RELAYED] += 1
-                    dst = BROADCAST_MAC if ptb.family == 4 else self._dst_v6
+                    dst = BROADCAST_MAC if ptb[0] == 4 else self._dst_v6  # ptb.family
                     return _new(Decision, (True, _RELAYED, ptb, dst + src_mac + frame[12:]))  # frame.build_copy
         self.counts[reason] += 1
         return _new(Decision, (False, reason, ptb, None))
