@@ -867,9 +867,48 @@ def sync_docs(text: str) -> str:
     return text[:start] + "\n" + markdown_table() + "\n" + text[end:]
 
 
+EXAMPLE_HEADER = f"""\
+# {DEFAULT_PATH}: configuration of pmtud-relay.
+#
+# Every key is listed below, commented out, at its default: uncomment a line to change it.
+# Flags of `pmtud-relay run` and PMTUD_RELAY_* environment variables override this file;
+# `systemctl reload pmtud-relay` (SIGHUP) applies the keys marked "reload: applied" and keeps
+# the running settings if the file is invalid. Check a change first with
+#   pmtud-relay config check {DEFAULT_PATH}
+# Reference: /usr/share/doc/pmtud-relay/configuration.md
+#
+# Generated from the code's schema: python -m pmtud_relay.config --write-example FILE
+"""
+
+
+def example_toml() -> str:
+    """The example configuration file: every key, commented out, at its default, with its help
+    text, flag and environment variable. Packages install it as :data:`DEFAULT_PATH`."""
+    import textwrap
+
+    lines = [EXAMPLE_HEADER.rstrip("\n")]
+    group = None
+    for k in SCHEMA:
+        if k.group != group:
+            group = k.group
+            lines += ["", f"## {_GROUP_TITLES.get(group, group)}"]
+        about = k.help[0].upper() + k.help[1:] + "."
+        if k.doc_default is not None:
+            about += f" Default: {k.doc_default}."
+        about += f" Flag {k.flag}, environment {k.env}; reload: "
+        about += "applied." if k.reload == "live" else "needs a restart."
+        lines.append("")
+        lines += textwrap.wrap(about, width=98, initial_indent="# ", subsequent_indent="# ",
+                               break_on_hyphens=False, break_long_words=False)
+        lines.append(f"#{k.name} = {_toml_value(k.default)}")
+    return "\n".join(lines) + "\n"
+
+
 def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pmtud_relay.config")
     p.add_argument("--write-docs", metavar="FILE", help="regenerate the key table in FILE")
+    p.add_argument("--write-example", metavar="FILE",
+                   help="write the example configuration (every key commented at its default) to FILE ('-': stdout)")
     p.add_argument("--check", metavar="FILE", help="validate FILE and print the effective config")
     a = p.parse_args(argv)
     if a.write_docs:
@@ -879,6 +918,13 @@ def _main(argv: list[str] | None = None) -> int:
         if new != old:
             with open(a.write_docs, "w", encoding="utf-8") as f:
                 f.write(new)
+        return 0
+    if a.write_example:
+        if a.write_example == "-":
+            sys.stdout.write(example_toml())
+        else:
+            with open(a.write_example, "w", encoding="utf-8") as f:
+                f.write(example_toml())
         return 0
     if a.check:
         ok, text = check(a.check)
