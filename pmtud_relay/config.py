@@ -875,7 +875,7 @@ EXAMPLE_HEADER = f"""\
 # `systemctl reload pmtud-relay` (SIGHUP) applies the keys marked "reload: applied" and keeps
 # the running settings if the file is invalid. Check a change first with
 #   pmtud-relay config check {DEFAULT_PATH}
-# Reference: /usr/share/doc/pmtud-relay/configuration.md
+# Reference: /usr/share/doc/pmtud-relay/docs/configuration.md (man pmtud-relay)
 #
 # Generated from the code's schema: python -m pmtud_relay.config --write-example FILE
 """
