@@ -628,8 +628,16 @@ def run_event_loop(coro_factory) -> None:
         import uvloop
     except ImportError:
         asyncio.run(coro_factory())
-    else:
+        return
+    if hasattr(uvloop, "run"):  # uvloop >= 0.18
         uvloop.run(coro_factory())
+        return
+    # uvloop 0.17 (Debian 12's python3-uvloop) has no run(): its loop through the policy.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        asyncio.run(coro_factory())
+    finally:
+        asyncio.set_event_loop_policy(None)
 
 
 def parse_vips(values) -> VipSet:
