@@ -28,7 +28,6 @@ import math
 import os
 import re
 import sys
-import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -41,8 +40,14 @@ from pmtud_relay.core import peers as _peers
 from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.relay import RelayConfig
+from pmtud_relay.core.slots import slotted as _slotted
 from pmtud_relay.rules import BACKENDS as _RULES_BACKENDS
 from pmtud_relay.daemon import DaemonSettings as _DaemonSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.9/3.10: the same parser, from PyPI (tomli)
+    import tomli as tomllib
 
 DEFAULT_PATH = "/etc/pmtud-relay/config.toml"
 ENV_PREFIX = "PMTUD_RELAY_"
@@ -359,12 +364,11 @@ KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
 _ENV_KEYS: dict[str, Key] = {k.env: k for k in SCHEMA}
 
 #: The effective settings: one frozen field per schema key, derived from :data:`SCHEMA`.
-Settings = dataclasses.make_dataclass(
+Settings = _slotted(dataclasses.make_dataclass(
     "Settings",
     [(k.name, tuple if k.kind is list else k.kind, dataclasses.field(default=k.default)) for k in SCHEMA],
     frozen=True,
-    slots=True,
-)
+))
 Settings.__module__ = __name__
 Settings.__doc__ = "Effective settings, one field per key of pmtud_relay.config.SCHEMA."
 
