@@ -17,6 +17,7 @@ from pmtud_relay import __version__, metrics
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from pmtud_relay.daemon import run_event_loop
 
 import frames as F
 
@@ -367,18 +368,23 @@ def test_scrape_over_http_health_and_readiness():
 
 
 def test_serves_under_uvloop_too():
-    uvloop = pytest.importorskip("uvloop")
+    pytest.importorskip("uvloop")
+
+    out = []
 
     async def scenario():
+        loop_module = type(asyncio.get_running_loop()).__module__
         server = metrics.MetricsServer(metrics.build_registry(metrics.Stats(["lo"])), ready=lambda: True)
         await server.start(metrics.bind("127.0.0.1:0"))
         try:
             status, _, body = await http(server.address[1], get("/metrics"))
         finally:
             await server.close()
-        return status, body
+        out.append((loop_module, status, body))
 
-    status, body = uvloop.run(scenario())
+    run_event_loop(scenario)
+    (loop_module, status, body), = out
+    assert loop_module.startswith("uvloop"), loop_module
     assert status == 200 and b"pmtud_relay_ptb_received_total" in body
 
 
