@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dns.exception
-import dns.name
-import dns.rdatatype
-import dns.resolver
+if TYPE_CHECKING:  # dnspython is imported when the first name is resolved, not at every CLI
+    import dns.resolver  # start: most configurations have no DNS peers
 
 RESOLV_CONF = "/etc/resolv.conf"
 HOSTS = "/etc/hosts"
@@ -74,6 +73,9 @@ class DnsClient:
         self.lifetime = lifetime
 
     def _resolver(self) -> dns.resolver.Resolver | None:
+        import dns.exception
+        import dns.resolver
+
         try:
             resolver = dns.resolver.Resolver(filename=self.resolv_conf, configure=True)
         except dns.resolver.NoResolverConfiguration:  # no file, or no nameserver line
@@ -91,6 +93,11 @@ class DnsClient:
         """The addresses and smallest TTL of ``name``; ``None`` if the name is for getaddrinfo;
         DnsError if no nameserver answered usably. NXDOMAIN (after the search list) and an
         answer without records are answers, with no addresses."""
+        import dns.exception
+        import dns.name
+        import dns.rdatatype
+        import dns.resolver
+
         if in_hosts_file(name, self.hosts):
             return None
         resolver = self._resolver()

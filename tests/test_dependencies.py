@@ -19,6 +19,20 @@ def test_the_daemon_path_never_imports_scapy():
     assert out.stdout.strip() == "", f"scapy imported on the daemon's path: {out.stdout}"
 
 
+def test_dnspython_is_imported_only_when_a_name_is_resolved():
+    code = (
+        "import sys\n"
+        "import pmtud_relay.cli, pmtud_relay.daemon, pmtud_relay.config, pmtud_relay.peering\n"
+        "print(sorted(m for m in sys.modules if m == 'dns' or m.startswith('dns.')))\n"
+        "from pmtud_relay.peerdns import DnsClient\n"
+        "DnsClient('/nonexistent/resolv.conf', '/nonexistent/hosts').resolve('peers.example')\n"
+        "print('dns.resolver' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout
+
+
 def test_metrics_use_a_private_registry_only():
     code = (
         "import prometheus_client\n"

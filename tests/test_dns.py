@@ -5,6 +5,9 @@ sleeping for TTLs). Loopback only; documentation addresses in the answers."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import os
 import select
 import socket
 import struct
@@ -21,6 +24,7 @@ import pytest
 
 from pmtud_relay.core.peers import PeerSpec
 from pmtud_relay.peerdns import Answer, DnsClient, DnsError, in_hosts_file
+from pmtud_relay.peering import PeerService, PeerSettings
 from pmtud_relay.peersource import DNS_RETRY_MAX, NameCache, PeerDirectory
 
 NAME = "peers.example"
@@ -361,3 +365,36 @@ def test_names_the_client_declines_use_getaddrinfo_at_the_interval():
 def test_the_default_client_is_dnspython_on_etc_resolv_conf():
     cache = NameCache()
     assert isinstance(cache.client, DnsClient) and cache.client.resolv_conf == "/etc/resolv.conf"
+
+
+def test_the_peer_service_refresh_survives_dns_failures(tmp_path, server):
+    """The daemon's refresh (pmtud_relay.peering.PeerService.refresh, in its worker thread) with
+    a --peers-dns name: a silent nameserver or SERVFAIL keep the peers and report the error; it
+    never raises into the daemon's loop. Only the directory's DNS client points at the test
+    resolv.conf."""
+    key = tmp_path / "peer.key"
+    key.write_text("1:" + "5a" * 32 + "\n")
+    os.chmod(key, 0o600)
+    settings = PeerSettings(fanout="peers", peers_dns=(PeerSpec(NAME, 2300),), listen=(), key_file=str(key))
+    clock = [0.0]
+    svc = PeerService(settings, lambda: None, out=io.StringIO(), clock=lambda: clock[0], own_addresses=frozenset)
+    svc.directory = PeerDirectory(dns=settings.peers_dns,
+                                  dns_client=client_for(tmp_path, server.port, timeout=0.2, lifetime=0.4))
+    want = ("198.51.100.18", "2001:db8:5:2::2")
+
+    async def refresh_at(t):
+        clock[0] = t
+        await svc.refresh()
+        return tuple(p.address for p in svc.table.peers)
+
+    async def scenario():
+        assert await refresh_at(0.0) == want and svc._last_errors == ()
+        server.mode = "silent"
+        assert await refresh_at(30.0) == want and NAME in svc._last_errors[0]
+        server.mode = "servfail"
+        assert await refresh_at(31.0) == want and "SERVFAIL" in svc._last_errors[0]
+        server.mode = "answer"
+        server.zone = {}
+        assert await refresh_at(33.0) == () and svc._last_errors == ()  # NXDOMAIN: gone
+
+    asyncio.run(scenario())
