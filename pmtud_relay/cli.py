@@ -56,6 +56,10 @@ def _add_rules_parser(sub) -> None:
 def _rules_command(args: argparse.Namespace) -> int:
     from pmtud_relay import hostinfo, rules
 
+    missing = rules.missing_library(args.backend)
+    if missing:
+        print(f"pmtud-relay: --backend iptables: {missing}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         if args.action == "remove":
             backends = [rules.resolve(args.backend)]
@@ -144,6 +148,13 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
         print(f"pmtud-relay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     s = loaded.settings
+    if s.manage_rules:
+        from pmtud_relay import rules
+
+        missing = rules.missing_library(s.rules_backend)
+        if missing:
+            print(f"pmtud-relay: {loaded.sources['rules_backend']}: rules_backend: {missing}", file=sys.stderr)
+            return EXIT_CONFIG
     log = logs.setup(s.log_level, s.log_format)
     wide = cfg.wide_vips(s)
     if wide:  # only loaded with allow_any_vip: meant, but say so once at start

@@ -28,7 +28,6 @@ import math
 import os
 import re
 import sys
-import tomllib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -42,8 +41,14 @@ from pmtud_relay.core import peers as _peers
 from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.relay import RelayConfig
+from pmtud_relay.core.slots import slotted as _slotted
 from pmtud_relay.rules import BACKENDS as _RULES_BACKENDS
 from pmtud_relay.daemon import DaemonSettings as _DaemonSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.9/3.10: the same parser, from PyPI (tomli)
+    import tomli as tomllib
 
 DEFAULT_PATH = "/etc/pmtud-relay/config.toml"
 ENV_PREFIX = "PMTUD_RELAY_"
@@ -397,12 +402,11 @@ KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
 _ENV_KEYS: dict[str, Key] = {k.env: k for k in SCHEMA}
 
 #: The effective settings: one frozen field per schema key, derived from :data:`SCHEMA`.
-Settings = dataclasses.make_dataclass(
+Settings = _slotted(dataclasses.make_dataclass(
     "Settings",
     [(k.name, tuple if k.kind is list else k.kind, dataclasses.field(default=k.default)) for k in SCHEMA],
     frozen=True,
-    slots=True,
-)
+))
 Settings.__module__ = __name__
 Settings.__doc__ = "Effective settings, one field per key of pmtud_relay.config.SCHEMA."
 
@@ -940,9 +944,48 @@ def sync_docs(text: str) -> str:
     return text[:start] + "\n" + markdown_table() + "\n" + text[end:]
 
 
+EXAMPLE_HEADER = f"""\
+# {DEFAULT_PATH}: configuration of pmtud-relay.
+#
+# Every key is listed below, commented out, at its default: uncomment a line to change it.
+# Flags of `pmtud-relay run` and PMTUD_RELAY_* environment variables override this file;
+# `systemctl reload pmtud-relay` (SIGHUP) applies the keys marked "reload: applied" and keeps
+# the running settings if the file is invalid. Check a change first with
+#   pmtud-relay config check {DEFAULT_PATH}
+# Reference: /usr/share/doc/pmtud-relay/docs/configuration.md (man pmtud-relay)
+#
+# Generated from the code's schema: python -m pmtud_relay.config --write-example FILE
+"""
+
+
+def example_toml() -> str:
+    """The example configuration file: every key, commented out, at its default, with its help
+    text, flag and environment variable. Packages install it as :data:`DEFAULT_PATH`."""
+    import textwrap
+
+    lines = [EXAMPLE_HEADER.rstrip("\n")]
+    group = None
+    for k in SCHEMA:
+        if k.group != group:
+            group = k.group
+            lines += ["", f"## {_GROUP_TITLES.get(group, group)}"]
+        about = k.help[0].upper() + k.help[1:] + "."
+        if k.doc_default is not None:
+            about += f" Default: {k.doc_default}."
+        about += f" Flag {k.flag}, environment {k.env}; reload: "
+        about += "applied." if k.reload == "live" else "needs a restart."
+        lines.append("")
+        lines += textwrap.wrap(about, width=98, initial_indent="# ", subsequent_indent="# ",
+                               break_on_hyphens=False, break_long_words=False)
+        lines.append(f"#{k.name} = {_toml_value(k.default)}")
+    return "\n".join(lines) + "\n"
+
+
 def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pmtud_relay.config")
     p.add_argument("--write-docs", metavar="FILE", help="regenerate the key table in FILE")
+    p.add_argument("--write-example", metavar="FILE",
+                   help="write the example configuration (every key commented at its default) to FILE ('-': stdout)")
     p.add_argument("--check", metavar="FILE", help="validate FILE and print the effective config")
     a = p.parse_args(argv)
     if a.write_docs:
@@ -952,6 +995,13 @@ def _main(argv: list[str] | None = None) -> int:
         if new != old:
             with open(a.write_docs, "w", encoding="utf-8") as f:
                 f.write(new)
+        return 0
+    if a.write_example:
+        if a.write_example == "-":
+            sys.stdout.write(example_toml())
+        else:
+            with open(a.write_example, "w", encoding="utf-8") as f:
+                f.write(example_toml())
         return 0
     if a.check:
         ok, text = check(a.check)

@@ -88,7 +88,10 @@ class RelayDaemon:
         self.metrics_sock = None  # listening socket from metrics.bind(), opened by the CLI
         self.reloader = None  # () -> config.Loaded, raises config.ConfigError (SIGHUP)
         self.config = None  # the config.Settings in force, for reload diffs
-        self._stop = asyncio.Event()
+        # Made by serve(): before Python 3.10 an asyncio.Event binds to the loop current when it is
+        # created, and none runs yet here. stop() before serve() is remembered.
+        self._stop: asyncio.Event | None = None
+        self._stop_requested = False
         self.notifier = Notifier()
         self.nflog = None  # the shared NflogCapture when settings.capture == "nflog"
         self.rules = None  # a RuleManager when settings.manage_rules
@@ -204,7 +207,9 @@ class RelayDaemon:
             self.peering = None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stop_requested = True
+        if self._stop is not None:
+            self._stop.set()
 
     # -- the packet path ------------------------------------------------------
     def _on_readable(self, port: _Port) -> None:
@@ -529,10 +534,10 @@ class RelayDaemon:
         networks = await asyncio.get_running_loop().run_in_executor(None, hostinfo.discover_vips)
         return self.apply_vips(VipSet(networks))
 
-    async def _vip_loop(self) -> None:
-        while not self._stop.is_set():
+    async def _vip_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             try:
-                await asyncio.wait_for(self._stop.wait(), self.settings.vip_refresh)
+                await asyncio.wait_for(stop.wait(), self.settings.vip_refresh)
             except asyncio.TimeoutError:
                 pass
             else:
@@ -544,11 +549,11 @@ class RelayDaemon:
             except Exception:
                 self._rate_limited_error("vip_discovery_failed", "-")
 
-    async def _summary_loop(self) -> None:
+    async def _summary_loop(self, stop: asyncio.Event) -> None:
         last = dict(self.relay.counts)
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
-                await asyncio.wait_for(self._stop.wait(), self.settings.summary_interval)
+                await asyncio.wait_for(stop.wait(), self.settings.summary_interval)
             except asyncio.TimeoutError:
                 pass
             now_counts = dict(self.relay.counts)
@@ -578,17 +583,20 @@ class RelayDaemon:
             faults[kind] = faults.get(kind, 0) + n
         return {f"capture_{kind}": n for kind, n in sorted(faults.items()) if n}
 
-    async def _watchdog_loop(self, interval: float) -> None:
-        while not self._stop.is_set():
+    async def _watchdog_loop(self, stop: asyncio.Event, interval: float) -> None:
+        while not stop.is_set():
             self.notifier.notify("WATCHDOG=1")
             try:
-                await asyncio.wait_for(self._stop.wait(), interval)
+                await asyncio.wait_for(stop.wait(), interval)
             except asyncio.TimeoutError:
                 pass
 
     # -- main -----------------------------------------------------------------
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
+        stop = self._stop = asyncio.Event()
+        if self._stop_requested:
+            stop.set()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -604,7 +612,7 @@ class RelayDaemon:
         tasks = []
         if self.settings.discover_vips:
             await self.refresh_vips()
-        tasks.append(asyncio.create_task(self._vip_loop()))
+        tasks.append(asyncio.create_task(self._vip_loop(stop)))
         if self.nflog is not None:
             loop.add_reader(self.nflog.fileno(), self._on_nflog_readable)
         else:
@@ -615,9 +623,9 @@ class RelayDaemon:
             for port in list(self.ports):  # bound while down: its socket carries ENETDOWN until up
                 if self.links.state(port.ifname) != (port.capture.ifindex, True):
                     self._drop_port(port, "down")
-        tasks.append(asyncio.create_task(self._summary_loop()))
+        tasks.append(asyncio.create_task(self._summary_loop(stop)))
         if self.notifier.watchdog_interval:
-            tasks.append(asyncio.create_task(self._watchdog_loop(self.notifier.watchdog_interval)))
+            tasks.append(asyncio.create_task(self._watchdog_loop(stop, self.notifier.watchdog_interval)))
         if self.peering is not None:
             await self.peering.start()
         self.log.info(
@@ -635,7 +643,7 @@ class RelayDaemon:
         self.stats.ready = True
         self.notifier.notify("READY=1", f"STATUS=relaying on {','.join(p.ifname for p in self.ports)}")
         try:
-            await self._stop.wait()
+            await stop.wait()
         finally:
             self.notifier.notify("STOPPING=1")
             self.stats.ready = False
@@ -675,13 +683,35 @@ def _vip_text(vips: VipSet) -> str:
 
 
 def run_event_loop(coro_factory) -> None:
-    """Run with uvloop when it is installed, else the stdlib loop."""
+    """Run with uvloop when it is installed, else the stdlib loop.
+
+    The uvloop loop is made for this thread only, never through the global event loop policy:
+    pyroute2 0.8+ makes asyncio loops of its own in worker threads, for netlink sockets, which
+    uvloop cannot open."""
     try:
         import uvloop
     except ImportError:
         asyncio.run(coro_factory())
-    else:
+        return
+    if hasattr(uvloop, "run"):  # uvloop 0.18+
         uvloop.run(coro_factory())
+        return
+    # uvloop 0.17 (Debian 12): what asyncio.run does, with a uvloop loop
+    loop = uvloop.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(coro_factory())
+    finally:
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def parse_vips(values) -> VipSet:

@@ -9,14 +9,14 @@
   Kubernetes ConfigMap update is picked up without inotify. A file that fails to parse keeps the
   previous list (and the error is reported once per change).
 * DNS (``--peers-dns NAME[:PORT][=PREFIX,…]``): every A and AAAA record of NAME is a peer, e.g.
-  a Kubernetes headless Service. NAME is asked for directly (pmtud_relay.dnsresolve, over UDP,
-  TCP for truncated answers, to the nameservers of /etc/resolv.conf) and re-resolved when the
-  answer's smallest TTL runs out, clamped to [5 s, 300 s] (the floor drops to ``dns_interval``
-  if that is smaller). A failure keeps the last answer and retries after 1, 2, 4 … 60 s;
-  NXDOMAIN / no records empties it (and is asked again after ``dns_interval``). Single-label
-  names, names in /etc/hosts and hosts without a nameserver in resolv.conf use
-  ``socket.getaddrinfo`` every ``dns_interval`` seconds (default 10 s), as every name did
-  before.
+  a Kubernetes headless Service. NAME is asked for through dnspython (pmtud_relay.peerdns: the
+  nameservers and search list of /etc/resolv.conf, TCP for truncated answers) and re-resolved
+  when the answer's smallest TTL runs out, clamped to [5 s, 300 s] (the floor drops to
+  ``dns_interval`` if that is smaller). A failure keeps the last answer and retries after 1, 2,
+  4 … 60 s; NXDOMAIN / no records empties it (and is asked again after ``dns_interval``). Names
+  in /etc/hosts, single-label names without a search list or domain, and hosts without a
+  nameserver in resolv.conf use ``socket.getaddrinfo`` every ``dns_interval`` seconds (default
+  10 s).
 
 Own addresses are removed from the result, so a list shared by every host (or a headless
 Service that includes this pod) never makes a host send to itself.
@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from pmtud_relay.core.peers import DEFAULT_PORT, Peer, PeerSpec, merge_peers, parse_peer_spec, peer_from_spec
-from pmtud_relay.dnsresolve import DnsClient
-from pmtud_relay.dnswire import DnsError
+from pmtud_relay.peerdns import DnsClient, DnsError
 from pmtud_relay.peerkeys import file_stamp
 from pmtud_relay.safefile import FileRefused, read_regular
 
@@ -79,11 +78,11 @@ _DEFAULT_CLIENT = object()
 class NameCache:
     """Resolves DNS names, remembering the last good answer of each.
 
-    With the default ``client`` (a :class:`~pmtud_relay.dnsresolve.DnsClient`) a name is
+    With the default ``client`` (a :class:`~pmtud_relay.peerdns.DnsClient`) a name is
     re-resolved when its answer's smallest TTL runs out, clamped to
     [min(DNS_TTL_MIN, interval), DNS_TTL_MAX]; a failure keeps the last answer and retries after
     DNS_RETRY_MIN, doubling up to DNS_RETRY_MAX. Names the client does not handle (no nameserver,
-    single label, in /etc/hosts) and answers without a TTL (no records) use ``resolver``
+    in /etc/hosts, a bare host name with no search list) and answers without a TTL (no records) use ``resolver``
     (``socket.getaddrinfo``) and/or the fixed ``interval``.
 
     An injected ``resolver`` without a ``client`` means getaddrinfo only, at the fixed interval

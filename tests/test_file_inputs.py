@@ -22,7 +22,7 @@ import time
 import pytest
 
 from pmtud_relay import config as cfg
-from pmtud_relay import dnsresolve, safefile
+from pmtud_relay import peerdns, safefile
 from pmtud_relay.peerkeys import KeyFileError, load_keyring
 from pmtud_relay.peersource import PeersFile
 
@@ -163,9 +163,13 @@ def test_peers_file_fifo_keeps_the_list_and_reports(tmp_path):
 
 
 def test_resolv_conf_and_hosts_fifo_read_as_empty(tmp_path):
+    # A FIFO as resolv.conf: no nameserver, so the name goes to getaddrinfo (None), at once.
     fifo = _fifo(tmp_path)
-    assert within(lambda: dnsresolve.read_resolv_conf(fifo).nameservers, fifo) == []
-    assert within(lambda: dnsresolve.in_hosts_file("example.org", fifo), fifo) is False
+    hosts = tmp_path / "hosts"
+    hosts.write_text("")
+    client = peerdns.DnsClient(resolv_conf=fifo, hosts=str(hosts))
+    assert within(lambda: client.resolve("peers.example.org"), fifo) is None
+    assert within(lambda: peerdns.in_hosts_file("example.org", fifo), fifo) is False
 
 
 def test_safefile_bound_and_kinds(tmp_path):

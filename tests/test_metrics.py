@@ -17,6 +17,7 @@ from pmtud_relay import __version__, metrics
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from pmtud_relay.daemon import run_event_loop
 
 import frames as F
 
@@ -366,20 +367,39 @@ def test_scrape_over_http_health_and_readiness():
     assert asyncio.run(scenario()) >= 9
 
 
-def test_serves_under_uvloop_too():
+def _netlink_links() -> int:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return len(ipr.get_links())
+
+
+@pytest.mark.parametrize("uvloop_run", ["uvloop.run", "without uvloop.run (uvloop < 0.18)"])
+def test_serves_under_uvloop_too(uvloop_run, monkeypatch):
     uvloop = pytest.importorskip("uvloop")
+    if uvloop_run != "uvloop.run":
+        monkeypatch.delattr(uvloop, "run", raising=False)
+    out = []
 
     async def scenario():
+        loop = asyncio.get_running_loop()
+        loop_module = type(loop).__module__
+        # pyroute2 (0.8+) makes an asyncio loop of its own in the worker thread: that must work
+        links = await loop.run_in_executor(None, _netlink_links)
         server = metrics.MetricsServer(metrics.build_registry(metrics.Stats(["lo"])), ready=lambda: True)
         await server.start(metrics.bind("127.0.0.1:0"))
         try:
             status, _, body = await http(server.address[1], get("/metrics"))
         finally:
             await server.close()
-        return status, body
+        out.append((loop_module, links, status, body))
 
-    status, body = uvloop.run(scenario())
+    run_event_loop(scenario)
+    (loop_module, links, status, body), = out
+    assert loop_module.startswith("uvloop"), loop_module
+    assert links >= 1  # lo at least
     assert status == 200 and b"pmtud_relay_ptb_received_total" in body
+    assert asyncio.get_event_loop_policy().__class__.__module__.startswith("asyncio")
 
 
 def test_port_in_use_is_a_clear_error_naming_metrics_address():

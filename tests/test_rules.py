@@ -44,8 +44,9 @@ def need_root_and(*binaries: str) -> None:
 def need_backend(backend: str) -> None:
     """Skip only for what the machine lacks (root, a binary); a broken backend fails the test.
 
-    python-iptables is a declared runtime dependency: if it cannot be imported (not installed,
-    libiptc/libxtables missing, ...) the iptables backend is broken, and the test must say so."""
+    python-iptables is the optional extra ``iptables`` and part of the ``test`` extra: if it cannot
+    be imported (not installed, libiptc/libxtables missing, ...) the test set-up or the iptables
+    backend is broken, and the test must say so."""
     if backend == "nft":
         need_root_and("nft")
     else:
@@ -56,7 +57,7 @@ def need_backend(backend: str) -> None:
             broken = f"{type(exc).__name__}: {exc}"
         else:
             return
-        pytest.fail(f"python-iptables (a runtime dependency) cannot be loaded by {sys.executable}: {broken}",
+        pytest.fail(f"python-iptables (in the test extra) cannot be loaded by {sys.executable}: {broken}",
                     pytrace=False)
 
 

@@ -20,6 +20,7 @@ from pmtud_relay.core.peerproto import PeerDecoder, PeerReason
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.ratelimit import RateLimiter, TokenBucket
 from pmtud_relay.core.reasons import Reason
+from pmtud_relay.core.slots import slotted
 
 DEFAULT_PORT = 2106  # UDP; this project's choice, not an IANA assignment (docs/peers.md, "Port")
 DEFAULT_PEER_RATE = 20.0  # datagrams per second to one peer
@@ -248,7 +249,8 @@ class InboxDecision(NamedTuple):
     key_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@slotted
+@dataclass(frozen=True)
 class InboxConfig:
     dedup_window: float = _dedup.DEFAULT_WINDOW
     dedup_capacity: int = _dedup.DEFAULT_CAPACITY

@@ -22,6 +22,7 @@ from pmtud_relay.core.packet import (
     PTB,
 )
 from pmtud_relay.core.reasons import Reason
+from pmtud_relay.core.slots import slotted
 
 # Linux packet types (sockaddr_ll.sll_pkttype), the arrival facts capture reports.
 PACKET_HOST = 0
@@ -103,7 +104,8 @@ def _net_sort_key(n):
     return (n.version, n)
 
 
-@dataclass(frozen=True, slots=True)
+@slotted
+@dataclass(frozen=True)
 class Policy:
     """What may be relayed. Pure data; see :meth:`check`."""
 

@@ -22,6 +22,7 @@ from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core.packet import PTB, checksum_ok, parse_frame_unverified, quoted_tag
 from pmtud_relay.core.policy import PACKET_HOST, Policy
 from pmtud_relay.core.reasons import Reason
+from pmtud_relay.core.slots import slotted
 
 
 class Decision(NamedTuple):
@@ -49,7 +50,8 @@ _UNREAD = object()  # quoted_tag() not called yet
 _PARSE_DROPS = {r: Decision(False, r, None, None) for r in Reason}
 
 
-@dataclass(frozen=True, slots=True)
+@slotted
+@dataclass(frozen=True)
 class RelayConfig:
     """Everything that shapes decisions. Immutable; swap it with :meth:`Relay.reconfigure`."""
 

@@ -40,8 +40,28 @@ MAX_RATE = 10000  # iptables limit: "Rate too fast" above 10000/s; limit-burst a
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
 
 
+#: How to get python-iptables, which the iptables backend needs (an optional extra: it compiles a
+#: small C wrapper when pip installs it, so a plain install leaves it out; nft needs nothing).
+IPTABLES_INSTALL_HINT = "pip install 'pmtud-relay[iptables]', or on Debian/Ubuntu: apt install python3-iptables"
+
+
 class RulesError(RuntimeError):
     """Installing, removing or reading rules failed; ``str()`` is meant for the operator."""
+
+
+def missing_library(name: str) -> str | None:
+    """Why backend ``name`` cannot be used at all because its Python library is not installed
+    (with how to install it), or None. Only iptables has one (python-iptables); a library that
+    is installed but fails to load (libiptc missing) is reported when the backend is used."""
+    if name != "iptables":
+        return None
+    try:
+        import iptc  # noqa: F401 - python-iptables
+    except ImportError as exc:
+        return f"the iptables backend needs python-iptables, which is not installed ({exc}); {IPTABLES_INSTALL_HINT}"
+    except Exception:  # noqa: BLE001 - OSError from its ctypes loading: reported by available()
+        return None
+    return None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import zlib
 
-from pmtud_relay.rules import RuleSpec, RulesError
+from pmtud_relay.rules import IPTABLES_INSTALL_HINT, RuleSpec, RulesError
 
 CHAIN = "PMTUD_RELAY"
 LOG_CHAIN = "PMTUD_RELAY_LOG"
@@ -171,8 +171,10 @@ class IptablesBackend:
     def _lib(self):
         if self._iptc is None:
             try:
-                import iptc  # python-iptables
-            except Exception as exc:  # ImportError, or OSError when libiptc/libxtables is missing
+                import iptc  # python-iptables: the optional extra pmtud-relay[iptables]
+            except ImportError as exc:
+                raise RulesError(f"python-iptables is not installed ({exc}); {IPTABLES_INSTALL_HINT}") from None
+            except Exception as exc:  # OSError when libiptc/libxtables is missing
                 raise RulesError(f"python-iptables cannot be loaded: {exc}") from None
             self._iptc = iptc
         return self._iptc
