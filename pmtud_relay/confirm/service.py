@@ -17,6 +17,7 @@ import collections
 import time
 from typing import Callable, Deque, Dict, NamedTuple, Optional, Protocol, Tuple
 
+from ..metrics import LatencyHistogram
 from ..core.packet import IPPROTO_TCP, IPPROTO_UDP, PTB, parse_ipv4, parse_ipv6
 from . import wire
 from .verdict import Origin, OwnerVerdict
@@ -31,6 +32,8 @@ DEFAULT_QUEUE_LIMIT = 256
 DEFAULT_SETTLE = 0.05
 #: First pause before looking again; it doubles each time (1, 2, 4, … ms).
 FIRST_RETRY = 0.001
+#: Buckets of the capture-to-applied-PMTU histogram (seconds): 0.25 ms … 250 ms.
+TO_PMTU_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
 class Lookup(Protocol):
@@ -84,6 +87,8 @@ class Confirmer:
         self.lookup_errors = 0  # lookups the kernel did not answer usefully
         self.lookups = 0  # sock_diag requests sent
         self.callback_errors = 0
+        #: time from capture to the lookup that saw the PMTU down (APPLIED verdicts only)
+        self.to_pmtu = LatencyHistogram(TO_PMTU_BUCKETS)
 
     # -- the contract -------------------------------------------------------------------------
     def submit(self, packet: bytes, origin: Origin, now: float,
@@ -168,6 +173,8 @@ class Confirmer:
         elapsed = max(0.0, self.clock() - job.now)
         key = (job.origin, verdict)
         self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        if verdict is OwnerVerdict.APPLIED:
+            self.to_pmtu.observe(elapsed)
         if self.observer is not None:
             try:
                 self.observer(job.origin, verdict, elapsed, job.ptb)
