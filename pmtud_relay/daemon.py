@@ -336,13 +336,13 @@ class RelayDaemon:
     def _report_verdict(self, decision: Decision, ifname: str, origin, verdict, elapsed: float) -> None:
         self._report(decision, ifname, origin=origin.value, owner=verdict.value, owner_seconds=round(elapsed, 6))
 
-    def _on_owner_verdict(self, origin, verdict, elapsed: float, ptb) -> None:
+    def _on_owner_verdict(self, origin, verdict, elapsed: float, ptb, pmtu) -> None:
         """Every verdict (the Confirmer's observer): debug log line."""
         if self.log.isEnabledFor(10) and ptb is not None:
             from pmtud_relay.core.relay import Decision as _D
 
             rec = decision_record(_D(origin.value == "captured", Reason.RELAYED, ptb, None))
-            rec.update(origin=origin.value, owner=verdict.value, owner_seconds=round(elapsed, 6))
+            rec.update(origin=origin.value, owner=verdict.value, owner_seconds=round(elapsed, 6), pmtu=pmtu)
             self.log.debug("owner_verdict", extra={"kv": rec})
 
     # -- kernel holds (core/shun.py) ------------------------------------------------------------

@@ -88,8 +88,16 @@ def test_pmtu_that_never_drops_is_not_applied_within_the_bound():
 
 def test_no_socket_listener_and_time_wait_are_orphans():
     for answer in (None, owned(0, wire.TCP_LISTEN), owned(None, wire.TCP_TIME_WAIT)):
-        (res,), _, _ = run(Scripted(answer), [(PTB4, Origin.CAPTURED)])
+        (res,), _, _ = run(Scripted(answer, route=0), [(PTB4, Origin.CAPTURED)])
         assert [v for v, _ in res] == [OwnerVerdict.ORPHAN], answer
+
+
+def test_time_wait_whose_route_learnt_the_pmtu_is_applied():
+    """A flow that finished between the PTB and the lookup (TIME_WAIT) left its PMTU in the route."""
+    (res,), _, _ = run(Scripted(owned(None, wire.TCP_TIME_WAIT), route=1400), [(PTB4, Origin.CAPTURED)])
+    assert [v for v, _ in res] == [OwnerVerdict.APPLIED]
+    (res,), _, _ = run(Scripted(owned(None, wire.TCP_TIME_WAIT), route=1500), [(PTB4, Origin.CAPTURED)])
+    assert [v for v, _ in res] == [OwnerVerdict.ORPHAN]
 
 
 def test_udp_owner_is_judged_by_its_route_pmtu():

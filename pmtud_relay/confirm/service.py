@@ -23,8 +23,8 @@ from . import wire
 from .verdict import Origin, OwnerVerdict
 
 OnVerdict = Callable[[OwnerVerdict, float], None]
-#: observer(origin, verdict, seconds from capture to verdict, ptb or None)
-Observer = Callable[[Origin, OwnerVerdict, float, Optional[PTB]], None]
+#: observer(origin, verdict, seconds from capture to verdict, ptb or None, path MTU read or None)
+Observer = Callable[[Origin, OwnerVerdict, float, Optional[PTB], Optional[int]], None]
 
 #: Lookups queued or being polled at once; more are answered UNKNOWN at once (counted).
 DEFAULT_QUEUE_LIMIT = 256
@@ -48,6 +48,7 @@ class _Job(NamedTuple):
     origin: Origin
     now: float
     on_verdict: Optional[OnVerdict]
+    pmtu: list  # [the last path MTU read for the flow, or None]
 
 
 def quoted_flow(packet: bytes) -> PTB | None:
@@ -101,7 +102,7 @@ class Confirmer:
             return
         ptb = quoted_flow(packet)
         if ptb is None:
-            self.loop.call_soon(self._finish, _Job(None, origin, now, on_verdict),  # type: ignore[arg-type]
+            self.loop.call_soon(self._finish, _Job(None, origin, now, on_verdict, [None]),  # type: ignore[arg-type]
                                 OwnerVerdict.UNKNOWN)
             return
         self.submit_ptb(ptb, origin, now, on_verdict)
@@ -113,7 +114,7 @@ class Confirmer:
             if on_verdict is not None:
                 self.loop.call_soon(self._call, on_verdict, OwnerVerdict.UNKNOWN, 0.0)
             return
-        job = _Job(ptb, origin, now, on_verdict)
+        job = _Job(ptb, origin, now, on_verdict, [None])
         if (ptb.proto != IPPROTO_TCP and ptb.proto != IPPROTO_UDP) or ptb.sport < 0:
             self.loop.call_soon(self._finish, job, OwnerVerdict.UNKNOWN)
             return
@@ -135,7 +136,7 @@ class Confirmer:
             self._check(queue.popleft(), FIRST_RETRY)
 
     def _check(self, job: _Job, retry: float) -> None:
-        verdict = self._look(job.ptb)
+        verdict = self._look(job.ptb, job.pmtu)
         if verdict is None:  # owned, PMTU not (yet) down
             wait = min(retry, job.now + self.settle - self.clock())
             if wait > 0:
@@ -145,8 +146,9 @@ class Confirmer:
         self._in_flight -= 1
         self._finish(job, verdict)
 
-    def _look(self, ptb: PTB) -> OwnerVerdict | None:
-        """ORPHAN, APPLIED, UNKNOWN, or None: owned and the PMTU is still above the PTB's."""
+    def _look(self, ptb: PTB, seen: list) -> OwnerVerdict | None:
+        """ORPHAN, APPLIED, UNKNOWN, or None: owned and the PMTU is still above the PTB's.
+        ``seen[0]`` gets the path MTU read."""
         lookup = self.lookup
         assert lookup is not None
         family = ptb.family
@@ -156,12 +158,24 @@ class Confirmer:
         except OSError:
             self.lookup_errors += 1
             return OwnerVerdict.UNKNOWN
-        if found is None or found[0] in wire.NOT_AN_OWNER and ptb.proto == IPPROTO_TCP:
+        if found is None:
             return OwnerVerdict.ORPHAN
-        if ptb.proto == IPPROTO_TCP:
+        tcp = ptb.proto == IPPROTO_TCP
+        if tcp and found[0] == wire.TCP_TIME_WAIT:
+            # The flow ended here, possibly after this very PTB let it finish (on a fast path a
+            # transfer can end within the lookup's delay): what the socket learnt outlives it in
+            # the route towards the client. Applied if that is at or below the PTB's MTU, else
+            # an orphan (the kernel ignores a PTB for a TIME_WAIT socket).
+            pmtu = lookup.route_mtu(family, ptb.inner_src, ptb.inner_dst)
+            seen[0] = pmtu
+            return OwnerVerdict.APPLIED if pmtu and pmtu <= ptb.mtu else OwnerVerdict.ORPHAN
+        if tcp and found[0] in wire.NOT_AN_OWNER:
+            return OwnerVerdict.ORPHAN
+        if tcp:
             pmtu = found[3]
         else:
             pmtu = lookup.route_mtu(family, ptb.inner_src, ptb.inner_dst)
+        seen[0] = pmtu
         if pmtu is None:
             self.lookup_errors += 1
             return OwnerVerdict.UNKNOWN
@@ -177,7 +191,7 @@ class Confirmer:
             self.to_pmtu.observe(elapsed)
         if self.observer is not None:
             try:
-                self.observer(job.origin, verdict, elapsed, job.ptb)
+                self.observer(job.origin, verdict, elapsed, job.ptb, job.pmtu[0])
             except Exception:
                 self.callback_errors += 1
         if job.on_verdict is not None:
