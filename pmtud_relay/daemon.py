@@ -94,7 +94,10 @@ class RelayDaemon:
         self.rules = None  # a RuleManager when settings.manage_rules
         self.peering = None  # a peering.PeerService when settings.peers
         self.links = None  # a linkwatch.LinkWatcher: re-binds interfaces that come back (both capture modes)
-        self._waiting: set[str] = set()  # configured interfaces without an open port (down, deleted, renamed)
+        # Configured interfaces without an open port (absent at start, down, deleted, renamed away);
+        # the same set as stats.waiting (the gauge and /readyz read it).
+        self._waiting: set[str] = self.stats.waiting
+        self._absent_at_start: list[str] = []
 
     # -- set-up ---------------------------------------------------------------
     def open(self) -> None:
@@ -108,7 +111,7 @@ class RelayDaemon:
             else:
                 self._open_links()  # first: no link event between opening a port and watching is lost
                 for ifname in self.settings.interfaces:
-                    self._add_port(ifname)
+                    self._open_or_wait(ifname)
             if self.settings.peers is not None:
                 self._open_peers()
         except BaseException:
@@ -127,9 +130,9 @@ class RelayDaemon:
         # counted exactly from the NFLOG sequence numbers (nflog_lost).
         # A tuner: QTHRESH 1 (each PTB delivered at once) unless PTBs are frequent or the reader lags
         # (core/nflog_batching.py).
-        self.nflog = NflogCapture(s.nflog_group, s.interfaces, no_enobufs=True, tuner=BatchTuner(now=self.clock()))
+        self.nflog = NflogCapture(s.nflog_group, (), no_enobufs=True, tuner=BatchTuner(now=self.clock()))
         for ifname in s.interfaces:
-            self.ports.append(_Port(ifname, self._no_l2_emitter, capture=self.nflog.port(ifname)))
+            self._open_or_wait(ifname)
         if s.manage_rules:
             from pmtud_relay import rules
 
@@ -156,6 +159,18 @@ class RelayDaemon:
         self.peering = PeerService(s.peers, lambda: self.relay.policy, dry_run=s.dry_run, out=self.out,
                                    json_output=s.json_output, clock=self.clock)
         self.peering.open()
+
+    def _open_or_wait(self, ifname: str) -> None:
+        """Open the port of a configured interface at start; one that does not exist (yet) is a
+        state, not an error: it is waited for and bound when it appears (link events). Without
+        link events nothing would ever bind it, so then the error goes to the CLI (exit 2)."""
+        try:
+            self._add_port(ifname)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODEV, errno.ENXIO) or self.links is None:
+                raise
+            self._waiting.add(ifname)
+            self._absent_at_start.append(ifname)
 
     def _add_port(self, ifname: str) -> _Port:
         if self.nflog is not None:  # the shared NFLOG socket: register the interface's current ifindex/MAC
@@ -363,6 +378,7 @@ class RelayDaemon:
         port.close()
         self._waiting.add(port.ifname)
         self.log.warning("interface_lost", extra={"kv": {"interface": port.ifname, "reason": why}})
+        self._notify_status()
 
     def _reconcile(self, ifname: str) -> None:
         """Bind ``ifname`` if an interface of that name is up and no port serves it."""
@@ -384,6 +400,41 @@ class RelayDaemon:
         if self.nflog is None:  # NFLOG: the shared socket's reader serves every port already
             asyncio.get_running_loop().add_reader(port.capture.fileno(), self._on_readable, port)
         self.log.info("interface_bound", extra={"kv": {"interface": ifname, "ifindex": port.capture.ifindex}})
+        self._notify_status()
+
+    def _status_text(self) -> str:
+        bound = ",".join(p.ifname for p in self.ports)
+        text = f"relaying on {bound}" if bound else "not relaying"
+        if self._waiting:
+            text += f"; waiting for interface {','.join(sorted(self._waiting))} (absent or down)"
+        return text
+
+    def _notify_status(self) -> None:
+        if self.stats.ready:  # before READY=1 the start-up sends its own STATUS
+            self.notifier.notify(f"STATUS={self._status_text()}")
+
+    async def _waiting_loop(self, interval: float = 60.0) -> None:
+        """A configured interface that never appears (a typo, a NIC that is not there) stays
+        visible: one warning a minute while any is waited for (and the interfaces_waiting gauge)."""
+        since: dict[str, float] = {}
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            else:
+                break
+            now = self.clock()
+            for name in list(since):
+                if name not in self._waiting:
+                    del since[name]
+            for name in self._waiting:
+                since.setdefault(name, now - interval)
+            if self._waiting:
+                self.log.warning("interfaces_waiting", extra={"kv": {
+                    "interfaces": ",".join(sorted(self._waiting)),
+                    "seconds": int(now - min(since.values())),
+                    "hint": "no such interface, or down; it is bound as soon as it is up (check -i/interfaces)"}})
 
     # -- reload (SIGHUP) -------------------------------------------------------
     def reload(self) -> bool:
@@ -438,10 +489,16 @@ class RelayDaemon:
         loop = asyncio.get_running_loop()
         current = {p.ifname: p for p in self.ports}
         added = []
+        absent = []  # no such interface (yet): waited for, like at start
         try:
             for ifname in wanted:
                 if ifname not in current and ifname not in self._waiting:
-                    added.append(self._add_port(ifname))
+                    try:
+                        added.append(self._add_port(ifname))
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENODEV, errno.ENXIO) or self.links is None:
+                            raise
+                        absent.append(ifname)
         except OSError as exc:
             for port in added:
                 self.ports.remove(port)
@@ -451,6 +508,11 @@ class RelayDaemon:
         for port in added:
             loop.add_reader(port.capture.fileno(), self._on_readable, port)
         self._waiting &= set(wanted)
+        self._waiting.update(absent)
+        if absent:
+            self.log.warning("interfaces_waiting", extra={"kv": {
+                "interfaces": ",".join(absent), "reason": "no such interface",
+                "hint": "bound as soon as an interface of that name is up (check -i/interfaces)"}})
         for ifname, port in current.items():
             if ifname not in wanted:
                 loop.remove_reader(port.capture.fileno())
@@ -519,7 +581,8 @@ class RelayDaemon:
             if self.peering is not None:
                 kv.update(self.peering.stats())
             self.log.info("summary", extra={"kv": kv})
-            self.notifier.notify(f"STATUS=relayed {self.relay.counts[Reason.RELAYED]} PTBs since start")
+            self.notifier.notify(f"STATUS={self._status_text()}; relayed {self.relay.counts[Reason.RELAYED]} "
+                                 "PTBs since start")
 
     def _capture_faults(self) -> dict[str, int]:
         """Capture events since start, over every interface, that happened at all:
@@ -550,7 +613,9 @@ class RelayDaemon:
                 from pmtud_relay.peermetrics import PeerCollector
 
                 registry.register(PeerCollector(lambda: self.peering))
-            server = metrics.MetricsServer(registry, ready=lambda: self.stats.ready)
+            stats = self.stats
+            server = metrics.MetricsServer(registry, ready=lambda: stats.not_ready_reason() is None,
+                                           not_ready_reason=stats.not_ready_reason)
             await server.start(self.metrics_sock)
         tasks = []
         if self.settings.discover_vips:
@@ -566,16 +631,25 @@ class RelayDaemon:
             for port in list(self.ports):  # bound while down: its socket carries ENETDOWN until up
                 if self.links.state(port.ifname) != (port.capture.ifindex, True):
                     self._drop_port(port, "down")
+            for ifname in self._absent_at_start:  # appeared since open() (its event may be queued too)
+                self._reconcile(ifname)
         tasks.append(asyncio.create_task(self._summary_loop()))
+        tasks.append(asyncio.create_task(self._waiting_loop()))
         if self.notifier.watchdog_interval:
             tasks.append(asyncio.create_task(self._watchdog_loop(self.notifier.watchdog_interval)))
         if self.peering is not None:
             await self.peering.start()
+        absent = [n for n in self._absent_at_start if n in self._waiting]
+        if absent:
+            self.log.warning("interfaces_waiting", extra={"kv": {
+                "interfaces": ",".join(absent), "reason": "no such interface",
+                "hint": "bound as soon as an interface of that name is up (check -i/interfaces)"}})
         self.log.info(
             "ready",
             extra={
                 "kv": {
                     "interfaces": ",".join(p.ifname for p in self.ports),
+                    **({"waiting": ",".join(sorted(self._waiting))} if self._waiting else {}),
                     "mode": "dry-run" if self.settings.dry_run else (self.settings.peers.fanout if self.settings.peers else "l2"),
                     "capture": self.settings.capture if self.nflog is None else f"nflog:{self.nflog.group}",
                     "vips": _vip_text(self.relay.policy.vips),
@@ -584,7 +658,9 @@ class RelayDaemon:
             },
         )
         self.stats.ready = True
-        self.notifier.notify("READY=1", f"STATUS=relaying on {','.join(p.ifname for p in self.ports)}")
+        # READY=1 even while waiting for an interface: the service is up (a late interface is a
+        # state, not a failed start); STATUS and /readyz say what it waits for.
+        self.notifier.notify("READY=1", f"STATUS={self._status_text()}")
         try:
             await self._stop.wait()
         finally:
