@@ -157,6 +157,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
         dry_run=dry_run,
         json_output=getattr(args, "json", False),
         vip_refresh=s.vip_refresh,
+        vip_interfaces=tuple(s.vip_interfaces),
         summary_interval=s.summary_interval,
         capture=s.capture,
         nflog_group=s.nflog_group,

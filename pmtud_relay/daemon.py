@@ -41,7 +41,8 @@ class DaemonSettings:
     discover_vips: bool = True  # False: relay.policy.vips is the configured set
     dry_run: bool = False
     json_output: bool = False  # dry-run decision lines as JSON
-    vip_refresh: float = 5.0  # seconds between service-address re-discovery
+    vip_refresh: float = 60.0  # seconds between service-address re-reads besides the address events
+    vip_interfaces: tuple[str, ...] = hostinfo.DEFAULT_VIP_INTERFACES  # where discovery looks
     summary_interval: float = 60.0
     capture: str = "afpacket"  # or "nflog"
     nflog_group: int = NFLOG_DEFAULT_GROUP
@@ -98,6 +99,8 @@ class RelayDaemon:
         # the same set as stats.waiting (the gauge and /readyz read it).
         self._waiting: set[str] = self.stats.waiting
         self._absent_at_start: list[str] = []
+        self._vip_refresh_pending = False
+        self._vip_task = None
 
     # -- set-up ---------------------------------------------------------------
     def open(self) -> None:
@@ -340,6 +343,9 @@ class RelayDaemon:
                 touched.update(self._waiting)
             for ifname in sorted(touched):
                 self._reconcile(ifname)
+            if events or overrun or self.links.addresses_changed:
+                self.links.addresses_changed = False
+                self._vips_may_have_changed()
         except Exception:
             self.internal_errors += 1
             self.stats.internal_errors += 1
@@ -466,6 +472,7 @@ class RelayDaemon:
         self.relay.reconfigure(relay_config, self.clock())
         self.settings = replace(self.settings, relay=relay_config, discover_vips=discover,
                                 vip_refresh=new.vip_refresh, summary_interval=new.summary_interval,
+                                vip_interfaces=tuple(new.vip_interfaces),
                                 interfaces=tuple(p.ifname for p in self.ports) + tuple(sorted(self._waiting)))
         if new.log_format != old.log_format:
             logs.setup(new.log_level, new.log_format)
@@ -474,7 +481,7 @@ class RelayDaemon:
         self.config = new
         self.stats.reloaded(True)
         self.log.info("config_reloaded", extra={"kv": {"changed": ",".join(live) or "none"}})
-        if discover and not config.discover_vips(old):
+        if discover and (not config.discover_vips(old) or new.vip_interfaces != old.vip_interfaces):
             asyncio.get_running_loop().create_task(self.refresh_vips())
         return True
 
@@ -522,25 +529,44 @@ class RelayDaemon:
         return None
 
     # -- service addresses ----------------------------------------------------
-    def apply_vips(self, vips: VipSet) -> bool:
-        """Apply a discovered set of service addresses if it changed. True if changed."""
+    def apply_vips(self, vips: VipSet, initial: bool = False) -> bool:
+        """Apply a discovered set of service addresses if it changed (logged with the
+        addresses; at start always). With none, every PTB is dropped: a warning says so."""
         policy = self.relay.policy
-        if vips == policy.vips:
+        if vips == policy.vips and not initial:
             return False
-        self.relay.reconfigure(self.relay.config.with_policy(replace(policy, vips=vips)), self.clock())
-        self.log.info("vips_changed", extra={"kv": {"vips": _vip_text(vips), "count": len(vips)}})
+        if vips != policy.vips:
+            self.relay.reconfigure(self.relay.config.with_policy(replace(policy, vips=vips)), self.clock())
+        self.log.info("vips_changed", extra={"kv": {"vips": _vip_text(vips), "count": len(vips),
+                                                    "interfaces": ",".join(self.settings.vip_interfaces)}})
         if not len(vips):
-            self.log.warning(
-                "no_vips",
-                extra={"kv": {"hint": "no address on lo or a dummy interface besides loopback; set --vip"}},
-            )
+            self.log.warning("no_vips", extra={"kv": {
+                "looked_on": ",".join(self.settings.vip_interfaces),
+                "hint": "no service address found: every PTB will be dropped (not_vip); put the VIPs there, "
+                        "set vip_interfaces to where they are, or list them in vips (docs/deployment.md)"}})
         return True
 
-    async def refresh_vips(self) -> bool:
-        """Re-discover service addresses (netlink dump in a worker thread: pyroute2's
-        synchronous API runs an event loop of its own) and apply them."""
-        networks = await asyncio.get_running_loop().run_in_executor(None, hostinfo.discover_vips)
-        return self.apply_vips(VipSet(networks))
+    async def refresh_vips(self, initial: bool = False) -> bool:
+        """Re-discover service addresses (two rtnetlink dumps, on the loop: no thread) and apply them."""
+        return self.apply_vips(VipSet(hostinfo.discover_vips(self.settings.vip_interfaces)), initial)
+
+    def _vips_may_have_changed(self) -> None:
+        """An address or link event: re-read the service addresses once the burst is over."""
+        if not self.settings.discover_vips or self._vip_refresh_pending:
+            return
+        self._vip_refresh_pending = True
+
+        def later() -> None:
+            self._vip_refresh_pending = False
+            self._vip_task = asyncio.ensure_future(self._refresh_vips_logged())
+
+        asyncio.get_running_loop().call_later(VIP_EVENT_DELAY, later)
+
+    async def _refresh_vips_logged(self) -> None:
+        try:
+            await self.refresh_vips()
+        except Exception:
+            self._rate_limited_error("vip_discovery_failed", "-")
 
     async def _vip_loop(self) -> None:
         while not self._stop.is_set():
@@ -552,10 +578,7 @@ class RelayDaemon:
                 break
             if not self.settings.discover_vips:
                 continue
-            try:
-                await self.refresh_vips()
-            except Exception:
-                self._rate_limited_error("vip_discovery_failed", "-")
+            await self._refresh_vips_logged()
 
     async def _summary_loop(self) -> None:
         last = dict(self.relay.counts)
@@ -619,7 +642,7 @@ class RelayDaemon:
             await server.start(self.metrics_sock)
         tasks = []
         if self.settings.discover_vips:
-            await self.refresh_vips()
+            await self.refresh_vips(initial=True)
         tasks.append(asyncio.create_task(self._vip_loop()))
         if self.nflog is not None:
             loop.add_reader(self.nflog.fileno(), self._on_nflog_readable)
@@ -678,6 +701,8 @@ class RelayDaemon:
                     loop.remove_reader(port.capture.fileno())
             if self.links is not None:
                 loop.remove_reader(self.links.fileno())
+            if self._vip_task is not None:
+                tasks.append(self._vip_task)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -694,8 +719,16 @@ class RelayDaemon:
             self.notifier.close()
 
 
+VIP_EVENT_DELAY = 0.05  # seconds from an address event to the re-read (a burst gives one)
+VIP_LOG_MAX = 32  # addresses named in a log line (kube-ipvs0 may hold thousands)
+
+
 def _vip_text(vips: VipSet) -> str:
-    return ",".join(str(n) for n in vips.networks) or "none"
+    nets = vips.networks
+    text = ",".join(str(n) for n in nets[:VIP_LOG_MAX]) or "none"
+    if len(nets) > VIP_LOG_MAX:
+        text += f",…+{len(nets) - VIP_LOG_MAX}"
+    return text
 
 
 def run_event_loop(coro_factory) -> None:
