@@ -1,0 +1,173 @@
+"""Resident memory and start-up time of ``pmtud-relay run`` with its default settings.
+
+For each round: a fresh network namespace (``pmr-fp-<pid>-<hex>``, always deleted) with a veth
+pair holding the default route and VIPs on ``lo``, as on a server; the daemon is started there
+with no option at all (``--config ''`` only, so no host file is read): capture on the
+default-route interface, VIPs discovered, metrics on 127.0.0.1:9781. Measured:
+
+- start-up to ready: from ``Popen`` to the daemon's ``READY=1`` on a ``NOTIFY_SOCKET`` this
+  script listens on (sd_notify, what systemd waits for), and to the first ``/readyz`` 200
+  (polled every 5 ms);
+- ``VmRSS``, ``RssAnon``, ``RssFile`` from ``/proc/PID/status`` right after ready, and at the
+  end after ``--seconds`` during which ``/metrics`` is scraped every ``--interval`` seconds
+  (15: Prometheus's usual interval), plus the highest ``VmRSS``/``VmHWM`` seen.
+
+``--python`` chooses the interpreter (default: this one). The figure that counts is a venv
+made from Debian 12's ``/usr/bin/python3`` (3.11), the packaged target; the daemon runs from
+this checkout (PYTHONPATH), with the packages that venv has.
+
+    sudo .venv/bin/python bench/footprint.py --seconds 120 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, median, table, write_result  # noqa: E402
+from netns import in_netns  # noqa: E402
+
+METRICS = "127.0.0.1:9781"
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=15)
+
+
+def status(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+                out[key] = int(value.split()[0])  # kB
+    return out
+
+
+def http(ns: str, path: str) -> int:
+    def get() -> int:
+        try:
+            with urllib.request.urlopen(f"http://{METRICS}{path}", timeout=2) as r:
+                r.read()
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+
+    with in_netns(ns):
+        return get()
+
+
+def one_round(python: str, seconds: float, interval: float) -> dict:
+    ns = f"pmr-fp-{os.getpid()}-{secrets.token_hex(3)}"
+    ip("netns", "add", ns)
+    proc = None
+    tmp = tempfile.TemporaryDirectory(prefix="pmr-fp-")
+    try:
+        for args in (
+            ("link", "set", "lo", "up"),
+            ("link", "add", "eth0", "type", "veth", "peer", "name", "wire0"),
+            ("link", "set", "eth0", "up"),
+            ("link", "set", "wire0", "up"),
+            ("addr", "add", "198.51.100.2/24", "dev", "eth0"),
+            ("route", "add", "default", "via", "198.51.100.1"),
+            ("addr", "add", "192.0.2.10/32", "dev", "lo"),
+            ("addr", "add", "2001:db8:ffff::10/128", "dev", "lo", "nodad"),
+        ):
+            ip("-n", ns, *args)
+        notify_path = os.path.join(tmp.name, "notify")
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(notify_path)
+        notify.settimeout(10)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PMTUD_RELAY_")}
+        env.update(NOTIFY_SOCKET=notify_path, PYTHONPATH=str(ROOT))
+        t0 = time.monotonic()
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, python, "-m", "pmtud_relay", "run", "--config", ""],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(ROOT))
+        ready_notify = None
+        while ready_notify is None:
+            msg = notify.recv(4096).decode()
+            if "READY=1" in msg:
+                ready_notify = time.monotonic() - t0
+        ready_http = None
+        while ready_http is None:
+            if http(ns, "/readyz") == 200:
+                ready_http = time.monotonic() - t0
+            elif time.monotonic() - t0 > 10:
+                raise RuntimeError("no /readyz 200 within 10 s")
+            else:
+                time.sleep(0.005)
+        notify.close()
+        # ip netns exec execs the interpreter: the Popen pid is the daemon's
+        at_ready = status(proc.pid)
+        peak = at_ready["VmRSS"]
+        end = time.monotonic() + seconds
+        scrapes = 0
+        while time.monotonic() < end:
+            assert http(ns, "/metrics") == 200
+            scrapes += 1
+            peak = max(peak, status(proc.pid)["VmRSS"])
+            time.sleep(max(0.0, min(interval, end - time.monotonic())))
+        final = status(proc.pid)
+        return {
+            "ready_notify_s": ready_notify, "ready_http_s": ready_http, "scrapes": scrapes,
+            "rss_ready_kib": at_ready["VmRSS"], "anon_ready_kib": at_ready["RssAnon"],
+            "file_ready_kib": at_ready["RssFile"],
+            "rss_end_kib": final["VmRSS"], "anon_end_kib": final["RssAnon"], "file_end_kib": final["RssFile"],
+            "rss_peak_kib": max(peak, final["VmRSS"]), "hwm_kib": final["VmHWM"],
+        }
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=15)
+        tmp.cleanup()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--python", default=sys.executable, help="interpreter to run the daemon with")
+    ap.add_argument("--seconds", type=float, default=120.0, help="how long to scrape after ready (default 120)")
+    ap.add_argument("--interval", type=float, default=15.0, help="seconds between scrapes (default 15)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-save", action="store_true", help="do not write bench/results/footprint-*.json")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    version = subprocess.run([a.python, "-c", "import sys, platform; print(platform.python_version(), sys.executable)"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    rows = []
+    for i in range(a.rounds):
+        row = one_round(a.python, a.seconds, a.interval)
+        row["round"] = i + 1
+        rows.append(row)
+    cols = ["round", "ready_notify_s", "ready_http_s", "rss_ready_kib", "anon_ready_kib", "file_ready_kib",
+            "scrapes", "rss_end_kib", "anon_end_kib", "file_end_kib", "rss_peak_kib", "hwm_kib"]
+    summary = {c: median([r[c] for r in rows]) for c in cols if c != "round"}
+    print(table(rows + [{"round": "median", **summary}], cols,
+                title=f"pmtud-relay run, defaults; python {version}; scrape every {a.interval:g} s for {a.seconds:g} s"))
+    if not a.no_save:
+        path = write_result("footprint", {"python": version, "seconds": a.seconds, "interval": a.interval,
+                                          "rounds": rows, "median": summary})
+        print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
