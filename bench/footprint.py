@@ -12,6 +12,17 @@ default-route interface, VIPs discovered, metrics on 127.0.0.1:9781. Measured:
   end after ``--seconds`` during which ``/metrics`` is scraped every ``--interval`` seconds
   (15: Prometheus's usual interval), plus the highest ``VmRSS``/``VmHWM`` seen.
 
+``--imports`` prints instead what each import on the daemon's path adds to the resident memory
+of a fresh interpreter, in the order ``run`` imports them (cumulative, one interpreter).
+
+Bytecode: an installed package (wheel, Debian package) carries its ``.pyc`` files, and
+compiling the sources at every start costs both time and memory (the compiler's peak stays in
+the process's heap). So by default the checkout's package is copied to a temporary directory
+and byte-compiled there (nothing is written into the checkout), and the daemon runs from that
+copy; ``--no-bytecode`` runs the checkout itself with ``PYTHONDONTWRITEBYTECODE=1``, compiling
+its sources at every start. The standard library and site-packages are used as installed
+(Debian's and pip's ``.pyc`` files).
+
 ``--python`` chooses the interpreter (default: this one). The figure that counts is a venv
 made from Debian 12's ``/usr/bin/python3`` (3.11), the packaged target; the daemon runs from
 this checkout (PYTHONPATH), with the packages that venv has.
@@ -69,7 +80,26 @@ def http(ns: str, path: str) -> int:
         return get()
 
 
-def one_round(python: str, seconds: float, interval: float) -> dict:
+def bytecode_env(python: str, copy_dir: str | None) -> tuple[dict[str, str], str]:
+    """(environment, working directory) to run ``python -m pmtud_relay`` with: the checkout with
+    no bytecode, or (``copy_dir``) a byte-compiled copy of its package there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMTUD_RELAY_")}
+    env.pop("PYTHONPYCACHEPREFIX", None)  # it would hide the stdlib's own .pyc files
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if copy_dir is None:
+        env["PYTHONPATH"] = str(ROOT)
+        return env, str(ROOT)
+    import shutil
+
+    shutil.copytree(ROOT / "pmtud_relay", Path(copy_dir) / "pmtud_relay",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([python, "-m", "compileall", "-q", str(Path(copy_dir) / "pmtud_relay")], check=True,
+                   capture_output=True, timeout=300, env={k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    env["PYTHONPATH"] = copy_dir
+    return env, copy_dir
+
+
+def one_round(python: str, seconds: float, interval: float, base_env: dict[str, str], cwd: str) -> dict:
     ns = f"pmr-fp-{os.getpid()}-{secrets.token_hex(3)}"
     ip("netns", "add", ns)
     proc = None
@@ -90,11 +120,10 @@ def one_round(python: str, seconds: float, interval: float) -> dict:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
         notify.settimeout(10)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PMTUD_RELAY_")}
-        env.update(NOTIFY_SOCKET=notify_path, PYTHONPATH=str(ROOT))
+        env = dict(base_env, NOTIFY_SOCKET=notify_path)
         t0 = time.monotonic()
         proc = subprocess.Popen(["ip", "netns", "exec", ns, python, "-m", "pmtud_relay", "run", "--config", ""],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(ROOT))
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
         ready_notify = None
         while ready_notify is None:
             msg = notify.recv(4096).decode()
@@ -139,6 +168,51 @@ def one_round(python: str, seconds: float, interval: float) -> dict:
         tmp.cleanup()
 
 
+IMPORT_STEPS = [
+    ("interpreter (python -c pass)", []),
+    ("asyncio (imports ssl: libssl, libcrypto)", ["asyncio"]),
+    ("uvloop", ["uvloop"]),
+    ("core (relay, policy, dedup, limits)", ["pmtud_relay.core.relay"]),
+    ("capture + emit (AF_PACKET)", ["pmtud_relay.capture.afpacket", "pmtud_relay.emit.l2"]),
+    ("prometheus_client", ["prometheus_client"]),
+    ("metrics", ["pmtud_relay.metrics"]),
+    ("daemon (logs, rtnetlink, NFLOG parser)", ["pmtud_relay.daemon"]),
+    ("config (peering, rules, tomllib, argparse)", ["pmtud_relay.config"]),
+    ("cli", ["pmtud_relay.cli"]),
+]
+
+_IMPORTS_CODE = r"""
+import importlib, importlib.util, json, sys
+assert importlib.util.find_spec("pmtud_relay").origin.startswith(sys.argv[2]), importlib.util.find_spec("pmtud_relay").origin
+def status():
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+rows = []
+for label, modules in json.loads(sys.argv[1]):
+    for m in modules:
+        importlib.import_module(m)
+    rows.append([label, status()])
+print(json.dumps(rows))
+"""
+
+
+def imports(python: str, env: dict[str, str], cwd: str) -> list[dict]:
+    import json
+
+    done = subprocess.run([python, "-c", _IMPORTS_CODE, json.dumps(IMPORT_STEPS), env["PYTHONPATH"]], capture_output=True, text=True,
+                          check=True, env=env, cwd=cwd, timeout=60)
+    rows, prev = [], None
+    for label, st in json.loads(done.stdout):
+        rows.append({"step": label, "VmRSS_kib": st["VmRSS"], "RssAnon_kib": st["RssAnon"], "RssFile_kib": st["RssFile"],
+                     "added_kib": st["VmRSS"] - prev if prev is not None else st["VmRSS"]})
+        prev = st["VmRSS"]
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--python", default=sys.executable, help="interpreter to run the daemon with")
@@ -146,7 +220,22 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=15.0, help="seconds between scrapes (default 15)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/footprint-*.json")
+    ap.add_argument("--imports", action="store_true", help="per-import resident memory instead (no root needed)")
+    ap.add_argument("--no-bytecode", action="store_true", help="compile the checkout's sources at start (no .pyc)")
     a = ap.parse_args()
+    copy = None if a.no_bytecode else tempfile.TemporaryDirectory(prefix="pmr-fp-pkg-")
+    env, cwd = bytecode_env(a.python, copy.name if copy is not None else None)
+    bytecode = "no .pyc (compiled at start)" if a.no_bytecode else "byte-compiled"
+    if a.imports:
+        rows = [imports(a.python, env, cwd) for _ in range(a.rounds)]
+        med = [{"step": r[0]["step"], **{c: median([x[i][c] for x in rows]) for c in
+                                          ("VmRSS_kib", "added_kib", "RssAnon_kib", "RssFile_kib")}}
+               for i, r in enumerate(zip(*rows))]
+        print(table(med, ["step", "VmRSS_kib", "added_kib", "RssAnon_kib", "RssFile_kib"],
+                    title=f"imports on the daemon's path, cumulative, {bytecode}; median of {a.rounds} interpreters"))
+        if not a.no_save:
+            print(f"saved {write_result('footprint-imports', {'python': a.python, 'bytecode': not a.no_bytecode, 'rounds': rows, 'median': med})}")
+        return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -154,16 +243,18 @@ def main() -> int:
                              capture_output=True, text=True, check=True).stdout.strip()
     rows = []
     for i in range(a.rounds):
-        row = one_round(a.python, a.seconds, a.interval)
+        row = one_round(a.python, a.seconds, a.interval, env, cwd)
         row["round"] = i + 1
         rows.append(row)
     cols = ["round", "ready_notify_s", "ready_http_s", "rss_ready_kib", "anon_ready_kib", "file_ready_kib",
             "scrapes", "rss_end_kib", "anon_end_kib", "file_end_kib", "rss_peak_kib", "hwm_kib"]
     summary = {c: median([r[c] for r in rows]) for c in cols if c != "round"}
     print(table(rows + [{"round": "median", **summary}], cols,
-                title=f"pmtud-relay run, defaults; python {version}; scrape every {a.interval:g} s for {a.seconds:g} s"))
+                title=f"pmtud-relay run, defaults, {bytecode}; python {version}; scrape every {a.interval:g} s "
+                      f"for {a.seconds:g} s"))
     if not a.no_save:
         path = write_result("footprint", {"python": version, "seconds": a.seconds, "interval": a.interval,
+                                          "bytecode": not a.no_bytecode,
                                           "rounds": rows, "median": summary})
         print(f"saved {path}")
     return 0
