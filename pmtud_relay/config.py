@@ -287,7 +287,7 @@ SCHEMA: tuple[Key, ...] = (
        "addresses (when vips is empty): interface names, shell-style patterns (vip*) or @KIND for every "
        "interface of that kind; @dummy includes kube-ipvs0 (kube-proxy IPVS). On lo the whole prefix "
        "counts, elsewhere the address only", "policy", _parse_str, _check_vip_interface,
-       metavar="IFNAME|PATTERN|@KIND", aliases=("--vip-interface",), item=str),
+       metavar="IFNAME", aliases=("--vip-interface",), item=str, doc_default="`lo`, `@dummy`"),
     _k("floor_v4", int, _pol.DEFAULT_FLOOR_V4, "lowest IPv4 MTU relayed (the kernel's "
        "net.ipv4.route.min_pmtu)", "policy", _parse_int, _range(68, 65535), metavar="BYTES"),
     _k("floor_v6", int, _pol.DEFAULT_FLOOR_V6, "lowest IPv6 MTU relayed (the IPv6 minimum "
