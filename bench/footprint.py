@@ -181,6 +181,41 @@ IMPORT_STEPS = [
     ("cli", ["pmtud_relay.cli"]),
 ]
 
+# Each alone in a fresh interpreter: what a single import costs over the bare interpreter.
+ALONE = [
+    ("ssl", "import ssl"),
+    ("asyncio, ssl blocked", "import sys; sys.modules['ssl'] = None; import asyncio"),
+    ("asyncio", "import asyncio"),
+    ("prometheus_client", "import prometheus_client"),
+    ("pyroute2 (no longer imported by run)", "import pyroute2; from pyroute2 import IPRoute"),
+]
+
+_ALONE_CODE = r"""
+import sys
+exec(sys.argv[1])
+out = {}
+for line in open("/proc/self/status"):
+    key, _, value = line.partition(":")
+    if key in ("VmRSS", "RssAnon", "RssFile"):
+        out[key] = int(value.split()[0])
+print(out["VmRSS"], out["RssAnon"], out["RssFile"])
+"""
+
+
+def alone(python: str, env: dict[str, str], cwd: str) -> list[dict]:
+    def run(code: str) -> list[int]:
+        done = subprocess.run([python, "-c", _ALONE_CODE, code], capture_output=True, text=True, check=True, env=env,
+                              cwd=cwd, timeout=60)
+        return [int(x) for x in done.stdout.split()]
+
+    bare = run("pass")
+    rows = []
+    for label, code in ALONE:
+        rss, anon, file = run(code)
+        rows.append({"alone": label, "added_kib": rss - bare[0], "anon_kib": anon - bare[1], "file_kib": file - bare[2]})
+    return rows
+
+
 _IMPORTS_CODE = r"""
 import importlib, importlib.util, json, sys
 assert importlib.util.find_spec("pmtud_relay").origin.startswith(sys.argv[2]), importlib.util.find_spec("pmtud_relay").origin
@@ -233,6 +268,14 @@ def main() -> int:
                for i, r in enumerate(zip(*rows))]
         print(table(med, ["step", "VmRSS_kib", "added_kib", "RssAnon_kib", "RssFile_kib"],
                     title=f"imports on the daemon's path, cumulative, {bytecode}; median of {a.rounds} interpreters"))
+        solo = [alone(a.python, env, cwd) for _ in range(a.rounds)]
+        solo_med = [{"alone": r[0]["alone"], **{c: median([x[i][c] for x in solo]) for c in
+                                                 ("added_kib", "anon_kib", "file_kib")}}
+                    for i, r in enumerate(zip(*solo))]
+        print()
+        print(table(solo_med, ["alone", "added_kib", "anon_kib", "file_kib"],
+                    title="each alone in a fresh interpreter, over the bare interpreter"))
+        med = med + solo_med
         if not a.no_save:
             print(f"saved {write_result('footprint-imports', {'python': a.python, 'bytecode': not a.no_bytecode, 'rounds': rows, 'median': med})}")
         return 0
