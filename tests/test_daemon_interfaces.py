@@ -154,7 +154,8 @@ def _gauge(ns_name: str, name: str) -> float:
 
 
 @pytest.mark.timeout(60)
-def test_a_missing_interface_is_waited_for_and_bound_when_it_appears(tmp_path):
+@pytest.mark.parametrize("capture", ["afpacket", "nflog"])
+def test_a_missing_interface_is_waited_for_and_bound_when_it_appears(tmp_path, capture):
     """Started with -i of an interface that does not exist: the daemon stays up, says once which
     interface it waits for (log, sd_notify STATUS, /readyz 503 with the reason, a gauge), then
     binds and relays as soon as the interface appears, without a restart."""
@@ -163,16 +164,20 @@ def test_a_missing_interface_is_waited_for_and_bound_when_it_appears(tmp_path):
     from e2e_support import log_events
     from pmtud_relay.lab import LabProcess
     from test_faults import FaultNS, count, relays, stop, wait_count
-    from test_rules import need_root_and
+    from test_rules import need_backend, need_root_and
 
     need_root_and()
+    extra = []
+    if capture == "nflog":  # the rules match the name, so they are installed before the interface exists
+        need_backend("nft")
+        extra = ["--capture", "nflog", "--manage-rules", "--rules-backend", "nft"]
     notify_path = str(tmp_path / "notify")
     notify = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
     notify.bind(notify_path)
     notify.settimeout(5)
     with FaultNS() as ns:
         proc = LabProcess("relay", ns.name, [sys.executable, "-m", "pmtud_relay", "run", "-i", "v9", "--vip", VIP4,
-                                             "--config", "", "--metrics-address", LATE_METRICS, "--log-level", "info"],
+                                             "--config", "", "--metrics-address", LATE_METRICS, "--log-level", "info", *extra],
                           env={"NOTIFY_SOCKET": notify_path})
         ns.procs.append(proc.popen)
         try:
