@@ -8,6 +8,8 @@ default-route interface, VIPs discovered, metrics on 127.0.0.1:9781. Measured:
 - start-up to ready: from ``Popen`` to the daemon's ``READY=1`` on a ``NOTIFY_SOCKET`` this
   script listens on (sd_notify, what systemd waits for), and to the first ``/readyz`` 200
   (polled every 5 ms);
+- the CPU time (utime + stime) the process used until ``READY=1``: unlike the wall-clock times
+  it hardly depends on what else the machine runs;
 - ``VmRSS``, ``RssAnon``, ``RssFile`` from ``/proc/PID/status`` right after ready, and at the
   end after ``--seconds`` during which ``/metrics`` is scraped every ``--interval`` seconds
   (15: Prometheus's usual interval), plus the highest ``VmRSS``/``VmHWM`` seen.
@@ -45,7 +47,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, median, table, write_result  # noqa: E402
+from common import ROOT, median, proc_cpu, table, write_result  # noqa: E402
 from netns import in_netns  # noqa: E402
 
 METRICS = "127.0.0.1:9781"
@@ -129,6 +131,7 @@ def one_round(python: str, seconds: float, interval: float, base_env: dict[str, 
             msg = notify.recv(4096).decode()
             if "READY=1" in msg:
                 ready_notify = time.monotonic() - t0
+                cpu_ready = proc_cpu(proc.pid)  # utime+stime until ready: what load on the machine does not change
         ready_http = None
         while ready_http is None:
             if http(ns, "/readyz") == 200:
@@ -150,7 +153,7 @@ def one_round(python: str, seconds: float, interval: float, base_env: dict[str, 
             time.sleep(max(0.0, min(interval, end - time.monotonic())))
         final = status(proc.pid)
         return {
-            "ready_notify_s": ready_notify, "ready_http_s": ready_http, "scrapes": scrapes,
+            "ready_notify_s": ready_notify, "ready_http_s": ready_http, "cpu_to_ready_s": cpu_ready, "scrapes": scrapes,
             "rss_ready_kib": at_ready["VmRSS"], "anon_ready_kib": at_ready["RssAnon"],
             "file_ready_kib": at_ready["RssFile"],
             "rss_end_kib": final["VmRSS"], "anon_end_kib": final["RssAnon"], "file_end_kib": final["RssFile"],
@@ -289,7 +292,7 @@ def main() -> int:
         row = one_round(a.python, a.seconds, a.interval, env, cwd)
         row["round"] = i + 1
         rows.append(row)
-    cols = ["round", "ready_notify_s", "ready_http_s", "rss_ready_kib", "anon_ready_kib", "file_ready_kib",
+    cols = ["round", "ready_notify_s", "ready_http_s", "cpu_to_ready_s", "rss_ready_kib", "anon_ready_kib", "file_ready_kib",
             "scrapes", "rss_end_kib", "anon_end_kib", "file_end_kib", "rss_peak_kib", "hwm_kib"]
     summary = {c: median([r[c] for r in rows]) for c in cols if c != "round"}
     print(table(rows + [{"round": "median", **summary}], cols,

@@ -482,7 +482,7 @@ class RelayDaemon:
         self.stats.reloaded(True)
         self.log.info("config_reloaded", extra={"kv": {"changed": ",".join(live) or "none"}})
         if discover and (not config.discover_vips(old) or new.vip_interfaces != old.vip_interfaces):
-            asyncio.get_running_loop().create_task(self.refresh_vips())
+            self._vip_task = asyncio.get_running_loop().create_task(self._refresh_vips_logged())
         return True
 
     def _reload_failed(self, error: str) -> bool:
