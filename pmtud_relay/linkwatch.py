@@ -1,6 +1,7 @@
 """Link events from the kernel, so the daemon can re-bind when an interface comes back.
 
-A plain ``AF_NETLINK``/``NETLINK_ROUTE`` socket subscribed to ``RTMGRP_LINK``, registered with
+A plain ``AF_NETLINK``/``NETLINK_ROUTE`` socket subscribed to ``RTMGRP_LINK`` (and to the
+address groups, so service-address discovery follows address changes), registered with
 the daemon's event loop like a capture socket: no thread, no second event loop (pyroute2's
 synchronous ``IPRoute`` runs one of its own), no extra dependency, and joining the group needs
 no privilege. The kernel multicasts an ``RTM_NEWLINK`` for every change of a link (up, down,
@@ -26,8 +27,12 @@ from typing import NamedTuple
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
 IFLA_IFNAME = 3
 IFF_UP = 0x1
 IFNAMSIZ = 16
@@ -51,6 +56,20 @@ class LinkEvent(NamedTuple):
 
 def _align(n: int) -> int:
     return (n + 3) & ~3
+
+
+def has_address_messages(data: bytes) -> bool:
+    """True if the datagram holds an RTM_NEWADDR/RTM_DELADDR (an address came or went). Never raises."""
+    n = len(data)
+    off = 0
+    while n - off >= _NLMSGHDR.size:
+        length, kind = _NLMSGHDR.unpack_from(data, off)[:2]
+        if length < _NLMSGHDR.size or length > n - off:
+            return False
+        if kind in (RTM_NEWADDR, RTM_DELADDR):
+            return True
+        off += _align(length)
+    return False
 
 
 def parse_link_messages(data: bytes) -> list[LinkEvent]:
@@ -97,12 +116,14 @@ class LinkWatcher:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             except OSError:
                 pass
-            sock.bind((0, RTMGRP_LINK))
+            sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
         except BaseException:
             sock.close()
             raise
         self.sock = sock
         self.overruns = 0
+        #: set by read() when an address was added or removed (service-address discovery follows)
+        self.addresses_changed = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -126,6 +147,8 @@ class LinkWatcher:
             if addr[0] != 0:  # not from the kernel
                 continue
             events.extend(parse_link_messages(data))
+            if not self.addresses_changed and has_address_messages(data):
+                self.addresses_changed = True
         return events, overrun
 
     def state(self, name: str) -> tuple[int, bool] | None:
