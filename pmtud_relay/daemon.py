@@ -342,8 +342,12 @@ class RelayDaemon:
             if inspector.config is not self.relay.config:  # reloaded, or new VIPs: follow the relay
                 inspector.reconfigure(self.relay.config, now)
             counts = self.copy_counts
+            mac = port.mac
             for frame in copies:
-                decision = inspector.handle(frame, now, port.mac, PACKET_L2_COPY)
+                if frame[6:12] == mac:  # this relay's own copy, looped back (on lo): not another view
+                    counts[Reason.OWN_FRAME] = counts.get(Reason.OWN_FRAME, 0) + 1
+                    continue
+                decision = inspector.handle(frame, now, mac, PACKET_L2_COPY)
                 counts[decision.reason] = counts.get(decision.reason, 0) + 1
                 if decision.relay:
                     cb = functools.partial(self._report_verdict, decision, ifname, Origin.L2_COPY) if dry_run else None
