@@ -38,7 +38,7 @@ RELAY_CPU = 1
 GEN_CPU = 0
 NFLOG_GROUP = 2105
 VIPS = ["--vip", f"{F.VIP4}/32", "--vip", f"{F.VIP6}/128"]
-LIFTED = ["--source-rate", "1e9", "--source-burst", "1e9", "--global-rate", "1e9", "--global-burst", "1e9"]
+LIFTED = ["--source-rate", "1e6", "--source-burst", "1e6", "--global-rate", "1e6", "--global-burst", "1e6"]  # the maxima
 FLOOD_SRC = F.ip4("198.51.100.66")
 
 BENCH_RULES = f"""table inet pmr_bench {{
