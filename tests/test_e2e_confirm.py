@@ -109,6 +109,9 @@ def test_owner_found_on_exactly_the_right_server(lab: Lab) -> None:
                         assert by_node.get(name) == {"orphan"}, f"IPv{family} port {cport} ({owner}) on {name}: {by_node}"
         for name, p in relays.items():
             assert not [r for r in log_events(p, "owner_verdict") if r["owner"] == "unknown"], dump(relays)
+            if name != "s1":  # they received copies only: looked up, never relayed again
+                assert not log_events(p, "relayed"), dump(relays)
+                assert {r["origin"] for r in log_events(p, "owner_verdict")} == {"l2_copy"}, dump(relays)
     finally:
         stop_relays(relays)
 
