@@ -195,8 +195,14 @@ def test_the_service_follows_the_peer_set_and_falls_back_to_the_magic_when_refus
     refused.listener = FakeListener(refuse_addresses=True)
     refused._filter_for = frozenset()
     refused.table.update([Peer(PEER4)], 0.0)
-    with caplog.at_level(logging.WARNING, logger=refused.log.name):
-        refused._apply_filter()
+    # caplog's handler sits on the root logger; an earlier test's logs.setup() may have turned the
+    # relay logger's propagation off (as the daemon does), so listen on the logger itself.
+    refused.log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=refused.log.name):
+            refused._apply_filter()
+    finally:
+        refused.log.removeHandler(caplog.handler)
     assert refused.listener.applied == [("magic", [])]
     warned = [r for r in caplog.records if r.getMessage() == "peer_filter"]
     assert warned and warned[-1].kv["mode"] == "magic" and "Cannot allocate memory" in warned[-1].kv["reason"]
