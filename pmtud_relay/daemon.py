@@ -728,6 +728,7 @@ class RelayDaemon:
 
     async def _summary_loop(self, stop: asyncio.Event) -> None:
         last = dict(self.relay.counts)
+        last_owner: dict[str, int] = {}
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), self.settings.summary_interval)
@@ -749,6 +750,12 @@ class RelayDaemon:
                 kv.update(self.nflog.stats())
             if self.peering is not None:
                 kv.update(self.peering.stats())
+            if self.confirmer is not None:  # owner verdicts in the interval (docs/confirmation.md)
+                owner: dict[str, int] = {}
+                for (_origin, verdict), n in self.confirmer.verdicts.items():
+                    owner["owner_" + verdict.value] = owner.get("owner_" + verdict.value, 0) + n
+                kv.update({k: n - last_owner.get(k, 0) for k, n in sorted(owner.items()) if n - last_owner.get(k, 0)})
+                last_owner = owner
             self.log.info("summary", extra={"kv": kv})
             self.notifier.notify(f"STATUS={self._status_text()}; relayed {self.relay.counts[Reason.RELAYED]} "
                                  "PTBs since start")
