@@ -361,9 +361,9 @@ class RelayDaemon:
     def _on_owner_verdict(self, origin, verdict, elapsed: float, ptb, pmtu) -> None:
         """Every verdict (the Confirmer's observer): debug log line."""
         if self.log.isEnabledFor(10) and ptb is not None:
-            from pmtud_relay.core.relay import Decision as _D
-
-            rec = decision_record(_D(origin.value == "captured", Reason.RELAYED, ptb, None))
+            rec = decision_record(Decision(True, Reason.RELAYED, ptb, None))
+            if origin.value != "captured":  # another relay's copy or a peer's PTB: looked up, not relayed here
+                rec.update(verdict="look_up", reason=origin.value)
             rec.update(origin=origin.value, owner=verdict.value, owner_seconds=round(elapsed, 6), pmtu=pmtu)
             self.log.debug("owner_verdict", extra={"kv": rec})
 
