@@ -127,3 +127,10 @@ def test_queue_is_bounded():
     assert verdicts.count(OwnerVerdict.NOT_APPLIED) == 5 and verdicts.count(OwnerVerdict.UNKNOWN) == 7
     assert c.queue_full == 7 and c.in_flight == 0
     assert all(len(r) == 1 for r in res)  # once each
+
+
+def test_a_lookup_bug_is_unknown_and_does_not_strand_the_queue():
+    lookup = Scripted(ValueError("bug"), owned(1400))
+    res, c, _ = run(lookup, [(PTB4, Origin.CAPTURED), (PTB4, Origin.CAPTURED)])
+    assert [r[0][0] for r in res] == [OwnerVerdict.UNKNOWN, OwnerVerdict.APPLIED]
+    assert c.in_flight == 0 and c.lookup_errors == 1

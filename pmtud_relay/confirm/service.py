@@ -136,7 +136,11 @@ class Confirmer:
             self._check(queue.popleft(), FIRST_RETRY)
 
     def _check(self, job: _Job, retry: float) -> None:
-        verdict = self._look(job.ptb, job.pmtu)
+        try:
+            verdict = self._look(job.ptb, job.pmtu)
+        except Exception:  # a bug or an unreadable answer must not strand the job (or the queue)
+            self.lookup_errors += 1
+            verdict = OwnerVerdict.UNKNOWN
         if verdict is None:  # owned, PMTU not (yet) down
             wait = min(retry, job.now + self.settle - self.clock())
             if wait > 0:
