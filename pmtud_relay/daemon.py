@@ -354,6 +354,10 @@ class RelayDaemon:
                     confirmer.submit_ptb(decision.ptb, Origin.L2_COPY, now, cb)
                 elif dry_run:
                     self._report(decision, ifname, origin="l2_copy")
+            # A source flooding group-MAC PTBs is held in the kernel like one flooding unicast ones.
+            drops = inspector.limiter.take_source_drops()
+            if drops:
+                self.relay.limiter.add_source_drops(drops)
 
     def _report_verdict(self, decision: Decision, ifname: str, origin, verdict, elapsed: float) -> None:
         self._report(decision, ifname, origin=origin.value, owner=verdict.value, owner_seconds=round(elapsed, 6))

@@ -40,3 +40,17 @@ def test_copy_is_checked_like_a_captured_ptb_but_for_its_group_mac():
     assert relay.handle(F.ptb_v4(dst_mac=BROADCAST, mtu=200, dport=9), 0.3, b"\x02" * 6,
                         PACKET_L2_COPY).reason is Reason.MTU_BELOW_FLOOR
     assert relay.handle(F.ptb_v4(dport=10), 0.4, b"\x02" * 6, PACKET_HOST).relay  # unicast unchanged
+
+
+def test_copy_floods_feed_the_flood_shunner():
+    """Drops by the copies' own bucket count for the relay's shun list (docs/rate-limits.md)."""
+    from pmtud_relay.core.ratelimit import RateLimiter
+
+    copies, relay = RateLimiter(1, 1, 1e6, 1e6, 4, 0.0), RateLimiter(1, 1, 1e6, 1e6, 2, 0.0)
+    for _ in range(5):
+        copies.check(b"\x01" * 4, 0.0)
+    relay.check(b"\x02" * 4, 0.0)
+    relay.check(b"\x02" * 4, 0.0)  # one drop of its own
+    relay.add_source_drops(copies.take_source_drops())
+    relay.add_source_drops({b"\x03" * 4: 9})  # a third source: the table holds 2, it is not added
+    assert relay.take_source_drops() == {b"\x02" * 4: 1, b"\x01" * 4: 4}

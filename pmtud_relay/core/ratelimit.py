@@ -86,6 +86,18 @@ class RateLimiter:
         drops, self.source_drops = self.source_drops, {}
         return drops
 
+    def add_source_drops(self, drops: dict[bytes, int]) -> None:
+        """Count drops another limiter made (delivery confirmation's bucket for other relays' L2
+        copies) as this one's, so the flood shunner sees a source flooding either way. Bounded
+        like the counts this limiter makes itself."""
+        mine = self.source_drops
+        for source, n in drops.items():
+            had = mine.get(source)
+            if had is not None:
+                mine[source] = had + n
+            elif len(mine) < self.capacity:
+                mine[source] = n
+
     def refund(self, source: bytes) -> None:
         """Give back the tokens the last successful :meth:`check` for ``source`` spent: the PTB
         was not relayed after all (its checksum failed, which is verified after the limits)."""
