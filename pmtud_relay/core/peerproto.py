@@ -36,6 +36,7 @@ FLAG_ACK = 0x01  # the message is an acknowledgement (core/peerack.py), not a re
 HEADER = struct.Struct("!4sBBHQ12sHH")  # magic, version, flags, key id, ts (ms), nonce, length, reserved
 HEADER_LEN = HEADER.size  # 32
 NONCE_LEN = 12
+NONCE_OFFSET = 16  # where the nonce sits in the header
 MAC_LEN = 32  # HMAC-SHA256, untruncated
 OVERHEAD = HEADER_LEN + MAC_LEN  # 64
 #: Largest packet one datagram carries: an IPv4 UDP datagram's payload limit minus the overhead.
