@@ -1,0 +1,110 @@
+"""End to end across L3: delivery acknowledgements in peers mode (issue 17, item 3).
+
+The routed lab (client — ECMP router — s1..s3, each server in its own subnet; the router's ICMP for
+the VIP all goes to s1), ``run --fanout peers`` on every server. s1 captures the router's PTBs and
+sends each to s2 and s3; the one that owns the quoted TCP flow (a real transfer, found by the owner
+lookup over sock_diag) answers s1 with one signed ack; the other stays silent. A PTB quoting a flow
+nobody has gets no ack and counts as not delivered once its wait expires.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from e2e_support import assert_blackhole_closed, describe, dump, log_events, start_relays, stop_relays
+from test_e2e_peers import key_file, peer_argv, routed_lab, scrape, transfers  # noqa: F401 - fixtures
+
+from pmtud_relay.lab.routed import RoutedLab
+from pmtud_relay.peering import ACK_EXPIRY
+
+RAW_SEND_PY = (
+    "import socket, sys\n"
+    # an ICMP raw socket (not IPPROTO_RAW): the router's `ipproto icmp` rule sends it to s1
+    "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n"
+    "s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)\n"
+    "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 0))\n"
+)
+CLOSED_PORT = 61999  # a client port no flow uses
+
+
+def closed_flow_ptb(lab: RoutedLab) -> bytes:
+    """A PTB from the router quoting TCP VIP:80 -> client:61999: no socket anywhere owns it."""
+    import frames as F
+
+    vip = lab.vip(4)
+    return F.ptb_v4(outer_src=lab.router_addr(4), outer_dst=vip, src=vip, dst=lab.client_addr(4),
+                    sport=80, dport=CLOSED_PORT, mtu=1400, flags="DF")[14:]
+
+
+def wait_for(fn, timeout: float, what: str, procs):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} never happened\n{dump(procs)}", pytrace=False)
+        time.sleep(0.1)
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(180)
+def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedLab, key_file: str) -> None:
+    lab = routed_lab
+    lab.start_transfer_servers()
+    procs = start_relays(lab, {n: peer_argv(lab, n, key_file, 4, "--log-level", "debug")
+                               for n in lab.server_names})
+    flows, groups = transfers(lab, 4)
+    assert_blackhole_closed(lab, 4, flows, procs, closed_by="the peer relay")
+    owner_of = {f.client_port: f.server for f in flows}
+    name_of = {lab.server(n).addr(4): n for n in lab.server_names}
+    relayed_to_owner = sorted(set(groups) - {"s1"})
+    assert relayed_to_owner, describe(flows)
+
+    # Every PTB for a flow on s2/s3 crossed s1 -> (s2, s3): its owner acks it, nobody else.
+    s1 = procs["s1"]
+    acks = wait_for(lambda: (lambda a: a if {name_of.get(r["peer"]) for r in a} >= set(relayed_to_owner) else None)(
+        log_events(s1, "peer_ack")), 10, f"acks from {relayed_to_owner}", procs)
+    for rec in acks:
+        owner = owner_of.get(int(rec["dport"]))
+        assert name_of.get(rec["peer"]) == owner, f"ack from {rec['peer']} for a flow on {owner}: {rec}"
+        assert rec["owner_verdict"] == "applied", rec
+        assert float(rec["rtt_ms"]) < ACK_EXPIRY * 1000, rec
+
+    # A PTB for a flow nobody has: the server that captures it (the router's ECMP decides which)
+    # relays it to the other two, which inject it and stay silent; after the wait it counts as
+    # not delivered there.
+    lab.run("router", [lab.python, "-c", RAW_SEND_PY, lab.vip(4), closed_flow_ptb(lab).hex()])
+
+    def closed(event, p):
+        return [r for r in log_events(p, event) if r.get("dport") == str(CLOSED_PORT)]
+
+    relayer = wait_for(lambda: [n for n, p in procs.items() if closed("relayed", p)], 10,
+                       "the closed flow's PTB being relayed", procs)
+    assert len(relayer) == 1, relayer
+    relayer = relayer[0]
+    unacked = wait_for(lambda: closed("peer_no_owner_ack", procs[relayer]), ACK_EXPIRY + 5,
+                       "the closed flow's PTB expiring unacknowledged", procs)
+    others = {lab.server(n).addr(4) for n in lab.server_names if n != relayer}
+    assert len(unacked) == 1 and set(unacked[0]["peers"].split(",")) == others, unacked
+    for p in procs.values():
+        assert not closed("peer_ack", p)
+
+    text = scrape(lab, "s1")
+    final = stop_relays(procs)
+    acks = log_events(s1, "peer_ack")
+    rec = final["s1"]
+    # Exactly one ack per acknowledged fan-out, all accepted, all "applied".
+    assert int(rec["peer_acked"]) == len(acks) == int(rec["peer_acks_applied"]), (rec, acks)
+    assert int(rec["peer_ack_drops"]) == 0 and int(rec["peer_acks_not_applied"]) == 0, rec
+    assert int(final[relayer]["peer_unacked"]) >= 1, final[relayer]  # the closed flow
+    assert f'pmtud_relay_peer_acks_total{{result="applied"}} {len(acks)}.0' in text, text
+    assert 'pmtud_relay_peer_fanouts_total{result="not_delivered"}' in text
+    sent = {name_of[a["peer"]]: 0 for a in acks}
+    for a in acks:
+        sent[name_of[a["peer"]]] += 1
+    for name in ("s2", "s3"):
+        assert int(final[name].get("peer_acks_sent", 0)) == sent.get(name, 0), (name, final[name], sent)
+        assert int(final[name].get("peer_injected", 0)) >= 1, final[name]
