@@ -25,7 +25,6 @@ import asyncio
 import errno
 import ipaddress
 import os
-import socket
 import sys
 import time
 from collections import Counter
@@ -479,21 +478,26 @@ class PeerService:
     # -- receiving ---------------------------------------------------------------------------------
     def _on_readable(self, sock) -> None:
         try:
-            batch = self.listener.drain(sock)
+            listener = self.listener
+            batch = listener.drain(sock) if self.ack_gate is None else listener.drain_from(sock)
             if not batch:
                 return
             now, wall = self.clock(), self.wall()
             policy = self.policy()
-            for data, host, port in batch:
-                self.handle_datagram(data, host, port, now, wall, policy, reply=sock)
+            if self.ack_gate is None:
+                for data, host, port in batch:
+                    self.handle_datagram(data, host, port, now, wall, policy)
+            else:
+                for data, host, port, local in batch:
+                    self.handle_datagram(data, host, port, now, wall, policy, reply=(sock, local))
         except Exception:  # noqa: BLE001
             self.internal_errors += 1
             self._warn("peer_receive_error", {}, exc_info=True)
 
     def handle_datagram(self, data: bytes, host: str, port: int, now: float, wall: float,
                         policy: Policy, reply=None) -> InboxDecision:
-        """One datagram from ``host``:``port``; ``reply``: the socket it came in on (acks go
-        back through it)."""
+        """One datagram from ``host``:``port``; ``reply``: (the socket it came in on, the local
+        address it was sent to), where an acknowledgement goes back through."""
         decision = self.inbox.handle(data, now, wall, host, policy)
         sender = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if decision.inject and self.injector is not None:
@@ -538,19 +542,24 @@ class PeerService:
     def _answer(self, verdict, seconds: float, acked: bytes, size: int, host: str, port: int, reply) -> None:
         """Called once per injected datagram, on the loop, with the owner verdict."""
         ack_verdict = _ACKED_VERDICTS.get(getattr(verdict, "value", None))
+        if self.log.isEnabledFor(10):
+            self.log.debug("peer_owner_verdict", extra={"kv": {
+                "peer": host, "owner_verdict": getattr(verdict, "value", verdict),
+                "verdict_ms": round(seconds * 1000, 3), "ack": ack_verdict is not None}})
         if ack_verdict is None or self.ack_gate is None or self.keyring is None:
             return  # no owner here (or no answer): only the owner acknowledges
         try:
             ack = encode_ack(acked, ack_verdict, seconds, self.keyring, self.wall(), self.nonce(peerproto.NONCE_LEN))
-            if self.ack_gate.allow(acked, len(ack), size, self.clock()) is not None:
+            refused = self.ack_gate.allow(acked, len(ack), size, self.clock())
+            if refused is not None:
+                self._warn(f"peer_ack_not_sent:{refused}", {"peer": host})
                 return
-            dest = host
-            if reply.family == socket.AF_INET6 and "." in host:
-                dest = "::ffff:" + host
-            try:
-                reply.sendto(ack, socket.MSG_DONTWAIT, (dest, port))
-            except OSError as exc:
-                name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            from pmtud_relay.capture.peer_receiver import PeerListener
+
+            sock, local = reply
+            err = PeerListener.reply(sock, ack, host, port, local)
+            if err:
+                name = errno.errorcode.get(err, str(err))
                 self.ack_send_errors[name] += 1
                 self._warn("peer_ack_send_failed", {"peer": host, "errno": name})
                 return

@@ -66,7 +66,7 @@ def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedL
     # Every PTB for a flow on s2/s3 crossed s1 -> (s2, s3): its owner acks it, nobody else.
     s1 = procs["s1"]
     acks = wait_for(lambda: (lambda a: a if {name_of.get(r["peer"]) for r in a} >= set(relayed_to_owner) else None)(
-        log_events(s1, "peer_ack")), 10, f"acks from {relayed_to_owner}", procs)
+        log_events(s1, "peer_ack")), 10, f"acks from {relayed_to_owner}\n{describe(flows)}", procs)
     for rec in acks:
         owner = owner_of.get(int(rec["dport"]))
         assert name_of.get(rec["peer"]) == owner, f"ack from {rec['peer']} for a flow on {owner}: {rec}"
@@ -108,3 +108,31 @@ def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedL
     for name in ("s2", "s3"):
         assert int(final[name].get("peer_acks_sent", 0)) == sent.get(name, 0), (name, final[name], sent)
         assert int(final[name].get("peer_injected", 0)) >= 1, final[name]
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(180)
+def test_ack_leaves_from_the_address_the_datagram_was_sent_to(routed_lab: RoutedLab, key_file: str) -> None:
+    """s2 is known to s1 by a second address (on its lo, like a BGP host's loopback address);
+    s2 listens on the wildcard. Its acks must come from that address, not from the one the
+    route back to s1 would pick (its uplink address), or s1 refuses them as ``wrong_peer``."""
+    lab = routed_lab
+    extra = "198.51.100.200"  # outside every lab link subnet
+    s2 = lab.server("s2")
+    lab.ip("s2", "addr", "add", f"{extra}/32", "dev", "lo")
+    lab.ip("router", "route", "add", f"{extra}/32", "via", s2.ipv4)
+    lab.start_transfer_servers()
+    args = peer_argv(lab, "s1", key_file, 4, "--log-level", "debug")
+    args[args.index(s2.ipv4)] = extra  # s1 knows s2 by the extra address only
+    procs = start_relays(lab, {"s1": args, "s2": peer_argv(lab, "s2", key_file, 4),
+                               "s3": peer_argv(lab, "s3", key_file, 4)})
+    flows, groups = transfers(lab, 4)
+    assert_blackhole_closed(lab, 4, flows, procs, closed_by="the peer relay")
+    assert "s2" in groups, describe(flows)
+    s1 = procs["s1"]
+    acks = wait_for(lambda: [r for r in log_events(s1, "peer_ack") if r["peer"] == extra], 10,
+                    f"an ack from {extra}", procs)
+    owner_of = {f.client_port: f.server for f in flows}
+    assert all(owner_of.get(int(r["dport"])) == "s2" for r in acks), acks
+    final = stop_relays(procs)
+    assert int(final["s1"]["peer_ack_drops"]) == 0, final["s1"]
