@@ -179,6 +179,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
         manage_rules=s.manage_rules,
         rules_backend=s.rules_backend,
         peers=cfg.peer_settings(s),  # validated by cfg.load
+        confirm_owner=s.confirm_owner,
     )
     from pmtud_relay.capture.nflog import NflogError
     from pmtud_relay.rules import RulesError

@@ -349,6 +349,10 @@ SCHEMA: tuple[Key, ...] = (
     # output
     _k("v6_broadcast", bool, _field_default(RelayConfig, "v6_broadcast"), "send IPv6 copies to "
        "ff:ff:ff:ff:ff:ff instead of 33:33:00:00:00:01", "output", _parse_bool),
+    _k("confirm_owner", bool, True, "delivery confirmation: after relaying a PTB, and for other "
+       "relays' L2 copies received here, ask the local kernel (sock_diag) whether a socket owns the "
+       "quoted flow and whether its path MTU dropped; verdicts in metrics, dry-run lines and debug "
+       "logs (docs/confirmation.md)", "output", _parse_bool, reload="restart"),
     _k("log_level", str, "info", "log level: " + ", ".join(LOG_LEVELS), "output", _parse_str,
        _choice(LOG_LEVELS), metavar="|".join(LOG_LEVELS)),
     _k("log_format", str, "logfmt", "log format on stderr: logfmt or json", "output", _parse_str,

@@ -24,7 +24,7 @@ from pmtud_relay import hostinfo, linkwatch, logs, metrics
 from pmtud_relay.sdnotify import Notifier
 from pmtud_relay.capture.afpacket import PacketCapture
 from pmtud_relay.capture.nflog import DEFAULT_GROUP as NFLOG_DEFAULT_GROUP
-from pmtud_relay.core.policy import VipSet
+from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_L2_COPY, PACKET_MULTICAST, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Decision, Relay, RelayConfig
 from pmtud_relay.emit.l2 import L2Emitter
@@ -48,6 +48,7 @@ class DaemonSettings:
     manage_rules: bool = False  # install the NFLOG rules at start, remove them at stop
     rules_backend: str = "auto"  # auto, nft or iptables
     peers: "PeerSettings | None" = None  # peer relay across L3 (pmtud_relay.peering); None: off
+    confirm_owner: bool = False  # delivery confirmation (docs/confirmation.md); the config's default is on
 
 
 class _Port:
@@ -55,9 +56,13 @@ class _Port:
 
     __slots__ = ("ifname", "capture", "emitter", "mac")
 
-    def __init__(self, ifname: str, dry_run: bool, capture=None):
+    def __init__(self, ifname: str, dry_run: bool, capture=None, accept_copies: bool = False):
         self.ifname = ifname
-        self.capture = capture if capture is not None else PacketCapture(ifname)
+        if capture is None:
+            from pmtud_relay.capture import bpf
+
+            capture = PacketCapture(ifname, program=bpf.ptb_filter(accept_copies))
+        self.capture = capture
         self.emitter = None if dry_run else L2Emitter(ifname)
         self.mac = self.capture.mac
 
@@ -100,6 +105,13 @@ class RelayDaemon:
         self._waiting: set[str] = set()  # configured interfaces without an open port (down, deleted, renamed)
         self._hold_timer: asyncio.TimerHandle | None = None  # ends kernel holds on time (core/shun.py)
         self._hold_timer_at: float | None = None
+        # Delivery confirmation (docs/confirmation.md): the kernel lookup is opened by open(), the
+        # Confirmer (it needs the running loop) by serve(). Other relays' L2 copies are checked by
+        # a Relay of their own (same configuration, its own dedup and limits), never relayed.
+        self.owner_lookup = None
+        self.confirmer = None
+        self.copies = Relay(settings.relay, now=self.clock()) if settings.confirm_owner else None
+        self.copy_counts: dict[Reason, int] = {}  # what became of the L2 copies received
 
     # -- set-up ---------------------------------------------------------------
     def open(self) -> None:
@@ -116,6 +128,8 @@ class RelayDaemon:
                     self._add_port(ifname)
             if self.settings.peers is not None:
                 self._open_peers()
+            if self.settings.confirm_owner:
+                self._open_confirmation()
         except BaseException:
             self.close()
             raise
@@ -162,10 +176,18 @@ class RelayDaemon:
                                    json_output=s.json_output, clock=self.clock)
         self.peering.open()
 
+    def _open_confirmation(self) -> None:
+        from pmtud_relay.confirm.lookup import KernelLookup
+
+        try:
+            self.owner_lookup = KernelLookup()
+        except OSError as exc:  # no sock_diag in this kernel or sandbox: relay on, verdicts unknown
+            self.log.warning("owner_lookup_unavailable", extra={"kv": {"error": exc.strerror or str(exc)}})
+
     def _add_port(self, ifname: str) -> _Port:
         if self.nflog is not None:  # the shared NFLOG socket: register the interface's current ifindex/MAC
             return self._add_nflog_port(ifname)
-        port = _Port(ifname, self._no_l2_emitter)
+        port = _Port(ifname, self._no_l2_emitter, accept_copies=self.copies is not None)
         self.ports.append(port)
         self.stats.overrun_probes[ifname] = functools.partial(metrics.afpacket_drops, port.capture.sock)
         self.stats.capture_counters[ifname] = port.capture.counters
@@ -205,6 +227,12 @@ class RelayDaemon:
         if self.peering is not None:
             self.peering.close()
             self.peering = None
+        if self.confirmer is not None:
+            self.confirmer.close()
+            self.confirmer = None
+        elif self.owner_lookup is not None:
+            self.owner_lookup.close()
+        self.owner_lookup = None
 
     def stop(self) -> None:
         self._stop_requested = True
@@ -231,7 +259,15 @@ class RelayDaemon:
             counts = self.stats.decisions
             dry_run = self.settings.dry_run
             debug = not dry_run and self.log.isEnabledFor(10)  # once per batch, not per packet
+            confirmer = self.confirmer
+            confirm: list[Decision] | None = None  # relayed PTBs to look up, after the copies left
+            copies: list[bytes] | None = None  # other relays' L2 copies (never relayed)
             for frame, pkttype in batch:
+                if pkttype and (pkttype == PACKET_BROADCAST or pkttype == PACKET_MULTICAST) and confirmer is not None:
+                    if copies is None:
+                        copies = []
+                    copies.append(frame)
+                    continue
                 decision = handle(frame, now, mac, pkttype)
                 ptb = decision.ptb
                 key = (ifname, ptb.family if ptb is not None else 0, decision.reason)
@@ -245,6 +281,11 @@ class RelayDaemon:
                         peering.fanout(ptb, now)
                     if debug:
                         self.log.debug("relayed", extra={"kv": decision_record(decision, ifname)})
+                    if confirmer is not None:
+                        if confirm is None:
+                            confirm = []
+                        confirm.append(decision)
+                        continue  # a dry-run line waits for the owner verdict (_confirm)
                 if dry_run:
                     self._report(decision, ifname)
             if emitter is not None:
@@ -258,10 +299,51 @@ class RelayDaemon:
             if blocked is not None:
                 self._apply_kernel_holds(blocked)
             self.stats.latency.observe(time.perf_counter() - started)
+            if confirm is not None or copies is not None:  # after the copies went out: no added latency
+                self._confirm(confirm, copies, now, port)
         except Exception:  # never let one bad frame or a bug kill the daemon
             self.internal_errors += 1
             self.stats.internal_errors += 1
             self._rate_limited_error("packet_path_error", port.ifname)
+
+    # -- delivery confirmation (docs/confirmation.md) ---------------------------------------------
+    def _confirm(self, relayed: list[Decision] | None, copies: list[bytes] | None, now: float, port: _Port) -> None:
+        """Queue the owner lookups of this batch's relayed PTBs and of the L2 copies that pass the
+        same checks and limits as a captured PTB (their own dedup and buckets: a flood of copies
+        cannot take tokens from relaying). The lookups run on a later turn of the loop."""
+        from pmtud_relay.confirm.verdict import Origin
+
+        confirmer = self.confirmer
+        ifname = port.ifname
+        dry_run = self.settings.dry_run
+        for decision in relayed or ():
+            cb = functools.partial(self._report_verdict, decision, ifname, Origin.CAPTURED) if dry_run else None
+            confirmer.submit_ptb(decision.ptb, Origin.CAPTURED, now, cb)
+        if copies:
+            inspector = self.copies
+            if inspector.config is not self.relay.config:  # reloaded, or new VIPs: follow the relay
+                inspector.reconfigure(self.relay.config, now)
+            counts = self.copy_counts
+            for frame in copies:
+                decision = inspector.handle(frame, now, port.mac, PACKET_L2_COPY)
+                counts[decision.reason] = counts.get(decision.reason, 0) + 1
+                if decision.relay:
+                    cb = functools.partial(self._report_verdict, decision, ifname, Origin.L2_COPY) if dry_run else None
+                    confirmer.submit_ptb(decision.ptb, Origin.L2_COPY, now, cb)
+                elif dry_run:
+                    self._report(decision, ifname, origin="l2_copy")
+
+    def _report_verdict(self, decision: Decision, ifname: str, origin, verdict, elapsed: float) -> None:
+        self._report(decision, ifname, origin=origin.value, owner=verdict.value, owner_seconds=round(elapsed, 6))
+
+    def _on_owner_verdict(self, origin, verdict, elapsed: float, ptb, pmtu) -> None:
+        """Every verdict (the Confirmer's observer): debug log line."""
+        if self.log.isEnabledFor(10) and ptb is not None:
+            from pmtud_relay.core.relay import Decision as _D
+
+            rec = decision_record(_D(origin.value == "captured", Reason.RELAYED, ptb, None))
+            rec.update(origin=origin.value, owner=verdict.value, owner_seconds=round(elapsed, 6), pmtu=pmtu)
+            self.log.debug("owner_verdict", extra={"kv": rec})
 
     # -- kernel holds (core/shun.py) ------------------------------------------------------------
     def _apply_kernel_holds(self, blocked: frozenset[bytes]) -> None:
@@ -325,8 +407,14 @@ class RelayDaemon:
         for port in list(self.ports):
             self._on_readable(port)
 
-    def _report(self, decision: Decision, ifname: str) -> None:
+    def _report(self, decision: Decision, ifname: str, **extra) -> None:
         rec = decision_record(decision, ifname)
+        if extra:
+            if extra.get("origin") == "l2_copy":  # another relay's copy: looked up, never relayed
+                rec["verdict"] = "look_up" if decision.relay else "drop"
+                if decision.relay:
+                    rec["reason"] = "l2_copy"
+            rec.update(extra)
         line = to_json(rec) if self.settings.json_output else logfmt(rec)
         self.out.write(line + "\n")
         self.out.flush()
@@ -601,12 +689,21 @@ class RelayDaemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         server = None
+        if self.settings.confirm_owner:
+            from pmtud_relay.confirm.service import Confirmer
+
+            self.confirmer = Confirmer(loop, self.owner_lookup, enabled=self.owner_lookup is not None,
+                                       clock=self.clock, observer=self._on_owner_verdict)
         if self.metrics_sock is not None:
             registry = metrics.build_registry(self.stats, lambda: self.relay, logs.dropped)
             if self.peering is not None:
                 from pmtud_relay.peermetrics import PeerCollector
 
                 registry.register(PeerCollector(lambda: self.peering))
+            if self.confirmer is not None:
+                from pmtud_relay.confirm.metrics import ConfirmCollector
+
+                registry.register(ConfirmCollector(lambda: self.confirmer, lambda: self.copy_counts))
             server = metrics.MetricsServer(registry, ready=lambda: self.stats.ready)
             await server.start(self.metrics_sock)
         tasks = []

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import ipaddress
 import os
+import re
 import secrets
 import statistics
 import sys
@@ -55,7 +57,38 @@ def _phase(lab, family: int, args) -> dict:
         "max_seconds": round(max(f.seconds for f in done), 4) if done else None,
         "wall_seconds": round(elapsed, 3),
         "learned_pmtu": {s: lab.learned_pmtu(s, family=family) for s in lab.server_names},
+        "per_flow": [{"port": f.client_port, "server": f.server, "completed": f.completed} for f in flows],
     }
+
+
+_PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def owner_verdicts(lines_by_server: dict, vip: str, client: str) -> dict:
+    """From each relay's debug log (``event=owner_verdict`` lines): per client port, the servers
+    that relayed a PTB quoting the flow (origin captured or peer-sent), the server(s) that own it
+    and the PMTU the owner's kernel holds. Lines about other addresses are ignored."""
+    out: dict = {}
+    vip, client = ipaddress.ip_address(vip), ipaddress.ip_address(client)
+    for server, lines in lines_by_server.items():
+        for line in lines:
+            if "event=owner_verdict" not in line:
+                continue
+            rec = {k: v.strip('"') for k, v in _PAIR.findall(line)}
+            try:
+                if ipaddress.ip_address(rec["inner_src"]) != vip or ipaddress.ip_address(rec["inner_dst"]) != client:
+                    continue
+                port = int(rec["dport"])
+            except (KeyError, ValueError):
+                continue
+            flow = out.setdefault(port, {"relayed_by": set(), "owners": {}, "verdicts": {}})
+            if rec.get("origin") == "captured":
+                flow["relayed_by"].add(server)
+            flow["verdicts"].setdefault(server, set()).add(rec.get("owner", "?"))
+            if rec.get("owner") in ("applied", "not_applied"):
+                pmtu = rec.get("pmtu") or ""
+                flow["owners"][server] = (rec["owner"], int(pmtu) if pmtu.isdigit() else None)
+    return out
 
 
 def main(args: argparse.Namespace) -> int:
@@ -103,6 +136,14 @@ def main(args: argparse.Namespace) -> int:
                 for proc in relays:
                     proc.wait_for(r"event=ready", stream="stderr", timeout=15)
                 after = _phase(lab, family, args)
+                time.sleep(0.1)  # the last verdicts (an owned flow is re-read for up to 50 ms)
+                verdicts = owner_verdicts({s: p.lines("stderr") for s, p in zip(lab.server_names, relays)},
+                                          lab.vip(family), lab.client_addr(family))
+                for flow in after["per_flow"]:
+                    v = verdicts.get(flow["port"])
+                    flow["relayed_by"] = sorted(v["relayed_by"]) if v else []
+                    flow["owner"] = {s: {"verdict": o[0], "pmtu": o[1]} for s, o in sorted(v["owners"].items())} if v else {}
+                    flow["orphan_on"] = sorted(s for s, vs in v["verdicts"].items() if vs == {"orphan"}) if v else []
             finally:
                 for proc in relays:
                     proc.stop(timeout=5)
@@ -117,7 +158,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _relay_argv(lab, server: str, family: int, key_file: str | None) -> list[str]:
     """The relay's command line in the lab: L2 broadcast, or signed UDP to the other servers."""
-    argv = ["run", "-i", "eth0", "--metrics-address", "", "--config", ""]
+    # debug: one owner_verdict line per PTB (delivery confirmation), read back for the per-flow table
+    argv = ["run", "-i", "eth0", "--metrics-address", "", "--config", "", "--log-level", "debug"]
     if key_file is not None:
         argv += ["--fanout", "peers", "--peer-key-file", key_file, *lab.peer_args(server, family)]
     return argv
@@ -137,4 +179,18 @@ def render(results: list[dict], args) -> str:
                 f"{p['stalled']:>8} {med:>9} {mx:>7}  {learned}"
             )
     lines.append(f"(a flow is stalled if it has not received {args.size} bytes within {args.timeout:g} s)")
+    for r in results:
+        flows = r["with_relay"].get("per_flow") or []
+        if not flows or "relayed_by" not in flows[0]:
+            continue
+        lines += ["", f"IPv{r['family']} with the relay, per flow (delivery confirmation):",
+                  f"{'client port':>11}  {'ECMP to':8} {'relayed by':11} {'owner (verdict, PMTU)':28} orphan on"]
+        for f in flows:
+            if not f["relayed_by"] and not f["owner"]:
+                lines.append(f"{f['port']:>11}  {f['server'] or '?':8} {'-':11} {'no PTB quoted this flow (its server had learnt the PMTU already)'}")
+                continue
+            owner = ", ".join(f"{s} ({o['verdict']}, {o['pmtu'] if o['pmtu'] is not None else '?'})"
+                              for s, o in f["owner"].items()) or "none"
+            lines.append(f"{f['port']:>11}  {f['server'] or '?':8} {','.join(f['relayed_by']) or '-':11} "
+                         f"{owner:28} {','.join(f['orphan_on']) or '-'}")
     return "\n".join(lines)

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 
 import pytest
 
-from pmtud_relay import cli
+from pmtud_relay import cli, logs
 from pmtud_relay.cli import ConfigError, build_parser, relay_config
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.relay import RelayConfig
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    """cli.main() configures the pmtud_relay logger (a writer thread on this test's stderr, no
+    propagation): undo that, so later tests' caplog sees the daemon's records again."""
+    log = logging.getLogger(logs.LOGGER_NAME)
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    logs.shutdown()
+    log.handlers[:] = saved[0]
+    log.setLevel(saved[1])
+    log.propagate = saved[2]
 
 
 def config_for(*argv: str, command: str = "run") -> tuple[RelayConfig, bool]:

@@ -46,6 +46,16 @@ def test_lab_command_before_and_after(netns_ok, topology):
         learned = with_relay["learned_pmtu"]
         assert all(learned[s] == 1400 for s in with_relay["servers"]), with_relay
         assert any(learned[s] == 1400 for s in set(with_relay["servers"]) - {"s1"}), with_relay
+        # Delivery confirmation, per flow: s1 relayed each PTB; the one server the router sent the
+        # flow to owns it and applied 1400; every other server found no owner. (L3: the receivers'
+        # verdicts come with the peer acknowledgement, not checked here.)
+        if topology == "l2":
+            judged = [f for f in with_relay["per_flow"] if f["relayed_by"]]
+            assert {f["server"] for f in judged} - {"s1"}, with_relay["per_flow"]
+            for f in judged:
+                assert f["relayed_by"] == ["s1"], f
+                assert f["owner"] == {f["server"]: {"verdict": "applied", "pmtu": 1400}}, f
+                assert f["orphan_on"] == sorted({"s1", "s2", "s3"} - {f["server"]}), f
     # The lab names its namespaces pmr-<pid>-…; other labs may run at the same time.
     assert not [ns for ns in list_netns() if ns.startswith(f"pmr-{proc.pid}-")], "lab left namespaces behind"
 

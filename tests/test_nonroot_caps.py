@@ -72,6 +72,13 @@ while copy is None and time.monotonic() < deadline:
 print(json.dumps({"copy": copy.hex() if copy is not None else None}))
 """
 
+# Root, in the namespace: hold a UDP socket on VIP:PORT (argv 3, 4) while the frame goes in.
+OWN_UDP = r"""
+import socket, sys
+held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+held.bind((sys.argv[3], int(sys.argv[4])))
+"""
+
 
 def status_field(pid: int, name: str) -> str:
     with open(f"/proc/{pid}/status") as f:
@@ -215,6 +222,27 @@ def test_unprivileged_user_with_two_ambient_capabilities_relays(nobody_python, c
         assert copy is not None, "no broadcast copy seen on lo:\n" + log_path.read_text()
         assert bytes.fromhex(copy)[12:] == frame[12:]
         assert "event=relayed" in log_path.read_text()
+
+        # Delivery confirmation needs no privilege either: the daemon (uid 65534, CAP_NET_RAW
+        # only) finds a socket root owns with sock_diag and reads its route's PMTU (rtnetlink).
+        # No socket quotes the TCP flow above: orphan. A root UDP socket on VIP:443: applied.
+        assert re.search(r"event=owner_verdict .*dport=50123 origin=captured owner=orphan", log_path.read_text()), \
+            log_path.read_text()
+        for argv in (["addr", "add", F.VIP4 + "/32", "dev", "lo"], ["route", "add", F.CLIENT4 + "/32", "dev", "lo"]):
+            subprocess.run(["ip", "-n", caps_netns, *argv], check=True, capture_output=True, timeout=10)
+        frame = F.ptb_v4(dst_mac="00:00:00:00:00:00", dport=50124, proto="udp")
+        helper = subprocess.run(
+            ["ip", "netns", "exec", caps_netns, sys.executable, "-c", OWN_UDP + INJECT_AND_WATCH, frame.hex(), "10",
+             F.VIP4, str(F.SERVICE_PORT)],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert helper.returncode == 0, helper.stderr
+        deadline = time.monotonic() + 5
+        while not re.search(r"event=owner_verdict .*dport=50124 origin=captured owner=\w+", log_path.read_text()):
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        assert re.search(r"event=owner_verdict .*dport=50124 origin=captured owner=applied", log_path.read_text()), \
+            log_path.read_text()
     finally:
         rc = terminate(proc, 10)  # None: hung on SIGTERM, killed; fails below (unless the body already failed)
         log.close()

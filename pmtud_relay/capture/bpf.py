@@ -80,11 +80,14 @@ class _Asm:
         return out
 
 
-def ptb_filter() -> list[Insn]:
-    """The PTB filter program."""
+def ptb_filter(accept_copies: bool = False) -> list[Insn]:
+    """The PTB filter program. ``accept_copies`` also passes PTBs to a group (broadcast or
+    multicast) MAC: other relays' L2 copies, which delivery confirmation looks up (never
+    relays again; docs/confirmation.md)."""
     a = _Asm()
-    a.op(LD | B | ABS, 0)  # first byte of the destination MAC
-    a.jump(JMP | JSET | K, 1, "drop", None)  # group bit: broadcast/multicast
+    if not accept_copies:
+        a.op(LD | B | ABS, 0)  # first byte of the destination MAC
+        a.jump(JMP | JSET | K, 1, "drop", None)  # group bit: broadcast/multicast
     a.op(LD | H | ABS, 12)
     a.jump(JMP | JEQ | K, 0x8100, "vlan1", None)
     a.jump(JMP | JEQ | K, 0x88A8, "vlan1", None)

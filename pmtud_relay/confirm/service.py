@@ -17,13 +17,14 @@ import collections
 import time
 from typing import Callable, Deque, Dict, NamedTuple, Optional, Protocol, Tuple
 
+from ..metrics import LatencyHistogram
 from ..core.packet import IPPROTO_TCP, IPPROTO_UDP, PTB, parse_ipv4, parse_ipv6
 from . import wire
 from .verdict import Origin, OwnerVerdict
 
 OnVerdict = Callable[[OwnerVerdict, float], None]
-#: observer(origin, verdict, seconds from capture to verdict, ptb or None)
-Observer = Callable[[Origin, OwnerVerdict, float, Optional[PTB]], None]
+#: observer(origin, verdict, seconds from capture to verdict, ptb or None, path MTU read or None)
+Observer = Callable[[Origin, OwnerVerdict, float, Optional[PTB], Optional[int]], None]
 
 #: Lookups queued or being polled at once; more are answered UNKNOWN at once (counted).
 DEFAULT_QUEUE_LIMIT = 256
@@ -31,6 +32,8 @@ DEFAULT_QUEUE_LIMIT = 256
 DEFAULT_SETTLE = 0.05
 #: First pause before looking again; it doubles each time (1, 2, 4, … ms).
 FIRST_RETRY = 0.001
+#: Buckets of the capture-to-applied-PMTU histogram (seconds): 0.25 ms … 250 ms.
+TO_PMTU_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
 class Lookup(Protocol):
@@ -45,6 +48,7 @@ class _Job(NamedTuple):
     origin: Origin
     now: float
     on_verdict: Optional[OnVerdict]
+    pmtu: list  # [the last path MTU read for the flow, or None]
 
 
 def quoted_flow(packet: bytes) -> PTB | None:
@@ -84,6 +88,8 @@ class Confirmer:
         self.lookup_errors = 0  # lookups the kernel did not answer usefully
         self.lookups = 0  # sock_diag requests sent
         self.callback_errors = 0
+        #: time from capture to the lookup that saw the PMTU down (APPLIED verdicts only)
+        self.to_pmtu = LatencyHistogram(TO_PMTU_BUCKETS)
 
     # -- the contract -------------------------------------------------------------------------
     def submit(self, packet: bytes, origin: Origin, now: float,
@@ -96,7 +102,7 @@ class Confirmer:
             return
         ptb = quoted_flow(packet)
         if ptb is None:
-            self.loop.call_soon(self._finish, _Job(None, origin, now, on_verdict),  # type: ignore[arg-type]
+            self.loop.call_soon(self._finish, _Job(None, origin, now, on_verdict, [None]),  # type: ignore[arg-type]
                                 OwnerVerdict.UNKNOWN)
             return
         self.submit_ptb(ptb, origin, now, on_verdict)
@@ -108,7 +114,7 @@ class Confirmer:
             if on_verdict is not None:
                 self.loop.call_soon(self._call, on_verdict, OwnerVerdict.UNKNOWN, 0.0)
             return
-        job = _Job(ptb, origin, now, on_verdict)
+        job = _Job(ptb, origin, now, on_verdict, [None])
         if (ptb.proto != IPPROTO_TCP and ptb.proto != IPPROTO_UDP) or ptb.sport < 0:
             self.loop.call_soon(self._finish, job, OwnerVerdict.UNKNOWN)
             return
@@ -130,7 +136,7 @@ class Confirmer:
             self._check(queue.popleft(), FIRST_RETRY)
 
     def _check(self, job: _Job, retry: float) -> None:
-        verdict = self._look(job.ptb)
+        verdict = self._look(job.ptb, job.pmtu)
         if verdict is None:  # owned, PMTU not (yet) down
             wait = min(retry, job.now + self.settle - self.clock())
             if wait > 0:
@@ -140,8 +146,9 @@ class Confirmer:
         self._in_flight -= 1
         self._finish(job, verdict)
 
-    def _look(self, ptb: PTB) -> OwnerVerdict | None:
-        """ORPHAN, APPLIED, UNKNOWN, or None: owned and the PMTU is still above the PTB's."""
+    def _look(self, ptb: PTB, seen: list) -> OwnerVerdict | None:
+        """ORPHAN, APPLIED, UNKNOWN, or None: owned and the PMTU is still above the PTB's.
+        ``seen[0]`` gets the path MTU read."""
         lookup = self.lookup
         assert lookup is not None
         family = ptb.family
@@ -151,12 +158,24 @@ class Confirmer:
         except OSError:
             self.lookup_errors += 1
             return OwnerVerdict.UNKNOWN
-        if found is None or found[0] in wire.NOT_AN_OWNER and ptb.proto == IPPROTO_TCP:
+        if found is None:
             return OwnerVerdict.ORPHAN
-        if ptb.proto == IPPROTO_TCP:
+        tcp = ptb.proto == IPPROTO_TCP
+        if tcp and found[0] == wire.TCP_TIME_WAIT:
+            # The flow ended here, possibly after this very PTB let it finish (on a fast path a
+            # transfer can end within the lookup's delay): what the socket learnt outlives it in
+            # the route towards the client. Applied if that is at or below the PTB's MTU, else
+            # an orphan (the kernel ignores a PTB for a TIME_WAIT socket).
+            pmtu = lookup.route_mtu(family, ptb.inner_src, ptb.inner_dst)
+            seen[0] = pmtu
+            return OwnerVerdict.APPLIED if pmtu and pmtu <= ptb.mtu else OwnerVerdict.ORPHAN
+        if tcp and found[0] in wire.NOT_AN_OWNER:
+            return OwnerVerdict.ORPHAN
+        if tcp:
             pmtu = found[3]
         else:
             pmtu = lookup.route_mtu(family, ptb.inner_src, ptb.inner_dst)
+        seen[0] = pmtu
         if pmtu is None:
             self.lookup_errors += 1
             return OwnerVerdict.UNKNOWN
@@ -168,9 +187,11 @@ class Confirmer:
         elapsed = max(0.0, self.clock() - job.now)
         key = (job.origin, verdict)
         self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        if verdict is OwnerVerdict.APPLIED:
+            self.to_pmtu.observe(elapsed)
         if self.observer is not None:
             try:
-                self.observer(job.origin, verdict, elapsed, job.ptb)
+                self.observer(job.origin, verdict, elapsed, job.ptb, job.pmtu[0])
             except Exception:
                 self.callback_errors += 1
         if job.on_verdict is not None:

@@ -53,7 +53,8 @@ TCP_LISTEN = 10
 TCP_NEW_SYN_RECV = 12
 #: States in which no socket can act on a PTB for the flow: a listener is what an exact
 #: lookup falls back to when no connection matches (the kernel's ICMP handler never does),
-#: a TIME_WAIT or closed socket is a remnant of a finished flow.
+#: a TIME_WAIT or closed socket is a remnant of a finished flow (service.py looks at the
+#: route of a TIME_WAIT one).
 NOT_AN_OWNER = frozenset({TCP_LISTEN, TCP_TIME_WAIT, TCP_CLOSE})
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid

@@ -30,6 +30,10 @@ PACKET_BROADCAST = 1
 PACKET_MULTICAST = 2
 PACKET_OTHERHOST = 3
 PACKET_OUTGOING = 4
+#: Not a kernel packet type: a broadcast or multicast frame the caller identified as another
+#: relay's L2 copy, checked like a captured PTB but for its group MAC, to be looked up (delivery
+#: confirmation), never relayed again.
+PACKET_L2_COPY = 0x100
 
 #: The kernel's default net.ipv4.route.min_pmtu.
 DEFAULT_FLOOR_V4 = 552
@@ -127,8 +131,9 @@ class Policy:
         """Return the reason to drop ``ptb``, or None if policy allows relaying it.
 
         The L2 test (group bit of the destination MAC) applies only to PTBs parsed from a frame;
-        a bare IP packet (``l3_offset`` 0, as a peer relays it) has no MAC to test."""
-        if pkttype != PACKET_HOST or (ptb.l3_offset and ptb.frame[0] & 1):
+        a bare IP packet (``l3_offset`` 0, as a peer relays it) has no MAC to test.
+        ``PACKET_L2_COPY`` skips the L2 test (another relay's copy, looked up, never relayed)."""
+        if (pkttype != PACKET_HOST or (ptb.l3_offset and ptb.frame[0] & 1)) and pkttype != PACKET_L2_COPY:
             if pkttype == PACKET_OUTGOING:
                 return Reason.OWN_FRAME
             if pkttype == PACKET_OTHERHOST:
