@@ -218,8 +218,7 @@ class PeerService:
         self._last_errors: tuple[str, ...] = ()
         self._filter_for: frozenset[str] | None = None  # the peer addresses the listener's filter was built for
         # Delivery acknowledgements (core/peerack.py).
-        self.confirmer = confirmer  # a confirm.service.Confirmer (the daemon's, or our own at start)
-        self._own_confirmer = False
+        self.confirmer = confirmer  # the daemon's confirm.service.Confirmer, set before start()
         self.ack_gate: AckGate | None = None  # receiving side
         self.ack_tracker: AckTracker | None = None  # sending side
         self.acks_sent: Counter[str] = Counter()  # by verdict label
@@ -277,7 +276,9 @@ class PeerService:
             for sock in self.listener.socks:
                 self._loop.add_reader(sock.fileno(), self._on_readable, sock)
         if self.ack_gate is not None and self.confirmer is None:
-            self._open_confirmer()
+            # No owner lookup (confirm_owner off, or no sock_diag): nothing to acknowledge with.
+            self.ack_gate = None
+            self.log.info("peer_acks", extra={"kv": {"send": "off", "reason": "no owner lookup (confirm_owner)"}})
         for sock in self._ack_socks:
             self._loop.add_reader(sock.fileno(), self._on_ack_readable, sock)
         self._task = asyncio.create_task(self._refresh_loop())
@@ -300,23 +301,6 @@ class PeerService:
                 part.close()
         self.listener = self.injector = self.emitter = None
         self._ack_socks = []
-        if self._own_confirmer and self.confirmer is not None:
-            self.confirmer.close()
-            self.confirmer = None
-
-    def _open_confirmer(self) -> None:
-        """No confirmation service was handed over: run one for the PTBs peers send here."""
-        from pmtud_relay.confirm.lookup import KernelLookup
-        from pmtud_relay.confirm.service import Confirmer
-
-        try:
-            lookup = KernelLookup()
-        except OSError as exc:
-            self.ack_gate = None
-            self.log.warning("peer_acks_off", extra={"kv": {"reason": f"owner lookup: {exc.strerror or exc}"}})
-            return
-        self.confirmer = Confirmer(self._loop, lookup)
-        self._own_confirmer = True
 
     def describe(self) -> dict:
         return {
