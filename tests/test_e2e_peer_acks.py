@@ -69,6 +69,8 @@ def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedL
         log_events(s1, "peer_ack")), 10, f"acks from {relayed_to_owner}\n{describe(flows)}", procs)
     for rec in acks:
         owner = owner_of.get(int(rec["dport"]))
+        if owner is None:  # a flow of an earlier attempt of the spread (transfers() retries lopsided ones)
+            continue
         assert name_of.get(rec["peer"]) == owner, f"ack from {rec['peer']} for a flow on {owner}: {rec}"
         assert rec["owner_verdict"] == "applied", rec
         assert float(rec["rtt_ms"]) < ACK_EXPIRY * 1000, rec
@@ -133,6 +135,8 @@ def test_ack_leaves_from_the_address_the_datagram_was_sent_to(routed_lab: Routed
     acks = wait_for(lambda: [r for r in log_events(s1, "peer_ack") if r["peer"] == extra], 10,
                     f"an ack from {extra}", procs)
     owner_of = {f.client_port: f.server for f in flows}
-    assert all(owner_of.get(int(r["dport"])) == "s2" for r in acks), acks
+    # (transfers() may have retried a lopsided spread: acks for earlier attempts' flows are unknown here)
+    known = [r for r in acks if int(r["dport"]) in owner_of]
+    assert known and all(owner_of[int(r["dport"])] == "s2" for r in known), (known, describe(flows))
     final = stop_relays(procs)
     assert int(final["s1"]["peer_ack_drops"]) == 0, final["s1"]
