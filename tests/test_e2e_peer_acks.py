@@ -51,15 +51,19 @@ def wait_for(fn, timeout: float, what: str, procs):
 
 @pytest.mark.netns
 @pytest.mark.timeout(180)
-def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedLab, key_file: str) -> None:
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedLab, key_file: str,
+                                                             family: int) -> None:
+    """Peers over IPv{family}, flows over IPv{family}; the closed-flow PTB is IPv4 (sent with an
+    IPv4 raw socket from the router)."""
     lab = routed_lab
     lab.start_transfer_servers()
-    procs = start_relays(lab, {n: peer_argv(lab, n, key_file, 4, "--log-level", "debug")
+    procs = start_relays(lab, {n: peer_argv(lab, n, key_file, family, "--log-level", "debug")
                                for n in lab.server_names})
-    flows, groups = transfers(lab, 4)
-    assert_blackhole_closed(lab, 4, flows, procs, closed_by="the peer relay")
+    flows, groups = transfers(lab, family)
+    assert_blackhole_closed(lab, family, flows, procs, closed_by="the peer relay")
     owner_of = {f.client_port: f.server for f in flows}
-    name_of = {lab.server(n).addr(4): n for n in lab.server_names}
+    name_of = {lab.server(n).addr(family): n for n in lab.server_names}
     relayed_to_owner = sorted(set(groups) - {"s1"})
     assert relayed_to_owner, describe(flows)
 
@@ -89,7 +93,7 @@ def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedL
     relayer = relayer[0]
     unacked = wait_for(lambda: closed("peer_no_owner_ack", procs[relayer]), ACK_EXPIRY + 5,
                        "the closed flow's PTB expiring unacknowledged", procs)
-    others = {lab.server(n).addr(4) for n in lab.server_names if n != relayer}
+    others = {lab.server(n).addr(family) for n in lab.server_names if n != relayer}
     assert len(unacked) == 1 and set(unacked[0]["peers"].split(",")) == others, unacked
     for p in procs.values():
         assert not closed("peer_ack", p)
