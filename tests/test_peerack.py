@@ -173,3 +173,26 @@ def test_gate_memory_is_bounded():
     for i in range(100):
         assert g.allow(i.to_bytes(12, "big"), 80, 200, 0.0) is None
     assert len(g._acked) <= 8
+
+
+# -- totality: any bytes, any mutation of a genuine ack ---------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_tracker_is_total_over_arbitrary_bytes(data):
+    t = tracker()
+    assert isinstance(t.handle(data, S2, 100.1, WALL), AckDrop)
+    assert sum(t.acks.values()) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, ACK_LEN - 1), st.integers(1, 255))
+def test_any_single_byte_change_of_a_genuine_ack_is_refused(at, xor):
+    t = tracker()
+    data = bytearray(ack())
+    data[at] ^= xor
+    assert isinstance(t.handle(bytes(data), S2, 100.1, WALL), AckDrop)
+    assert isinstance(t.handle(ack(), S2, 100.1, WALL), AckEvent)  # the genuine one still passes

@@ -485,3 +485,31 @@ def test_acks_off_sends_and_reads_none(key_file):
                          "--no-peer-acks").acks is False
     assert peer_settings("--fanout", "peers", "--peer", "192.0.2.1", "--peer-key-file", key_file,
                          "--peer-ack-rate", "5").ack_rate == 5.0
+
+
+@pytest.mark.parametrize("bind", ["", "0.0.0.0"], ids=["dual-stack", "ipv4"])
+def test_listener_reports_the_local_address_and_replies_from_it(bind):
+    """drain_from/reply (acks): the local address a datagram was sent to, and a reply from it."""
+    from pmtud_relay.capture.peer_receiver import PeerListener
+
+    listener = PeerListener([(bind, 0)])
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock = listener.socks[0]
+        port = sock.getsockname()[1]
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(2)
+        client.sendto(b"PMTR hello", ("127.0.0.2", port))  # any 127/8 address is local
+        deadline = time.monotonic() + 2
+        batch = []
+        while not batch and time.monotonic() < deadline:
+            batch = PeerListener.drain_from(sock)
+        [(data, host, cport, local)] = batch
+        assert (data, host, cport) == (b"PMTR hello", "127.0.0.1", client.getsockname()[1])
+        assert local is not None and local[0][-4:] == bytes([127, 0, 0, 2])
+        assert PeerListener.reply(sock, b"ack", host, cport, local) == 0
+        reply, src = client.recvfrom(100)
+        assert reply == b"ack" and src == ("127.0.0.2", port)  # not 127.0.0.1, the route's choice
+    finally:
+        client.close()
+        listener.close()
