@@ -38,7 +38,7 @@ RELAY_CPU = 1
 GEN_CPU = 0
 NFLOG_GROUP = 2105
 VIPS = ["--vip", f"{F.VIP4}/32", "--vip", f"{F.VIP6}/128"]
-LIFTED = ["--source-rate", "1e9", "--source-burst", "1e9", "--global-rate", "1e9", "--global-burst", "1e9"]
+LIFTED = ["--source-rate", "1e6", "--source-burst", "1e6", "--global-rate", "1e6", "--global-burst", "1e6"]  # the maxima
 FLOOD_SRC = F.ip4("198.51.100.66")
 
 BENCH_RULES = f"""table inet pmr_bench {{
@@ -66,6 +66,8 @@ class RelayProc:
         base = [PY, "-m", "pmtud_relay", "run", "-i", "eth0", *VIPS, "--summary-interval", "3600", *self.extra]
         if self.kind == "afpacket":
             return base
+        if self.kind == "afpacket-noconfirm":  # delivery confirmation off (docs/confirmation.md)
+            return base + ["--no-confirm-owner"]
         if self.kind.startswith("script:"):  # an experiment: a script that runs pmtud-relay (like relay_variant.py)
             return [PY, self.kind[len("script:"):], *base[3:]]
         if self.kind == "afpacket-socket":  # the adapters before the rings: recvmsg()/send() per frame
@@ -376,7 +378,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fixed-rate", type=float, default=20000, help="peak: the fixed offered rate row")
     ap.add_argument("--legit-rate", type=float, default=40, help="flood: legit PTBs per second (all 20 sources)")
     ap.add_argument("--kinds", type=lambda t: t.split(","), default=None,
-                    help="comma-separated subset of reference,afpacket,afpacket-socket,nflog,nflog+prelimit "
+                    help="comma-separated subset of reference,afpacket,afpacket-noconfirm,afpacket-socket,nflog,nflog+prelimit "
                     "(reference first), or script:PATH for a script run in place of python -m pmtud_relay")
     ap.add_argument("--no-ceiling", action="store_true", help="peak: skip the generator-ceiling runs")
     args = ap.parse_args(argv)

@@ -6,7 +6,7 @@ import argparse
 import errno
 import sys
 
-from pmtud_relay import __version__, argtypes, analyze, doctor, labcmd, logs
+from pmtud_relay import __version__, argtypes, logs
 from pmtud_relay import config as cfg
 from pmtud_relay.core import ratelimit as rl
 from pmtud_relay.core.relay import RelayConfig
@@ -105,7 +105,12 @@ def _guess_backend() -> str:
         return "nft" if nft_binary() else "iptables"
 
 
-def build_parser() -> argparse.ArgumentParser:
+DAEMON_COMMANDS = ("run", "dry-run")
+
+
+def build_parser(tools: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``tools=False`` leaves out analyze, doctor and lab, whose modules
+    the daemon then never imports (about 1 MiB of resident memory, docs/performance.md)."""
     parser = argparse.ArgumentParser(
         prog="pmtud-relay",
         description="Relay ICMP Packet Too Big messages to the server that owns the flow "
@@ -126,9 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = conf_sub.add_parser("check", help="validate FILE and print the effective configuration "
                                 "(file + PMTUD_RELAY_* environment + defaults) with each value's source")
     check.add_argument("file", metavar="FILE")
-    analyze.add_parser(sub)
-    doctor.add_parser(sub)
-    labcmd.add_parser(sub).set_defaults(handler=labcmd.main)
+    if tools:
+        from pmtud_relay import analyze, doctor, labcmd
+
+        analyze.add_parser(sub)
+        doctor.add_parser(sub)
+        labcmd.add_parser(sub).set_defaults(handler=labcmd.main)
     return parser
 
 
@@ -173,6 +181,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
         dry_run=dry_run,
         json_output=getattr(args, "json", False),
         vip_refresh=s.vip_refresh,
+        vip_interfaces=tuple(s.vip_interfaces),
         summary_interval=s.summary_interval,
         capture=s.capture,
         nflog_group=s.nflog_group,
@@ -237,7 +246,8 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(tools=not (argv and argv[0] in DAEMON_COMMANDS)).parse_args(argv)
     if args.command == "run":
         return _run_daemon(args, dry_run=False)
     if args.command == "dry-run":

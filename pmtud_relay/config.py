@@ -31,6 +31,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+from pmtud_relay import hostinfo as _hostinfo
 from pmtud_relay import peering as _peering
 from pmtud_relay import safefile as _safefile
 from pmtud_relay.capture.nflog import DEFAULT_GROUP as _NFLOG_DEFAULT_GROUP
@@ -139,6 +140,16 @@ _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 def _check_ifname(name: str) -> None:
     if not _IFNAME.match(name) or name in (".", ".."):
         raise ValueError(f"{name!r} is not an interface name (1-15 characters, no '/', ':' or blanks)")
+
+
+def _check_vip_interface(pattern: str) -> None:
+    if pattern.startswith("@"):
+        if not re.fullmatch(r"@[a-z0-9_-]{1,32}", pattern):
+            raise ValueError(f"{pattern!r} is not an interface kind (@dummy, @vlan, …)")
+        return
+    if not re.fullmatch(r"[^/:\s]{1,15}", pattern) or pattern in (".", ".."):
+        raise ValueError(f"{pattern!r} is not an interface name or pattern (1-15 characters, no '/', ':' or "
+                         "blanks; * ? [..] match as in the shell), nor @KIND")
 
 
 def _check_port(port: int) -> None:
@@ -309,6 +320,11 @@ SCHEMA: tuple[Key, ...] = (
        "addresses on lo and dummy interfaces", "policy", _parse_prefix,
        metavar="PREFIX", aliases=("--vip",),
        doc_default="discovered"),
+    _k("vip_interfaces", list, _hostinfo.DEFAULT_VIP_INTERFACES, "where discovery looks for service "
+       "addresses (when vips is empty): interface names, shell-style patterns (vip*) or @KIND for every "
+       "interface of that kind; @dummy includes kube-ipvs0 (kube-proxy IPVS). On lo the whole prefix "
+       "counts, elsewhere the address only", "policy", _parse_str, _check_vip_interface,
+       metavar="IFNAME", aliases=("--vip-interface",), item=str, doc_default="`lo`, `@dummy`"),
     _k("floor_v4", int, _pol.DEFAULT_FLOOR_V4, "lowest IPv4 MTU relayed (the kernel's "
        "net.ipv4.route.min_pmtu)", "policy", _parse_int, _range(68, 65535), metavar="BYTES"),
     _k("floor_v6", int, _pol.DEFAULT_FLOOR_V6, "lowest IPv6 MTU relayed (the IPv6 minimum "
@@ -358,7 +374,8 @@ SCHEMA: tuple[Key, ...] = (
     _k("log_format", str, "logfmt", "log format on stderr: logfmt or json", "output", _parse_str,
        _choice(LOG_FORMATS), metavar="|".join(LOG_FORMATS)),
     _k("vip_refresh", float, _field_default(_DaemonSettings, "vip_refresh"), "seconds between "
-       "re-reads of discovered service addresses", "output", _parse_float, _range(gt=0),
+       "re-reads of discovered service addresses besides the ones address and link events trigger at once",
+       "output", _parse_float, _range(gt=0),
        metavar="SECONDS"),
     _k("summary_interval", float, _field_default(_DaemonSettings, "summary_interval"),
        "seconds between info-level summary log lines", "output", _parse_float, _range(gt=0),

@@ -41,7 +41,8 @@ class DaemonSettings:
     discover_vips: bool = True  # False: relay.policy.vips is the configured set
     dry_run: bool = False
     json_output: bool = False  # dry-run decision lines as JSON
-    vip_refresh: float = 5.0  # seconds between service-address re-discovery
+    vip_refresh: float = 60.0  # seconds between service-address re-reads besides the address events
+    vip_interfaces: tuple[str, ...] = hostinfo.DEFAULT_VIP_INTERFACES  # where discovery looks
     summary_interval: float = 60.0
     capture: str = "afpacket"  # or "nflog"
     nflog_group: int = NFLOG_DEFAULT_GROUP
@@ -102,7 +103,12 @@ class RelayDaemon:
         self.rules = None  # a RuleManager when settings.manage_rules
         self.peering = None  # a peering.PeerService when settings.peers
         self.links = None  # a linkwatch.LinkWatcher: re-binds interfaces that come back (both capture modes)
-        self._waiting: set[str] = set()  # configured interfaces without an open port (down, deleted, renamed)
+        # Configured interfaces without an open port (absent at start, down, deleted, renamed away);
+        # the same set as stats.waiting (the gauge and /readyz read it).
+        self._waiting: set[str] = self.stats.waiting
+        self._absent_at_start: list[str] = []
+        self._vip_refresh_pending = False
+        self._vip_task = None
         self._hold_timer: asyncio.TimerHandle | None = None  # ends kernel holds on time (core/shun.py)
         self._hold_timer_at: float | None = None
         # Delivery confirmation (docs/confirmation.md): the kernel lookup is opened by open(), the
@@ -125,7 +131,7 @@ class RelayDaemon:
             else:
                 self._open_links()  # first: no link event between opening a port and watching is lost
                 for ifname in self.settings.interfaces:
-                    self._add_port(ifname)
+                    self._open_or_wait(ifname)
             if self.settings.peers is not None:
                 self._open_peers()
             if self.settings.confirm_owner:
@@ -146,9 +152,9 @@ class RelayDaemon:
         # counted exactly from the NFLOG sequence numbers (nflog_lost).
         # A tuner: QTHRESH 1 (each PTB delivered at once) unless PTBs are frequent or the reader lags
         # (core/nflog_batching.py).
-        self.nflog = NflogCapture(s.nflog_group, s.interfaces, no_enobufs=True, tuner=BatchTuner(now=self.clock()))
+        self.nflog = NflogCapture(s.nflog_group, (), no_enobufs=True, tuner=BatchTuner(now=self.clock()))
         for ifname in s.interfaces:
-            self.ports.append(_Port(ifname, self._no_l2_emitter, capture=self.nflog.port(ifname)))
+            self._open_or_wait(ifname)
         if s.manage_rules:
             from pmtud_relay import rules
 
@@ -183,6 +189,18 @@ class RelayDaemon:
             self.owner_lookup = KernelLookup()
         except OSError as exc:  # no sock_diag in this kernel or sandbox: relay on, verdicts unknown
             self.log.warning("owner_lookup_unavailable", extra={"kv": {"error": exc.strerror or str(exc)}})
+
+    def _open_or_wait(self, ifname: str) -> None:
+        """Open the port of a configured interface at start; one that does not exist (yet) is a
+        state, not an error: it is waited for and bound when it appears (link events). Without
+        link events nothing would ever bind it, so then the error goes to the CLI (exit 2)."""
+        try:
+            self._add_port(ifname)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODEV, errno.ENXIO) or self.links is None:
+                raise
+            self._waiting.add(ifname)
+            self._absent_at_start.append(ifname)
 
     def _add_port(self, ifname: str) -> _Port:
         if self.nflog is not None:  # the shared NFLOG socket: register the interface's current ifindex/MAC
@@ -324,8 +342,12 @@ class RelayDaemon:
             if inspector.config is not self.relay.config:  # reloaded, or new VIPs: follow the relay
                 inspector.reconfigure(self.relay.config, now)
             counts = self.copy_counts
+            mac = port.mac
             for frame in copies:
-                decision = inspector.handle(frame, now, port.mac, PACKET_L2_COPY)
+                if frame[6:12] == mac:  # this relay's own copy, looped back (on lo): not another view
+                    counts[Reason.OWN_FRAME] = counts.get(Reason.OWN_FRAME, 0) + 1
+                    continue
+                decision = inspector.handle(frame, now, mac, PACKET_L2_COPY)
                 counts[decision.reason] = counts.get(decision.reason, 0) + 1
                 if decision.relay:
                     cb = functools.partial(self._report_verdict, decision, ifname, Origin.L2_COPY) if dry_run else None
@@ -463,6 +485,9 @@ class RelayDaemon:
                 touched.update(self._waiting)
             for ifname in sorted(touched):
                 self._reconcile(ifname)
+            if events or overrun or self.links.addresses_changed:
+                self.links.addresses_changed = False
+                self._vips_may_have_changed()
         except Exception:
             self.internal_errors += 1
             self.stats.internal_errors += 1
@@ -501,6 +526,7 @@ class RelayDaemon:
         port.close()
         self._waiting.add(port.ifname)
         self.log.warning("interface_lost", extra={"kv": {"interface": port.ifname, "reason": why}})
+        self._notify_status()
 
     def _reconcile(self, ifname: str) -> None:
         """Bind ``ifname`` if an interface of that name is up and no port serves it."""
@@ -522,6 +548,41 @@ class RelayDaemon:
         if self.nflog is None:  # NFLOG: the shared socket's reader serves every port already
             asyncio.get_running_loop().add_reader(port.capture.fileno(), self._on_readable, port)
         self.log.info("interface_bound", extra={"kv": {"interface": ifname, "ifindex": port.capture.ifindex}})
+        self._notify_status()
+
+    def _status_text(self) -> str:
+        bound = ",".join(p.ifname for p in self.ports)
+        text = f"relaying on {bound}" if bound else "not relaying"
+        if self._waiting:
+            text += f"; waiting for interface {','.join(sorted(self._waiting))} (absent or down)"
+        return text
+
+    def _notify_status(self) -> None:
+        if self.stats.ready:  # before READY=1 the start-up sends its own STATUS
+            self.notifier.notify(f"STATUS={self._status_text()}")
+
+    async def _waiting_loop(self, stop: asyncio.Event, interval: float = 60.0) -> None:
+        """A configured interface that never appears (a typo, a NIC that is not there) stays
+        visible: one warning a minute while any is waited for (and the interfaces_waiting gauge)."""
+        since: dict[str, float] = {}
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            else:
+                break
+            now = self.clock()
+            for name in list(since):
+                if name not in self._waiting:
+                    del since[name]
+            for name in self._waiting:
+                since.setdefault(name, now - interval)
+            if self._waiting:
+                self.log.warning("interfaces_waiting", extra={"kv": {
+                    "interfaces": ",".join(sorted(self._waiting)),
+                    "seconds": int(now - min(since.values())),
+                    "hint": "no such interface, or down; it is bound as soon as it is up (check -i/interfaces)"}})
 
     # -- reload (SIGHUP) -------------------------------------------------------
     def reload(self) -> bool:
@@ -553,6 +614,7 @@ class RelayDaemon:
         self.relay.reconfigure(relay_config, self.clock())
         self.settings = replace(self.settings, relay=relay_config, discover_vips=discover,
                                 vip_refresh=new.vip_refresh, summary_interval=new.summary_interval,
+                                vip_interfaces=tuple(new.vip_interfaces),
                                 interfaces=tuple(p.ifname for p in self.ports) + tuple(sorted(self._waiting)))
         if new.log_format != old.log_format:
             logs.setup(new.log_level, new.log_format)
@@ -565,8 +627,8 @@ class RelayDaemon:
         if wide and "vips" in live:  # only loaded with allow_any_vip: meant, but say so
             self.log.warning("vip_prefix_allows_any", extra={"kv": {
                 "prefixes": ",".join(wide), "effect": "nearly every quoted source passes the VIP check"}})
-        if discover and not config.discover_vips(old):
-            asyncio.get_running_loop().create_task(self.refresh_vips())
+        if discover and (not config.discover_vips(old) or new.vip_interfaces != old.vip_interfaces):
+            self._vip_task = asyncio.get_running_loop().create_task(self._refresh_vips_logged())
         return True
 
     def _reload_failed(self, error: str) -> bool:
@@ -580,10 +642,16 @@ class RelayDaemon:
         loop = asyncio.get_running_loop()
         current = {p.ifname: p for p in self.ports}
         added = []
+        absent = []  # no such interface (yet): waited for, like at start
         try:
             for ifname in wanted:
                 if ifname not in current and ifname not in self._waiting:
-                    added.append(self._add_port(ifname))
+                    try:
+                        added.append(self._add_port(ifname))
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENODEV, errno.ENXIO) or self.links is None:
+                            raise
+                        absent.append(ifname)
         except OSError as exc:
             for port in added:
                 self.ports.remove(port)
@@ -593,6 +661,11 @@ class RelayDaemon:
         for port in added:
             loop.add_reader(port.capture.fileno(), self._on_readable, port)
         self._waiting &= set(wanted)
+        self._waiting.update(absent)
+        if absent:
+            self.log.warning("interfaces_waiting", extra={"kv": {
+                "interfaces": ",".join(absent), "reason": "no such interface",
+                "hint": "bound as soon as an interface of that name is up (check -i/interfaces)"}})
         for ifname, port in current.items():
             if ifname not in wanted:
                 loop.remove_reader(port.capture.fileno())
@@ -602,25 +675,44 @@ class RelayDaemon:
         return None
 
     # -- service addresses ----------------------------------------------------
-    def apply_vips(self, vips: VipSet) -> bool:
-        """Apply a discovered set of service addresses if it changed. True if changed."""
+    def apply_vips(self, vips: VipSet, initial: bool = False) -> bool:
+        """Apply a discovered set of service addresses if it changed (logged with the
+        addresses; at start always). With none, every PTB is dropped: a warning says so."""
         policy = self.relay.policy
-        if vips == policy.vips:
+        if vips == policy.vips and not initial:
             return False
-        self.relay.reconfigure(self.relay.config.with_policy(replace(policy, vips=vips)), self.clock())
-        self.log.info("vips_changed", extra={"kv": {"vips": _vip_text(vips), "count": len(vips)}})
+        if vips != policy.vips:
+            self.relay.reconfigure(self.relay.config.with_policy(replace(policy, vips=vips)), self.clock())
+        self.log.info("vips_changed", extra={"kv": {"vips": _vip_text(vips), "count": len(vips),
+                                                    "interfaces": ",".join(self.settings.vip_interfaces)}})
         if not len(vips):
-            self.log.warning(
-                "no_vips",
-                extra={"kv": {"hint": "no address on lo or a dummy interface besides loopback; set --vip"}},
-            )
+            self.log.warning("no_vips", extra={"kv": {
+                "looked_on": ",".join(self.settings.vip_interfaces),
+                "hint": "no service address found: every PTB will be dropped (not_vip); put the VIPs there, "
+                        "set vip_interfaces to where they are, or list them in vips (docs/deployment.md)"}})
         return True
 
-    async def refresh_vips(self) -> bool:
-        """Re-discover service addresses (netlink dump in a worker thread: pyroute2's
-        synchronous API runs an event loop of its own) and apply them."""
-        networks = await asyncio.get_running_loop().run_in_executor(None, hostinfo.discover_vips)
-        return self.apply_vips(VipSet(networks))
+    async def refresh_vips(self, initial: bool = False) -> bool:
+        """Re-discover service addresses (two rtnetlink dumps, on the loop: no thread) and apply them."""
+        return self.apply_vips(VipSet(hostinfo.discover_vips(self.settings.vip_interfaces)), initial)
+
+    def _vips_may_have_changed(self) -> None:
+        """An address or link event: re-read the service addresses once the burst is over."""
+        if not self.settings.discover_vips or self._vip_refresh_pending:
+            return
+        self._vip_refresh_pending = True
+
+        def later() -> None:
+            self._vip_refresh_pending = False
+            self._vip_task = asyncio.ensure_future(self._refresh_vips_logged())
+
+        asyncio.get_running_loop().call_later(VIP_EVENT_DELAY, later)
+
+    async def _refresh_vips_logged(self) -> None:
+        try:
+            await self.refresh_vips()
+        except Exception:
+            self._rate_limited_error("vip_discovery_failed", "-")
 
     async def _vip_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -632,10 +724,7 @@ class RelayDaemon:
                 break
             if not self.settings.discover_vips:
                 continue
-            try:
-                await self.refresh_vips()
-            except Exception:
-                self._rate_limited_error("vip_discovery_failed", "-")
+            await self._refresh_vips_logged()
 
     async def _summary_loop(self, stop: asyncio.Event) -> None:
         last = dict(self.relay.counts)
@@ -661,7 +750,8 @@ class RelayDaemon:
             if self.peering is not None:
                 kv.update(self.peering.stats())
             self.log.info("summary", extra={"kv": kv})
-            self.notifier.notify(f"STATUS=relayed {self.relay.counts[Reason.RELAYED]} PTBs since start")
+            self.notifier.notify(f"STATUS={self._status_text()}; relayed {self.relay.counts[Reason.RELAYED]} "
+                                 "PTBs since start")
 
     def _capture_faults(self) -> dict[str, int]:
         """Capture events since start, over every interface, that happened at all:
@@ -704,11 +794,13 @@ class RelayDaemon:
                 from pmtud_relay.confirm.metrics import ConfirmCollector
 
                 registry.register(ConfirmCollector(lambda: self.confirmer, lambda: self.copy_counts))
-            server = metrics.MetricsServer(registry, ready=lambda: self.stats.ready)
+            stats = self.stats
+            server = metrics.MetricsServer(registry, ready=lambda: stats.not_ready_reason() is None,
+                                           not_ready_reason=stats.not_ready_reason)
             await server.start(self.metrics_sock)
         tasks = []
         if self.settings.discover_vips:
-            await self.refresh_vips()
+            await self.refresh_vips(initial=True)
         tasks.append(asyncio.create_task(self._vip_loop(stop)))
         if self.nflog is not None:
             loop.add_reader(self.nflog.fileno(), self._on_nflog_readable)
@@ -720,17 +812,26 @@ class RelayDaemon:
             for port in list(self.ports):  # bound while down: its socket carries ENETDOWN until up
                 if self.links.state(port.ifname) != (port.capture.ifindex, True):
                     self._drop_port(port, "down")
+            for ifname in self._absent_at_start:  # appeared since open() (its event may be queued too)
+                self._reconcile(ifname)
         tasks.append(asyncio.create_task(self._summary_loop(stop)))
+        tasks.append(asyncio.create_task(self._waiting_loop(stop)))
         if self.notifier.watchdog_interval:
             tasks.append(asyncio.create_task(self._watchdog_loop(stop, self.notifier.watchdog_interval)))
         if self.peering is not None:
             self.peering.confirmer = self.confirmer  # owner verdicts for peers' PTBs: acks (docs/peers.md)
             await self.peering.start()
+        absent = [n for n in self._absent_at_start if n in self._waiting]
+        if absent:
+            self.log.warning("interfaces_waiting", extra={"kv": {
+                "interfaces": ",".join(absent), "reason": "no such interface",
+                "hint": "bound as soon as an interface of that name is up (check -i/interfaces)"}})
         self.log.info(
             "ready",
             extra={
                 "kv": {
                     "interfaces": ",".join(p.ifname for p in self.ports),
+                    **({"waiting": ",".join(sorted(self._waiting))} if self._waiting else {}),
                     "mode": "dry-run" if self.settings.dry_run else (self.settings.peers.fanout if self.settings.peers else "l2"),
                     "capture": self.settings.capture if self.nflog is None else f"nflog:{self.nflog.group}",
                     "vips": _vip_text(self.relay.policy.vips),
@@ -739,7 +840,9 @@ class RelayDaemon:
             },
         )
         self.stats.ready = True
-        self.notifier.notify("READY=1", f"STATUS=relaying on {','.join(p.ifname for p in self.ports)}")
+        # READY=1 even while waiting for an interface: the service is up (a late interface is a
+        # state, not a failed start); STATUS and /readyz say what it waits for.
+        self.notifier.notify("READY=1", f"STATUS={self._status_text()}")
         try:
             await stop.wait()
         finally:
@@ -760,6 +863,8 @@ class RelayDaemon:
             if self._hold_timer is not None:
                 self._hold_timer.cancel()
                 self._hold_timer = self._hold_timer_at = None
+            if self._vip_task is not None:
+                tasks.append(self._vip_task)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -776,8 +881,16 @@ class RelayDaemon:
             self.notifier.close()
 
 
+VIP_EVENT_DELAY = 0.05  # seconds from an address event to the re-read (a burst gives one)
+VIP_LOG_MAX = 32  # addresses named in a log line (kube-ipvs0 may hold thousands)
+
+
 def _vip_text(vips: VipSet) -> str:
-    return ",".join(str(n) for n in vips.networks) or "none"
+    nets = vips.networks
+    text = ",".join(str(n) for n in nets[:VIP_LOG_MAX]) or "none"
+    if len(nets) > VIP_LOG_MAX:
+        text += f",…+{len(nets) - VIP_LOG_MAX}"
+    return text
 
 
 def run_event_loop(coro_factory) -> None:

@@ -1,6 +1,7 @@
 """Link events from the kernel, so the daemon can re-bind when an interface comes back.
 
-A plain ``AF_NETLINK``/``NETLINK_ROUTE`` socket subscribed to ``RTMGRP_LINK``, registered with
+A plain ``AF_NETLINK``/``NETLINK_ROUTE`` socket subscribed to ``RTMGRP_LINK`` (and to the
+address groups, so service-address discovery follows address changes), registered with
 the daemon's event loop like a capture socket: no thread, no second event loop (pyroute2's
 synchronous ``IPRoute`` runs one of its own), no extra dependency, and joining the group needs
 no privilege. The kernel multicasts an ``RTM_NEWLINK`` for every change of a link (up, down,
@@ -24,19 +25,23 @@ import socket
 import struct
 from typing import NamedTuple
 
+from pmtud_relay import rtnl
+
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
 IFLA_IFNAME = 3
 IFF_UP = 0x1
 IFNAMSIZ = 16
 SIOCGIFFLAGS = 0x8913
 SIOCGIFINDEX = 0x8933
 
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_RTATTR = struct.Struct("=HH")  # len, type
 _IFREQ_FLAGS = struct.Struct("16sh22x")  # struct ifreq: name, ifr_flags (union padded to 24)
 _IFREQ_INDEX = struct.Struct("16si20x")  # struct ifreq: name, ifr_ifindex; 40 bytes in all
 RCVBUF = 1 << 20
@@ -49,40 +54,29 @@ class LinkEvent(NamedTuple):
     up: bool  # IFF_UP (administratively up)
 
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
+def has_address_messages(data: bytes) -> bool:
+    """True if the datagram holds an RTM_NEWADDR/RTM_DELADDR (an address came or went). Never raises."""
+    return any(kind in (RTM_NEWADDR, RTM_DELADDR) for kind, _, _, _ in rtnl.parse_messages(data))
 
 
 def parse_link_messages(data: bytes) -> list[LinkEvent]:
     """The RTM_NEWLINK/RTM_DELLINK events in one datagram. Never raises; stops at the first
     message whose length is inconsistent."""
     events: list[LinkEvent] = []
-    n = len(data)
-    off = 0
-    while n - off >= _NLMSGHDR.size:
-        length, kind = _NLMSGHDR.unpack_from(data, off)[:2]
-        if length < _NLMSGHDR.size or length > n - off:
-            break
-        end = off + length
-        body = off + _NLMSGHDR.size
-        if kind in (RTM_NEWLINK, RTM_DELLINK) and end - body >= _IFINFOMSG.size:
-            _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, body)
-            name = None
-            a = body + _IFINFOMSG.size
-            while end - a >= _RTATTR.size:
-                alen, akind = _RTATTR.unpack_from(data, a)
-                if alen < _RTATTR.size or alen > end - a:
-                    break
-                if akind & 0x3FFF == IFLA_IFNAME:
-                    raw = bytes(data[a + _RTATTR.size : a + alen]).split(b"\0", 1)[0]
-                    if 0 < len(raw) < IFNAMSIZ:
-                        try:
-                            name = raw.decode("ascii")
-                        except UnicodeDecodeError:
-                            name = None
-                a += _align(alen)
-            events.append(LinkEvent(kind == RTM_DELLINK, index, name, bool(flags & IFF_UP)))
-        off += _align(length)
+    for kind, _, body, end in rtnl.parse_messages(data):
+        if kind not in (RTM_NEWLINK, RTM_DELLINK) or end - body < _IFINFOMSG.size:
+            continue
+        _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, body)
+        name = None
+        for akind, s, e in rtnl.attributes(data, body + _IFINFOMSG.size, end):
+            if akind == IFLA_IFNAME:
+                raw = bytes(data[s:e]).split(b"\0", 1)[0]
+                if 0 < len(raw) < IFNAMSIZ:
+                    try:
+                        name = raw.decode("ascii")
+                    except UnicodeDecodeError:
+                        name = None
+        events.append(LinkEvent(kind == RTM_DELLINK, index, name, bool(flags & IFF_UP)))
     return events
 
 
@@ -97,12 +91,14 @@ class LinkWatcher:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             except OSError:
                 pass
-            sock.bind((0, RTMGRP_LINK))
+            sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
         except BaseException:
             sock.close()
             raise
         self.sock = sock
         self.overruns = 0
+        #: set by read() when an address was added or removed (service-address discovery follows)
+        self.addresses_changed = False
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -126,6 +122,8 @@ class LinkWatcher:
             if addr[0] != 0:  # not from the kernel
                 continue
             events.extend(parse_link_messages(data))
+            if not self.addresses_changed and has_address_messages(data):
+                self.addresses_changed = True
         return events, overrun
 
     def state(self, name: str) -> tuple[int, bool] | None:

@@ -12,7 +12,8 @@ the limiter bucket, errno names. Never an IP address or a port.
 
 :class:`MetricsServer` is a minimal HTTP/1.1 server on the daemon's own asyncio loop:
 ``/metrics`` (Prometheus text or OpenMetrics by ``Accept``), ``/healthz`` (200 while the
-loop answers) and ``/readyz`` (200 once capture is open, 503 before). :func:`bind` opens
+loop answers) and ``/readyz`` (200 once capture is open on every configured interface, 503
+with the reason before and while it waits for an interface). :func:`bind` opens
 the listening socket synchronously so "address in use" is reported at start-up, naming
 ``metrics_address``.
 """
@@ -101,6 +102,7 @@ class Stats:
     __slots__ = (
         "interfaces", "decisions", "send_errors", "overruns", "overrun_probes", "capture_counters",
         "_capture_retired", "latency", "internal_errors", "reloads", "last_reload_success", "ready", "started",
+        "waiting",
     )
 
     def __init__(self, interfaces: Iterable[str] = ()):
@@ -115,8 +117,19 @@ class Stats:
         self.internal_errors = 0
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_success = time.time()  # the start-up load counts as one
-        self.ready = False
+        self.ready = False  # start-up done (sockets open, event loop serving)
         self.started = time.time()
+        #: Configured interfaces with no open capture (absent, down, renamed away): the daemon
+        #: binds each as soon as an interface of that name is up. Shared with the daemon.
+        self.waiting: set[str] = set()
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz says 503, or None when ready: still starting, or waiting for interfaces."""
+        if not self.ready:
+            return "capture not open yet"
+        if self.waiting:
+            return "waiting for interface " + ",".join(sorted(self.waiting)) + " (absent or down)"
+        return None
 
     # Helpers; the hot path may inline the dict update instead of calling count().
     def count(self, ifname: str, decision) -> None:
@@ -313,8 +326,12 @@ class RelayCollector:
             ev.add_metric(["dedup"], relay.dedup.evictions)
             ev.add_metric(["rate_limit_sources"], relay.limiter.evictions)
             yield ev
-            yield GaugeMetricFamily(f"{p}_vips", "Service addresses or prefixes in effect (0: "
-                                    "nothing can be relayed).", value=len(relay.policy.vips))
+            vips = GaugeMetricFamily(f"{p}_vips", "Service addresses or prefixes in effect, by family "
+                                     "(0: every PTB about that family is dropped as not_vip).", labels=["family"])
+            networks = relay.policy.vips.networks
+            for version, fam in ((4, "ipv4"), (6, "ipv6")):
+                vips.add_metric([fam], sum(1 for n in networks if n.version == version))
+            yield vips
             shunner = relay.shunner
             yield GaugeMetricFamily(f"{p}_kernel_held_sources", "Outer sources whose frames the AF_PACKET "
                                     "captures drop in the kernel now: each flooded far past its own rate "
@@ -334,7 +351,11 @@ class RelayCollector:
         if self.log_dropped is not None:
             yield CounterMetricFamily(f"{p}_log_lines_dropped", "Log lines dropped because stderr "
                                       "could not keep up.", value=self.log_dropped())
-        yield GaugeMetricFamily(f"{p}_ready", "1 once capture is open and relaying.", value=1 if s.ready else 0)
+        yield GaugeMetricFamily(f"{p}_ready", "1 once start-up is done and every configured interface "
+                                "is bound (what /readyz answers).", value=0 if s.not_ready_reason() else 1)
+        yield GaugeMetricFamily(f"{p}_interfaces_waiting", "Configured interfaces the daemon waits for "
+                                "(no such interface, or down): bound as soon as they are up.",
+                                value=len(s.waiting))
         yield GaugeMetricFamily(f"{p}_start_time_seconds", "Unix time the daemon started.", value=s.started)
         info = InfoMetricFamily(f"{p}_build", "Version of pmtud-relay and of its Python.")
         info.add_metric([], {"version": self.version, "python": platform.python_version()})
@@ -435,9 +456,11 @@ class MetricsServer:
     MAX_CONNECTIONS = 32
     REQUEST_TIMEOUT = 5.0
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool]):
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool],
+                 not_ready_reason: Callable[[], str | None] | None = None):
         self.registry = registry
         self.ready = ready
+        self.not_ready_reason = not_ready_reason  # the text after "not ready: " in a 503
         self._server: asyncio.base_events.Server | None = None
         self._active = 0
         self._tasks: set[asyncio.Task] = set()
@@ -524,7 +547,8 @@ class MetricsServer:
         if path == "/readyz":
             if self.ready():
                 return 200, text, b"ready\n", head_only
-            return 503, text, b"not ready: capture not open yet\n", head_only
+            why = (self.not_ready_reason() if self.not_ready_reason is not None else None) or "capture not open yet"
+            return 503, text, f"not ready: {why}\n".encode(), head_only
         if path == "/":
             return 200, "text/html; charset=utf-8", (
                 b"<html><body><h1>pmtud-relay</h1><a href=\"/metrics\">/metrics</a> "

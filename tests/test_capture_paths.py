@@ -263,9 +263,9 @@ _RING_EMITTER_OVER_MTU = _COLLECT + textwrap.dedent(
     template, over_mtu, sentinel, bypass = json.load(sys.stdin)
     template, sentinel = bytes.fromhex(template), bytes.fromhex(sentinel)
     over_mtu = [bytes.fromhex(h) for h in over_mtu]
-    cap = PacketCapture("pmr0", ring=True)  # 2 048 slots: room for a whole lap of the emitter's 512
+    cap = PacketCapture("pmr0", ring=True)  # 512 slots: room for a whole lap of the emitter's 128
     em = l2.L2Emitter("pmr1", ring=True)
-    assert em.ring is not None and em._slots == 512
+    assert em.ring is not None and em._slots == 128
     out = {"max_len": em._max_len}
     if bypass:  # let every frame reach the kernel, to see what tpacket_snd does with it
         em._max_len = 1 << 20
@@ -283,7 +283,7 @@ _RING_EMITTER_OVER_MTU = _COLLECT + textwrap.dedent(
     out["flush"].append(em.flush())
     out["status_after_flush"] = [status(s) for s in range(4)]
     # A lap: back over the slots where the refused frames were (if they took any).
-    for i in range(2, 2 + 508 + 3):
+    for i in range(2, 2 + em._slots - 4 + 3):
         out["queue"].append(em.queue(small(i)))
     out["flush"].append(em.flush())
     out["slot"] = em._slot
@@ -313,7 +313,10 @@ def test_the_kernel_skips_a_tx_ring_frame_over_the_mtu_silently(veth_netns, netn
     small = F.ptb_v4(dport=4000)
     out = netns_python(veth_netns, _RING_EMITTER_OVER_MTU,
                        [small.hex(), [f.hex() for f in over_mtu], _sentinel().hex(), True])
-    expected = [(small[:-2] + i.to_bytes(2, "big")).hex() for i in range(2 + 508 + 3)]
+    from pmtud_relay.emit import l2
+
+    slots = l2.RING_BLOCK_SIZE // l2.RING_FRAME_SIZE * l2.RING_BLOCKS
+    expected = [(small[:-2] + i.to_bytes(2, "big")).hex() for i in range(2 + slots - 4 + 3)]
     TP_STATUS_AVAILABLE = 0
     # The kernel processed every slot of the first flush (none left at SEND_REQUEST) and handed
     # the refused ones back as free, not as TP_STATUS_WRONG_FORMAT (4).
@@ -340,7 +343,10 @@ def test_ring_emitter_refuses_a_frame_over_the_mtu_with_emsgsize(veth_netns, net
     assert out["queue"][:4] == [0, errno.EMSGSIZE, errno.EMSGSIZE, 0], out["queue"][:4]
     assert out["queue"][4:] == [0] * (len(out["queue"]) - 4)
     assert out["slot"] == (2 + 508 + 3) % 512  # 2 + 511 small frames took slots, the refused none
-    expected = [(small[:-2] + i.to_bytes(2, "big")).hex() for i in range(2 + 508 + 3)]
+    from pmtud_relay.emit import l2
+
+    slots = l2.RING_BLOCK_SIZE // l2.RING_FRAME_SIZE * l2.RING_BLOCKS
+    expected = [(small[:-2] + i.to_bytes(2, "big")).hex() for i in range(2 + slots - 4 + 3)]
     assert out["got"] == expected, (len(out["got"]), len(expected))
 
 

@@ -191,8 +191,16 @@ def _can_open_packet_sockets() -> bool:
 
 
 @pytest.mark.timeout(30)
-def test_main_with_a_missing_interface_exits_with_a_config_error(capsys):
-    code = cli.main(["run", "-i", "pmr-no-such-if0"])
+def test_main_with_a_missing_interface_and_no_link_events_exits_with_a_config_error(capsys, monkeypatch):
+    # With link events a missing interface is waited for (tests/test_daemon_interfaces.py); without
+    # them nothing would ever bind it, so it stays a configuration error.
+    from pmtud_relay import linkwatch
+
+    def no_rtnetlink():
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+    monkeypatch.setattr(linkwatch, "LinkWatcher", no_rtnetlink)
+    code = cli.main(["run", "-i", "pmr-no-such-if0", "--config", "", "--metrics-address", ""])
     err = capsys.readouterr().err
     if _can_open_packet_sockets():
         # Root / CAP_NET_RAW: binding the capture socket fails with ENODEV.

@@ -397,3 +397,15 @@ def test_peer_key_errors_name_the_source(tmp_path):
     msg = error_of(load, env={"PMTUD_RELAY_FANOUT": "peers"})
     assert msg.startswith("PMTUD_RELAY_FANOUT: ") and "name the peers" in msg
     assert "argument --peer/--peers" in flag_error("--peer", "host:99999")
+
+
+def test_vip_interfaces_names_patterns_and_kinds(tmp_path):
+    assert load(env={}).settings.vip_interfaces == ("lo", "@dummy")
+    s = load(env={"PMTUD_RELAY_VIP_INTERFACES": "lo,@dummy,vip*,kube-ipvs0"}).settings
+    assert s.vip_interfaces == ("lo", "@dummy", "vip*", "kube-ipvs0")
+    assert "PMTUD_RELAY_VIP_INTERFACES: '@' is not an interface kind" in error_of(
+        load, env={"PMTUD_RELAY_VIP_INTERFACES": "lo,@"})
+    assert "PMTUD_RELAY_VIP_INTERFACES: 'a/b' is not an interface name or pattern" in error_of(
+        load, env={"PMTUD_RELAY_VIP_INTERFACES": "a/b"})
+    assert "vip_interfaces: 'way-too-long-interface*' is not an interface name or pattern" in error_of(
+        load, env={}, path=write(tmp_path, 'vip_interfaces = ["way-too-long-interface*"]\n'))

@@ -2,6 +2,7 @@
 unchanged but for the MAC addresses. Real kernel, inside namespaces this test creates."""
 
 import json
+import time
 import os
 import shutil
 import subprocess
@@ -120,3 +121,89 @@ def test_copies_leave_by_the_interface_the_ptb_came_in_on(two_links):
             assert copy[6:12] == relay_mac
             expected_dst = b"\xff" * 6 if copy[12:14] == b"\x08\x00" else b"\x33\x33\x00\x00\x00\x01"
             assert copy[:6] == expected_dst
+
+
+# -- an interface that does not exist yet ---------------------------------------------------------
+LATE_METRICS = "127.0.0.1:9478"
+LATE_MAC = "02:00:00:00:05:09"
+
+
+def _http(ns_name: str, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    from e2e_support import in_ns
+
+    def get():
+        try:
+            with urllib.request.urlopen(f"http://{LATE_METRICS}{path}", timeout=3) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    return in_ns(ns_name, get)
+
+
+def _gauge(ns_name: str, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = _http(ns_name, "/metrics")
+    assert status == 200
+    (value,) = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+    return value
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("capture", ["afpacket", "nflog"])
+def test_a_missing_interface_is_waited_for_and_bound_when_it_appears(tmp_path, capture):
+    """Started with -i of an interface that does not exist: the daemon stays up, says once which
+    interface it waits for (log, sd_notify STATUS, /readyz 503 with the reason, a gauge), then
+    binds and relays as soon as the interface appears, without a restart."""
+    import socket as _socket
+
+    from e2e_support import log_events
+    from pmtud_relay.lab import LabProcess
+    from test_faults import FaultNS, count, relays, stop, wait_count
+    from test_rules import need_backend, need_root_and
+
+    need_root_and()
+    extra = []
+    if capture == "nflog":  # the rules match the name, so they are installed before the interface exists
+        need_backend("nft")
+        extra = ["--capture", "nflog", "--manage-rules", "--rules-backend", "nft"]
+    notify_path = str(tmp_path / "notify")
+    notify = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(5)
+    with FaultNS() as ns:
+        proc = LabProcess("relay", ns.name, [sys.executable, "-m", "pmtud_relay", "run", "-i", "v9", "--vip", VIP4,
+                                             "--config", "", "--metrics-address", LATE_METRICS, "--log-level", "info", *extra],
+                          env={"NOTIFY_SOCKET": notify_path})
+        ns.procs.append(proc.popen)
+        try:
+            proc.wait_for(r"event=ready", stream="stderr", timeout=15)
+            waiting = log_events(proc, "interfaces_waiting")
+            assert len(waiting) == 1 and waiting[0]["interfaces"] == "v9", proc.stderr
+            assert waiting[0]["reason"] == "no such interface"
+            first = notify.recv(4096).decode()
+            assert "READY=1" in first and "waiting for interface v9" in first, first
+            status, body = _http(ns.name, "/readyz")
+            assert status == 503 and "waiting for interface v9" in body, body
+            assert _gauge(ns.name, "pmtud_relay_interfaces_waiting") == 1
+            assert _gauge(ns.name, "pmtud_relay_ready") == 0
+            time.sleep(0.5)
+            assert proc.poll() is None, proc.stderr
+
+            ns.recreate_pair(relay_name="v9", wire_name="w9", relay_mac=LATE_MAC)
+            wait_count(proc, r"event=interface_bound interface=v9", 1)
+            assert relays(ns, wire="w9", dst_mac=LATE_MAC), proc.stderr
+            status, body = _http(ns.name, "/readyz")
+            assert status == 200, body
+            assert _gauge(ns.name, "pmtud_relay_interfaces_waiting") == 0
+            assert _gauge(ns.name, "pmtud_relay_ready") == 1
+            later = notify.recv(4096).decode()
+            assert later == "STATUS=relaying on v9", later
+            assert count(proc, r"event=interfaces_waiting") == 1  # once at start, not per event
+        finally:
+            notify.close()
+            stop(proc)

@@ -196,3 +196,37 @@ s.bind((sys.argv[1], int(sys.argv[2])))
 print("bound", flush=True)
 time.sleep(60)
 """
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(90)
+def test_dry_run_lines_carry_the_owner_verdict(lab: Lab) -> None:
+    """dry-run --json on s1: a relayed PTB's line says whether s1 owns the flow; with
+    --no-confirm-owner the line has no verdict."""
+    pytest.importorskip("scapy")
+    udp = lab.spawn("s1", [lab.python, "-c", _UDP, lab.vip(4), "5353"])
+    udp.wait_for(r"^bound", stream="stdout", timeout=10)
+    relay = start_relays(lab, {"s1": ["dry-run", "-i", "eth0", "--json"]})["s1"]
+    try:
+        lab.inject(ptb_frame(lab, 4, "udp", 5353, 40061))
+        lab.inject(ptb_frame(lab, 4, "udp", 5354, 40062))  # no socket on VIP:5354
+        deadline = time.monotonic() + 5
+        while len([l for l in relay.json_lines() if "owner" in l]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = {int(l["dport"]): l for l in relay.json_lines() if l.get("dport")}
+        assert lines[40061]["owner"] == "applied" and lines[40061]["origin"] == "captured", lines
+        assert lines[40061]["verdict"] == "relay" and 0 <= lines[40061]["owner_seconds"] < 0.1, lines
+        assert lines[40062]["owner"] == "orphan", lines
+    finally:
+        stop_relays({"s1": relay})
+    relay = start_relays(lab, {"s1": ["dry-run", "-i", "eth0", "--json", "--no-confirm-owner"]})["s1"]
+    try:
+        lab.inject(ptb_frame(lab, 4, "udp", 5353, 40063))
+        deadline = time.monotonic() + 5
+        while not relay.json_lines() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (line,) = [l for l in relay.json_lines() if l.get("dport") == 40063]
+        assert line["verdict"] == "relay" and "owner" not in line, line
+    finally:
+        stop_relays({"s1": relay})
+        udp.stop(5)

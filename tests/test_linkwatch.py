@@ -203,3 +203,41 @@ def test_a_link_event_of_a_bound_interface_rereads_its_mtu(monkeypatch):
     d._on_link_events()
     assert d.ports == [port] and port.emitter.refreshed == 1 and d.internal_errors == 0
     port.capture.close()
+
+
+def test_a_waited_for_interface_is_warned_about_periodically():
+    """A typo in interfaces must stay visible: one interfaces_waiting warning per interval while
+    any configured interface is absent or down (every minute in the daemon), none once bound."""
+    import logging
+
+    from pmtud_relay import logs
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep(level=logging.WARNING)
+    logs.get().addHandler(handler)
+    try:
+        async def scenario():
+            d = RelayDaemon(DaemonSettings(interfaces=("eth9",), relay=RelayConfig(), discover_vips=False))
+            d._waiting.add("eth9")
+            stop = d._stop = asyncio.Event()  # what serve() makes; d.stop() sets it
+            task = asyncio.ensure_future(d._waiting_loop(stop, interval=0.05))
+            await asyncio.sleep(0.23)
+            warned = [r for r in records if r.getMessage() == "interfaces_waiting"]
+            d._waiting.clear()
+            await asyncio.sleep(0.15)
+            d.stop()
+            await asyncio.wait_for(task, 1)
+            return warned, [r for r in records if r.getMessage() == "interfaces_waiting"]
+
+        warned, after = asyncio.run(scenario())
+    finally:
+        logs.get().removeHandler(handler)
+    assert 3 <= len(warned) <= 5, len(warned)
+    assert all(r.kv["interfaces"] == "eth9" for r in warned)
+    assert all(isinstance(r.kv["seconds"], int) and "hint" in r.kv for r in warned)
+    assert len(after) == len(warned)  # bound (nothing waited for): no more warnings

@@ -34,7 +34,7 @@ EXPECTED = {
     "pmtud_relay_rate_limit_sources": ("gauge", set()),
     "pmtud_relay_dedup_keys": ("gauge", set()),
     "pmtud_relay_table_evictions": ("counter", {"table"}),
-    "pmtud_relay_vips": ("gauge", set()),
+    "pmtud_relay_vips": ("gauge", {"family"}),
     "pmtud_relay_kernel_held_sources": ("gauge", set()),
     "pmtud_relay_kernel_holds": ("counter", set()),
     "pmtud_relay_internal_errors": ("counter", set()),
@@ -42,6 +42,7 @@ EXPECTED = {
     "pmtud_relay_config_last_reload_success_timestamp_seconds": ("gauge", set()),
     "pmtud_relay_log_lines_dropped": ("counter", set()),
     "pmtud_relay_ready": ("gauge", set()),
+    "pmtud_relay_interfaces_waiting": ("gauge", set()),
     "pmtud_relay_start_time_seconds": ("gauge", set()),
     "pmtud_relay_build_info": ("gauge", {"version", "python"}),  # an Info metric, as text format 0.0.4 shows it
 }
@@ -125,7 +126,7 @@ def test_values_add_up_and_reasons_are_the_closed_enum():
         assert (s.labels["family"] == "unknown") == (Reason(s.labels["reason"]) in PARSE_REASONS)
     gauges = {n: fams[n].samples[0].value for n in ("pmtud_relay_rate_limit_sources", "pmtud_relay_dedup_keys")}
     assert gauges == {"pmtud_relay_rate_limit_sources": len(relay.limiter), "pmtud_relay_dedup_keys": len(relay.dedup)}
-    assert fams["pmtud_relay_vips"].samples[0].value == 2
+    assert {s.labels["family"]: s.value for s in fams["pmtud_relay_vips"].samples} == {"ipv4": 1, "ipv6": 1}
     hist = {s.labels.get("le"): s.value for s in fams["pmtud_relay_processing_seconds"].samples if s.name.endswith("_bucket")}
     assert hist["+Inf"] == 120 and hist["1e-05"] == 0 and hist["2.5e-05"] == 120
     info = fams["pmtud_relay_build_info"].samples[0]
@@ -332,7 +333,8 @@ def test_scrape_over_http_health_and_readiness():
 
     async def scenario():
         sock = metrics.bind("127.0.0.1:0")
-        server = metrics.MetricsServer(registry, ready=lambda: stats.ready)
+        server = metrics.MetricsServer(registry, ready=lambda: stats.not_ready_reason() is None,
+                                       not_ready_reason=stats.not_ready_reason)
         await server.start(sock)
         port = server.address[1]
         try:
@@ -350,6 +352,11 @@ def test_scrape_over_http_health_and_readiness():
             status, _, body = await http(port, get("/readyz"))
             assert status == 503 and b"not ready" in body
             stats.ready = True
+            stats.waiting.add("eth9")  # a configured interface that is absent or down: not ready, and why
+            status, _, body = await http(port, get("/readyz"))
+            assert status == 503 and body == b"not ready: waiting for interface eth9 (absent or down)\n"
+            assert parse((await http(port, get("/metrics")))[2].decode())["pmtud_relay_interfaces_waiting"].samples[0].value == 1
+            stats.waiting.clear()
             assert (await http(port, get("/readyz")))[0] == 200
             status, headers, body = await http(port, get("/readyz", method="HEAD"))
             assert status == 200 and body == b""

@@ -111,7 +111,7 @@ def test_metrics_health_and_sighup_reload(tmp_path, netns):
         metric = lambda name, **l: sample(get(base + "/metrics")[1], name, **l)  # noqa: E731
         wait(lambda: metric("pmtud_relay_ptb_relayed_total", interface="lo", family="ipv4") == 3,
              what="3 relayed PTBs in /metrics")
-        assert metric("pmtud_relay_vips") == 1
+        assert metric("pmtud_relay_vips", family="ipv4") == 1
         assert metric("pmtud_relay_ready") == 1
 
         # a valid change is applied live
@@ -119,21 +119,23 @@ def test_metrics_health_and_sighup_reload(tmp_path, netns):
                         f'metrics_address = "127.0.0.1:{port}"\n')
         proc.send_signal(signal.SIGHUP)
         wait(lambda: metric("pmtud_relay_config_reloads_total", result="success") == 1, what="reload success")
-        assert metric("pmtud_relay_vips") == 2
+        assert metric("pmtud_relay_vips", family="ipv4") == 2
 
         # an invalid file is refused; the daemon keeps running with the old configuration
         conf.write_text("source_rate = -1\n")
         proc.send_signal(signal.SIGHUP)
         wait(lambda: metric("pmtud_relay_config_reloads_total", result="failure") == 1, what="reload failure")
         assert f"{conf}: source_rate: must be > 0, got -1" in log()
-        assert metric("pmtud_relay_vips") == 2 and proc.poll() is None
+        assert metric("pmtud_relay_vips", family="ipv4") == 2 and proc.poll() is None
 
-        # an interface that cannot be opened refuses the whole reload
+        # an interface that does not exist (yet) is waited for, as at start: applied, not ready
         conf.write_text(f'interfaces = ["lo", "pmr-nope0"]\nvips = ["{VIP}"]\nmetrics_address = "127.0.0.1:{port}"\n')
         proc.send_signal(signal.SIGHUP)
-        wait(lambda: metric("pmtud_relay_config_reloads_total", result="failure") == 2, what="second failure")
-        assert metric("pmtud_relay_vips") == 2
-        assert "event=config_reload_failed" in log() and "pmr-nope0" in log()
+        wait(lambda: metric("pmtud_relay_config_reloads_total", result="success") == 2, what="second success")
+        assert metric("pmtud_relay_vips", family="ipv4") == 1
+        assert metric("pmtud_relay_interfaces_waiting") == 1 and metric("pmtud_relay_ready") == 0
+        assert get(base + "/readyz")[0] == 503
+        assert "event=interfaces_waiting interfaces=pmr-nope0" in log() and proc.poll() is None
     finally:
         rc = terminate(proc, 15)  # None: hung on SIGTERM, killed; fails below (unless the body already failed)
         stderr.close()

@@ -56,11 +56,12 @@ _TP2_HDR = struct.Struct("=IIIHHIIHH")
 _TP2_PKTTYPE = 32 + 10  # sockaddr_ll follows at TPACKET_ALIGN(32); sll_pkttype is at +10
 _TPACKET_REQ = struct.Struct("=IIII")  # struct tpacket_req: block size, blocks, frame size, frames
 #: Ring geometry: 2 KiB slots hold any PTB (an ICMPv6 error is at most 1280 bytes of IP, an
-#: ICMPv4 one 576 by RFC 1812; larger frames are counted as truncated), 4 MiB in all, as
-#: much as the receive buffer the socket path uses: 2048 frames of burst.
+#: ICMPv4 one 576 by RFC 1812; larger frames are counted as truncated), 1 MiB in all: 512
+#: frames of burst between two reads, a whole default global_burst (500). The ring is mapped
+#: into the process, so all of it is resident memory (docs/performance.md, "Footprint").
 RING_FRAME_SIZE = 2048
 RING_BLOCK_SIZE = 1 << 16
-RING_BLOCKS = 64
+RING_BLOCKS = 16
 #: Seconds of wake-ups that find no frame at the reader's slot before it resynchronises.
 RESYNC_AFTER = 0.01
 _RING_ARCHES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})

@@ -60,6 +60,17 @@ class NflogPermissionError(NflogError, PermissionError):
     """The process lacks CAP_NET_ADMIN (nfnetlink refuses every configuration request)."""
 
 
+def ifname_index(ifname: str) -> int:
+    """socket.if_nametoindex, with ENODEV for an unknown name (it raises an OSError without an
+    errno, which the daemon could not tell from other failures)."""
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError as exc:
+        if exc.errno is None:
+            raise OSError(errno.ENODEV, f"{ifname}: no such interface") from None
+        raise
+
+
 def interface_mac(ifname: str) -> bytes:
     """The hardware address of ``ifname`` (SIOCGIFHWADDR), 6 bytes for Ethernet."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -209,7 +220,7 @@ class NflogCapture(NflogDemux):
             raise ValueError(f"NFLOG group must be within 0..65535, got {group}")
         ports = []
         for ifname in dict.fromkeys(interfaces):
-            ifindex = socket.if_nametoindex(ifname)  # OSError ENODEV/ENXIO for unknown names
+            ifindex = ifname_index(ifname)  # OSError ENODEV for unknown names
             ports.append((ifname, ifindex, interface_mac(ifname)))
         super().__init__(group, ports)
         self.tuner = tuner
@@ -307,7 +318,7 @@ class NflogCapture(NflogDemux):
         """Register the interface now called ``ifname`` (its current ifindex and MAC) on the
         open socket: the group, its settings and the firewall rules (which match the name)
         stay as they are. OSError (ENODEV/ENXIO) when no interface has that name."""
-        ifindex = socket.if_nametoindex(ifname)
+        ifindex = ifname_index(ifname)
         return self.add_port(ifname, ifindex, interface_mac(ifname))
 
     # -- the packet path ------------------------------------------------------------------------

@@ -23,7 +23,9 @@ Every decoder is total: any bytes give an answer or ``None``, never an exception
 from __future__ import annotations
 
 import struct
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
+
+from ..rtnl import attributes, parse_messages  # the project's netlink message/attribute walker
 
 NETLINK_ROUTE = 0
 NETLINK_SOCK_DIAG = 4
@@ -80,29 +82,6 @@ class DiagAnswer(NamedTuple):
     uid: int
     inode: int
     pmtu: int | None  # tcp_info's tcpi_pmtu (TCP only), None when absent
-
-
-# The message and attribute walk. TODO(merge): use pmtud_relay.rtnl's (branch deploy-defaults)
-# once it is on main, and delete these two.
-def parse_messages(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
-    n = len(data)
-    off = 0
-    while n - off >= _NLMSGHDR.size:
-        length, kind = _NLMSGHDR.unpack_from(data, off)[:2]
-        if length < _NLMSGHDR.size or length > n - off:
-            return
-        yield kind, data, off + _NLMSGHDR.size, off + length
-        off += (length + 3) & ~3
-
-
-def attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    a = start
-    while end - a >= _RTATTR.size:
-        alen, akind = _RTATTR.unpack_from(data, a)
-        if alen < _RTATTR.size or alen > end - a:
-            return
-        yield akind & 0x3FFF, a + _RTATTR.size, a + alen
-        a += (alen + 3) & ~3
 
 
 def _pad16(addr: bytes) -> bytes:

@@ -103,6 +103,10 @@ def run_checks(checks=CHECKS, proc_root: str | Path = "/proc", interval: float |
                 vips, err = None, f"{type(exc).__name__}: {exc}"
             res.append(relayproc.check_vips(vips, relays, err))
             res.append(relayproc.check_rules(relays=relays))
+            if live:
+                from pmtud_relay.doctor import owners
+
+                res += owners.check(relays)
             return res
         out += _guard("relay", do_relay)
     if "counters" in checks:  # last: it may sleep for --interval

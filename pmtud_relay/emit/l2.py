@@ -41,7 +41,7 @@ SIOCGIFMTU = 0x8921
 
 RING_FRAME_SIZE = 2048
 RING_BLOCK_SIZE = 1 << 16
-RING_BLOCKS = 16  # 512 slots, 1 MiB
+RING_BLOCKS = 4  # 128 slots, 256 KiB: four flushes' worth (FLUSH_EVERY); a full ring drops a copy (ENOBUFS)
 #: Frame data starts at TPACKET2_HDRLEN - sizeof(struct sockaddr_ll) = 52 - 20.
 _DATA = 32
 MAX_RING_FRAME = RING_FRAME_SIZE - _DATA
