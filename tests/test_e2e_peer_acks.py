@@ -9,6 +9,7 @@ nobody has gets no ack and counts as not delivered once its wait expires.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -99,6 +100,11 @@ def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedL
         assert not closed("peer_ack", p)
 
     text = scrape(lab, "s1")
+    # The owners counted the peers' PTBs in their own confirmation metrics, by origin "peer".
+    for name in relayed_to_owner:
+        owner_text = scrape(lab, name)
+        found = re.search(r'pmtud_relay_owner_verdicts_total\{origin="peer",verdict="applied"\} ([0-9.]+)', owner_text)
+        assert found and float(found.group(1)) >= 1, (name, owner_text)
     final = stop_relays(procs)
     acks = log_events(s1, "peer_ack")
     rec = final["s1"]
