@@ -417,6 +417,12 @@ SCHEMA: tuple[Key, ...] = (
     _k("peer_max_age", float, _peering.peerproto.DEFAULT_MAX_AGE, "accept peer messages stamped "
        "within this many seconds of the local clock", "peers", _parse_float, _range(gt=0),
        metavar="SECONDS", reload="restart"),
+    _k("peer_acks", bool, True, "delivery acknowledgements: a receiver whose host owns the flow a "
+       "peer's PTB quotes answers the sender with one signed ack; a sender counts the acks for the "
+       "PTBs it sent", "peers", _parse_bool, reload="restart"),
+    _k("peer_ack_rate", float, _peering.DEFAULT_ACK_RATE, "acknowledgements per second this host "
+       "sends at most (burst: twice that)", "peers", _parse_float, _range(gt=0, at_most=MAX_RATE),
+       metavar="PPS", reload="restart"),
 )
 
 KEYS: dict[str, Key] = {k.name: k for k in SCHEMA}
@@ -660,7 +666,8 @@ def load(
 
 
 _PEER_KEYS = ("fanout", "peers", "peers_files", "peers_dns", "peers_dns_interval", "peers_refresh",
-              "peer_listen", "peer_key_file", "peer_rate", "peer_burst", "peer_max_age")
+              "peer_listen", "peer_key_file", "peer_rate", "peer_burst", "peer_max_age", "peer_acks",
+              "peer_ack_rate")
 
 
 def _build_peer_settings(values: Mapping[str, Any], check_key_file: bool = True):
@@ -676,6 +683,8 @@ def _build_peer_settings(values: Mapping[str, Any], check_key_file: bool = True)
         max_age=values["peer_max_age"],
         dns_interval=values["peers_dns_interval"],
         refresh=values["peers_refresh"],
+        acks=values["peer_acks"],
+        ack_rate=values["peer_ack_rate"],
         check_key_file=check_key_file,
     )
 

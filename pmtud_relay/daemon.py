@@ -830,6 +830,7 @@ class RelayDaemon:
         if self.notifier.watchdog_interval:
             tasks.append(asyncio.create_task(self._watchdog_loop(stop, self.notifier.watchdog_interval)))
         if self.peering is not None:
+            self.peering.confirmer = self.confirmer  # owner verdicts for peers' PTBs: acks (docs/peers.md)
             await self.peering.start()
         absent = [n for n in self._absent_at_start if n in self._waiting]
         if absent:

@@ -11,6 +11,12 @@ datagrams from peers, verifies them, re-checks the PTB with its own policy and i
 own receive path (:mod:`pmtud_relay.capture.peer_receiver`). A received PTB is never relayed
 again: the receive path has no reference to the fan-out, and the injected packet enters through
 ``lo``, where no capture listens. Protocol, keys and threat model: docs/peers.md.
+
+Delivery acknowledgements (``acks``, on by default; :mod:`pmtud_relay.core.peerack`): the receiver
+asks the confirmation service (:mod:`pmtud_relay.confirm`) whether this host owns the flow an
+injected PTB quotes and, if so, answers the datagram's sender (its address and port) with one
+signed ack, rate-limited. The sender reads acks on its send sockets and counts, per PTB it sent,
+whether an owner acknowledged it within ``ACK_EXPIRY`` seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from dataclasses import dataclass
 from typing import Callable, TextIO
 
 from pmtud_relay import logs
-from pmtud_relay.core import peerproto
+from pmtud_relay.core import peerack, peerproto
+from pmtud_relay.core.peerack import AckDecoder, AckEvent, AckGate, AckTracker, AckVerdict, encode_ack
 from pmtud_relay.core.peerproto import Keyring, PeerDecoder, PeerReason, encode, ptb_packet
 from pmtud_relay.core.peers import (
     DEFAULT_PEER_BURST, DEFAULT_PEER_RATE, DEFAULT_PORT, InboxConfig, InboxDecision, PeerInbox, PeerSpec,
@@ -43,6 +50,8 @@ FANOUT_MODES = ("l2", "peers", "both")
 DEFAULT_REFRESH = 2.0  # seconds between polls of the peers file and the key file
 DEFAULT_LISTEN = ("", DEFAULT_PORT)  # every address, dual-stack
 _OFF = ("none", "off", "")
+#: Acks per second a host sends at most: what one sender may send it (docs/peers.md, "Acknowledgements").
+DEFAULT_ACK_RATE = 2 * DEFAULT_PEER_RATE
 
 
 class PeerConfigError(ValueError):
@@ -70,6 +79,8 @@ class PeerSettings:
     burst: float = DEFAULT_PEER_BURST
     max_age: float = peerproto.DEFAULT_MAX_AGE
     refresh: float = DEFAULT_REFRESH
+    acks: bool = True  # acknowledge owned PTBs received; track acks for PTBs sent
+    ack_rate: float = DEFAULT_ACK_RATE  # acks per second this host sends at most (burst: 2x)
 
     @property
     def sends(self) -> bool:
@@ -93,6 +104,8 @@ def build_settings(
     dns_interval: float = DEFAULT_DNS_INTERVAL,
     refresh: float = DEFAULT_REFRESH,
     check_key_file: bool = True,
+    acks: bool = True,
+    ack_rate: float = DEFAULT_ACK_RATE,
 ) -> PeerSettings | None:
     """Validate peer options (strings as typed); None when the peer relay is off entirely.
     PeerConfigError names the option at fault. The flags, environment variables and TOML keys
@@ -114,7 +127,8 @@ def build_settings(
             raise PeerConfigError(f"--peers-dns: {spec.host} is an address, not a name (use --peer)")
     files = tuple(peers_files or ())
     for name, value in (("--peer-rate", rate), ("--peers-dns-interval", dns_interval),
-                        ("--peer-max-age", max_age), ("--peers-refresh", refresh)):
+                        ("--peer-max-age", max_age), ("--peers-refresh", refresh),
+                        ("--peer-ack-rate", ack_rate)):
         if not value > 0:
             raise PeerConfigError(f"{name}: must be > 0, got {value}")
     if burst < 1:
@@ -145,7 +159,8 @@ def build_settings(
             load_keyring(key_file)
         except KeyFileError as exc:
             raise PeerConfigError(f"--peer-key-file: {exc}") from None
-    return PeerSettings(fanout, static, files, dns, dns_interval, addresses, key_file, rate, burst, max_age, refresh)
+    return PeerSettings(fanout, static, files, dns, dns_interval, addresses, key_file, rate, burst, max_age, refresh,
+                        bool(acks), ack_rate)
 
 
 # -- the service ---------------------------------------------------------------------------------
@@ -168,6 +183,7 @@ class PeerService:
         nonce: Callable[[int], bytes] = os.urandom,
         own_addresses: Callable[[], frozenset[str]] = local_addresses,
         resolver=None,
+        confirmer=None,
     ):
         self.settings = settings
         self.policy = policy
@@ -201,6 +217,14 @@ class PeerService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_errors: tuple[str, ...] = ()
         self._filter_for: frozenset[str] | None = None  # the peer addresses the listener's filter was built for
+        # Delivery acknowledgements (core/peerack.py).
+        self.confirmer = confirmer  # the daemon's confirm.service.Confirmer, set before start()
+        self.ack_gate: AckGate | None = None  # receiving side
+        self.ack_tracker: AckTracker | None = None  # sending side
+        self.acks_sent: Counter[str] = Counter()  # by verdict label
+        self.ack_send_errors: Counter[str] = Counter()  # by errno name
+        self._ack_socks: list = []
+        self._emitter_filter_for: frozenset[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> None:
@@ -228,6 +252,13 @@ class PeerService:
                 self._log_filter(self.listener.filter)
             if s.sends and not self.dry_run:
                 self.emitter = PeerEmitter()
+                if s.acks:
+                    self.ack_tracker = AckTracker(AckDecoder(self.keyring, s.max_age), ACK_EXPIRY)
+                    self._ack_socks = self.emitter.open_all()
+                    self._emitter_filter_for = frozenset()
+                    self.emitter.set_filter(program_for(self._emitter_filter_for).program)
+            if s.listen and s.acks and not self.dry_run:
+                self.ack_gate = AckGate(s.ack_rate, 2 * s.ack_rate, self.clock())
         except PermissionError:
             self.close()
             raise PeerError("permission denied opening the raw IP socket that injects peer PTBs: "
@@ -244,11 +275,20 @@ class PeerService:
         if self.listener is not None:
             for sock in self.listener.socks:
                 self._loop.add_reader(sock.fileno(), self._on_readable, sock)
+        if self.ack_gate is not None and self.confirmer is None:
+            # No owner lookup (confirm_owner off, or no sock_diag): nothing to acknowledge with.
+            self.ack_gate = None
+            self.log.info("peer_acks", extra={"kv": {"send": "off", "reason": "no owner lookup (confirm_owner)"}})
+        for sock in self._ack_socks:
+            self._loop.add_reader(sock.fileno(), self._on_ack_readable, sock)
         self._task = asyncio.create_task(self._refresh_loop())
 
     async def stop(self) -> None:
         if self._loop is not None and self.listener is not None:
             for sock in self.listener.socks:
+                self._loop.remove_reader(sock.fileno())
+        if self._loop is not None:
+            for sock in self._ack_socks:
                 self._loop.remove_reader(sock.fileno())
         if self._task is not None:
             self._task.cancel()
@@ -260,6 +300,7 @@ class PeerService:
             if part is not None:
                 part.close()
         self.listener = self.injector = self.emitter = None
+        self._ack_socks = []
 
     def describe(self) -> dict:
         return {
@@ -289,6 +330,8 @@ class PeerService:
                 self.keyring = keyring
                 if self.decoder is not None:
                     self.decoder.set_keyring(keyring)
+                if self.ack_tracker is not None:
+                    self.ack_tracker.decoder.set_keyring(keyring)
                 self.key_reloads += 1
                 self.log.info("peer_keys_reloaded", extra={"kv": {
                     "keys": ",".join(str(k) for k in keyring.ids), "send_key": keyring.send_id}})
@@ -324,6 +367,7 @@ class PeerService:
         back to the magic alone and say so."""
         from pmtud_relay.capture.peer_filter import program_for
 
+        self._apply_emitter_filter()
         listener = self.listener
         if listener is None:
             return
@@ -339,6 +383,22 @@ class PeerService:
                 reason=f"the kernel refused the {len(wanted or ())}-address filter: {exc.strerror or exc}")
             listener.set_filter(pf)
         self._log_filter(pf)
+
+    def _apply_emitter_filter(self) -> None:
+        """The send sockets receive acks: the same filter, by the peers' addresses (magic
+        alone when the list does not fit a program)."""
+        from pmtud_relay.capture.peer_filter import program_for
+
+        if not self._ack_socks or self.emitter is None:
+            return
+        wanted = frozenset(p.address for p in self.table.peers)
+        if wanted == self._emitter_filter_for:
+            return
+        self._emitter_filter_for = wanted
+        try:
+            self.emitter.set_filter(program_for(wanted).program)
+        except OSError:
+            self.emitter.set_filter(program_for(None).program)
 
     def _log_filter(self, pf) -> None:
         if pf is None:
@@ -359,6 +419,7 @@ class PeerService:
             except Exception:  # noqa: BLE001
                 self.internal_errors += 1
                 self._warn("peer_refresh_failed", {}, exc_info=True)
+            self.expire_acks(self.clock())
 
     # -- sending ----------------------------------------------------------------------------------
     def fanout(self, ptb, now: float) -> None:
@@ -368,8 +429,10 @@ class PeerService:
         try:
             targets = self.table.targets(ptb.inner_src, now)
             if targets.send:
-                datagram = encode(ptb_packet(ptb), self.keyring, self.wall(), self.nonce(peerproto.NONCE_LEN))
+                nonce = self.nonce(peerproto.NONCE_LEN)
+                datagram = encode(ptb_packet(ptb), self.keyring, self.wall(), nonce)
                 emitter = self.emitter
+                sent_to = []
                 for peer in targets.send:
                     self.tx += 1
                     if emitter is None:
@@ -380,6 +443,10 @@ class PeerService:
                         self.tx_errors[name] += 1
                         self._warn("peer_send_failed", {"peer": str(peer), "errno": name,
                                                         "total": sum(self.tx_errors.values())})
+                    else:
+                        sent_to.append(peer.address)
+                if sent_to and self.ack_tracker is not None:
+                    self.ack_tracker.sent(nonce, sent_to, now, _flow(ptb))
             if self.dry_run:
                 rec = decision_record(Decision(True, Reason.RELAYED, ptb, None), "peers")
                 rec["verdict"] = "send"
@@ -395,19 +462,26 @@ class PeerService:
     # -- receiving ---------------------------------------------------------------------------------
     def _on_readable(self, sock) -> None:
         try:
-            batch = self.listener.drain(sock)
+            listener = self.listener
+            batch = listener.drain(sock) if self.ack_gate is None else listener.drain_from(sock)
             if not batch:
                 return
             now, wall = self.clock(), self.wall()
             policy = self.policy()
-            for data, host, port in batch:
-                self.handle_datagram(data, host, port, now, wall, policy)
+            if self.ack_gate is None:
+                for data, host, port in batch:
+                    self.handle_datagram(data, host, port, now, wall, policy)
+            else:
+                for data, host, port, local in batch:
+                    self.handle_datagram(data, host, port, now, wall, policy, reply=(sock, local))
         except Exception:  # noqa: BLE001
             self.internal_errors += 1
             self._warn("peer_receive_error", {}, exc_info=True)
 
     def handle_datagram(self, data: bytes, host: str, port: int, now: float, wall: float,
-                        policy: Policy) -> InboxDecision:
+                        policy: Policy, reply=None) -> InboxDecision:
+        """One datagram from ``host``:``port``; ``reply``: (the socket it came in on, the local
+        address it was sent to), where an acknowledgement goes back through."""
         decision = self.inbox.handle(data, now, wall, host, policy)
         sender = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if decision.inject and self.injector is not None:
@@ -419,6 +493,8 @@ class PeerService:
                 self._warn("peer_inject_failed", {"peer": sender, "errno": name})
             else:
                 self.injected += 1
+                if self.ack_gate is not None and self.confirmer is not None and reply is not None:
+                    self._confirm(decision.packet, data, host, port, now, reply)
         if self.dry_run:
             rec = decision_record(Decision(decision.inject, decision.reason, decision.ptb, None), "peer")
             rec["verdict"] = "inject" if decision.inject else "drop"
@@ -433,6 +509,95 @@ class PeerService:
         else:
             self._warn(f"peer_rejected:{decision.reason.value}", {"peer": sender})
         return decision
+
+    # -- acknowledgements: receiving side -----------------------------------------------------------
+    def _confirm(self, packet: bytes, data: bytes, host: str, port: int, now: float, reply) -> None:
+        """Ask who owns the flow; if this host does, answer the datagram's sender once."""
+        from pmtud_relay.confirm.verdict import Origin
+
+        acked = bytes(data[peerproto.NONCE_OFFSET:peerproto.NONCE_OFFSET + peerproto.NONCE_LEN])
+        size = len(data)
+
+        def on_verdict(verdict, seconds: float) -> None:
+            self._answer(verdict, seconds, acked, size, host, port, reply)
+
+        self.confirmer.submit(packet, Origin.PEER, now, on_verdict)
+
+    def _answer(self, verdict, seconds: float, acked: bytes, size: int, host: str, port: int, reply) -> None:
+        """Called once per injected datagram, on the loop, with the owner verdict."""
+        ack_verdict = _ACKED_VERDICTS.get(getattr(verdict, "value", None))
+        if self.log.isEnabledFor(10):
+            self.log.debug("peer_owner_verdict", extra={"kv": {
+                "peer": host, "owner_verdict": getattr(verdict, "value", verdict),
+                "verdict_ms": round(seconds * 1000, 3), "ack": ack_verdict is not None}})
+        if ack_verdict is None or self.ack_gate is None or self.keyring is None:
+            return  # no owner here (or no answer): only the owner acknowledges
+        try:
+            ack = encode_ack(acked, ack_verdict, seconds, self.keyring, self.wall(), self.nonce(peerproto.NONCE_LEN))
+            refused = self.ack_gate.allow(acked, len(ack), size, self.clock())
+            if refused is not None:
+                self._warn(f"peer_ack_not_sent:{refused}", {"peer": host})
+                return
+            from pmtud_relay.capture.peer_receiver import PeerListener
+
+            sock, local = reply
+            err = PeerListener.reply(sock, ack, host, port, local)
+            if err:
+                name = errno.errorcode.get(err, str(err))
+                self.ack_send_errors[name] += 1
+                self._warn("peer_ack_send_failed", {"peer": host, "errno": name})
+                return
+            self.acks_sent[ack_verdict.label] += 1
+        except Exception:  # noqa: BLE001
+            self.internal_errors += 1
+            self._warn("peer_ack_error", {}, exc_info=True)
+
+    # -- acknowledgements: sending side -------------------------------------------------------------
+    def _on_ack_readable(self, sock) -> None:
+        from pmtud_relay.capture.peer_receiver import PeerListener
+
+        try:
+            batch = PeerListener.drain(sock)
+            if not batch:
+                return
+            now, wall = self.clock(), self.wall()
+            for data, host, _port in batch:
+                self.handle_ack(data, host, now, wall)
+        except Exception:  # noqa: BLE001
+            self.internal_errors += 1
+            self._warn("peer_ack_receive_error", {}, exc_info=True)
+
+    def handle_ack(self, data: bytes, host: str, now: float, wall: float):
+        tracker = self.ack_tracker
+        if tracker is None:
+            return None
+        host = host.partition("%")[0]
+        try:
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
+            pass
+        result = tracker.handle(data, host, now, wall)
+        if result.__class__ is AckEvent:
+            if self.log.isEnabledFor(10):
+                kv = _flow_kv(result.info)
+                kv.update(peer=host, owner_verdict=result.verdict.label, rtt_ms=round(result.rtt * 1000, 3),
+                          owner_delay_ms=round(result.delay * 1000, 3), first=result.first)
+                self.log.debug("peer_ack", extra={"kv": kv})
+        else:
+            self._warn(f"peer_ack_dropped:{result.value}", {"peer": host})
+        return result
+
+    def expire_acks(self, now: float) -> None:
+        """End the fan-outs whose wait is over (each unacknowledged one: a debug line)."""
+        tracker = self.ack_tracker
+        if tracker is None:
+            return
+        unacked = tracker.expire(now)
+        if unacked and self.log.isEnabledFor(10):
+            for entry in unacked:
+                kv = _flow_kv(entry.info)
+                kv.update(peers=",".join(sorted(entry.peers)), waited_s=tracker.expiry)
+                self.log.debug("peer_no_owner_ack", extra={"kv": kv})
 
     # -- reporting ---------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -449,6 +614,18 @@ class PeerService:
             out["peer_inject_errors"] = sum(self.inject_errors.values())
         if self.key_reloads:
             out["peer_key_reloads"] = self.key_reloads
+        tracker = self.ack_tracker
+        if tracker is not None:
+            self.expire_acks(self.clock())
+            out["peer_acked"] = tracker.fanouts["delivered"]
+            out["peer_unacked"] = tracker.fanouts["not_delivered"] + tracker.fanouts["evicted"]
+            out["peer_awaiting_ack"] = len(tracker)
+            for verdict, n in tracker.acks.items():
+                out["peer_acks_" + verdict.label] = n
+            out["peer_ack_drops"] = sum(tracker.drops.values())
+        if self.ack_gate is not None:
+            out["peer_acks_sent"] = self.ack_gate.counts["sent"] - sum(self.ack_send_errors.values())
+            out["peer_acks_rate_limited"] = self.ack_gate.counts["rate_limited"]
         return out
 
     def _write(self, rec: dict) -> None:
@@ -466,6 +643,25 @@ class PeerService:
         if reason:
             kv = dict(kv, reason=reason)
         self.log.warning(name, exc_info=exc_info, extra={"kv": kv})
+
+
+#: Owner verdicts (pmtud_relay.confirm.verdict.OwnerVerdict values) a receiver acknowledges.
+_ACKED_VERDICTS = {"applied": AckVerdict.APPLIED, "not_applied": AckVerdict.NOT_APPLIED}
+ACK_EXPIRY = peerack.DEFAULT_EXPIRY
+
+
+def _flow(ptb) -> tuple:
+    """The PTB's flow, kept while its acks are awaited (raw: formatted only for a log line)."""
+    return (ptb.inner_src, ptb.inner_dst, ptb.proto, ptb.sport, ptb.dport, ptb.mtu)
+
+
+def _flow_kv(info) -> dict:
+    if not info:
+        return {}
+    src, dst, proto, sport, dport, mtu = info
+    return {"inner_src": str(ipaddress.ip_address(src)), "inner_dst": str(ipaddress.ip_address(dst)),
+            "proto": proto, "sport": sport if sport >= 0 else None, "dport": dport if dport >= 0 else None,
+            "mtu": mtu}
 
 
 def _peer_text(peer) -> str:

@@ -13,6 +13,7 @@ from typing import Callable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from pmtud_relay.core.peerack import AckDrop, AckVerdict
 from pmtud_relay.core.peerproto import PeerReason
 from pmtud_relay.core.reasons import Reason
 
@@ -45,6 +46,7 @@ class PeerCollector:
         for name, n in sorted(svc.tx_errors.items()):
             errors.add_metric([name], n)
         yield errors
+        yield from _ack_metrics(svc)
         if svc.inbox is None:
             return
         received = CounterMetricFamily(f"{PREFIX}_datagrams_received", "Datagrams received from peers, by "
@@ -71,3 +73,44 @@ class PeerCollector:
                                     "checks only the protocol magic (a host that only listens, or a peer list "
                                     "the kernel cannot take), else 0.", value=1 if pf.mode == "magic" else 0)
         yield CounterMetricFamily(f"{PREFIX}_key_reloads", "Key file changes applied.", value=svc.key_reloads)
+
+
+def _ack_metrics(svc):
+    """Delivery acknowledgements (docs/peers.md, "Acknowledgements"); every label from the start."""
+    tracker = getattr(svc, "ack_tracker", None)
+    if tracker is not None:
+        svc.expire_acks(svc.clock())  # a fan-out whose wait is over counts now, not at the next refresh
+        acks = CounterMetricFamily(f"{PREFIX}_acks", "Owner acknowledgements accepted for PTBs this host "
+                                   "sent to peers, by the owner's verdict: applied (its path MTU dropped) "
+                                   "or not_applied.", labels=["result"])
+        for verdict in AckVerdict:
+            acks.add_metric([verdict.label], tracker.acks[verdict])
+        yield acks
+        drops = CounterMetricFamily(f"{PREFIX}_ack_drops", "Acknowledgements dropped, by reason (unsolicited: "
+                                    "for no datagram this host sent; late: after the wait expired).",
+                                    labels=["reason"])
+        for reason in AckDrop:
+            drops.add_metric([reason.value], tracker.drops[reason])
+        yield drops
+        fanouts = CounterMetricFamily(f"{PREFIX}_fanouts", "PTBs sent to peers, by outcome: delivered (an "
+                                      "owner acknowledged it), not_delivered (no owner ack within the wait), "
+                                      "evicted (the table of PTBs awaiting acks was full).", labels=["result"])
+        for result in ("delivered", "not_delivered", "evicted"):
+            fanouts.add_metric([result], tracker.fanouts[result])
+        yield fanouts
+        yield GaugeMetricFamily(f"{PREFIX}_fanouts_awaiting_ack", "PTBs sent to peers still within their "
+                                "wait for an acknowledgement.", value=len(tracker))
+    gate = getattr(svc, "ack_gate", None)
+    if gate is not None:
+        sent = CounterMetricFamily(f"{PREFIX}_acks_sent", "Acknowledgements this host sent as the owner of "
+                                   "a peer's PTB, by verdict.", labels=["result"])
+        for verdict in AckVerdict:
+            sent.add_metric([verdict.label], svc.acks_sent.get(verdict.label, 0))
+        yield sent
+        refused = CounterMetricFamily(f"{PREFIX}_acks_not_sent", "Acknowledgements this host owed but did "
+                                      "not send, by reason.", labels=["reason"])
+        refused.add_metric(["rate_limited"], gate.counts["rate_limited"])
+        refused.add_metric(["larger_than_datagram"], gate.counts["larger_than_datagram"])
+        refused.add_metric(["repeat"], gate.counts["repeat"])
+        refused.add_metric(["send_failed"], sum(svc.ack_send_errors.values()))
+        yield refused

@@ -353,3 +353,163 @@ def test_prometheus_collector_exports_closed_label_sets(key_file):
     empty = CollectorRegistry(auto_describe=False)
     empty.register(PeerCollector(lambda: None))
     assert "pmtud_relay_peer" not in generate_latest(empty).decode()
+
+
+# -- delivery acknowledgements (core/peerack.py) over real loopback UDP -----------------------------
+class FakeConfirmer:
+    """Stands in for confirm.service.Confirmer (the owner lookup is tested on real kernels in
+    tests/test_e2e_peers.py): answers every submit with ``verdict``, later, on the loop."""
+
+    def __init__(self, verdict):
+        self.verdict = verdict
+        self.submitted = []
+
+    def submit(self, packet, origin, now, on_verdict=None):
+        self.submitted.append((packet, origin))
+        asyncio.get_running_loop().call_soon(on_verdict, self.verdict, 0.002)
+
+
+def ack_pair(key_file, verdict, clock):
+    """A sender (tx) and a receiver (rx, a fake injector and confirmer) over 127.0.0.1."""
+    rx_settings = PeerSettings(fanout="l2", listen=(("127.0.0.1", 0),), key_file=key_file, rate=100.0, burst=100.0)
+    rx = PeerService(rx_settings, lambda: POLICY, clock=lambda: clock[0], own_addresses=frozenset,
+                     confirmer=FakeConfirmer(verdict))
+    rx.open()
+    rx.injector.close()
+    rx.injector = FakeInjector()
+    port = rx.listener.socks[0].getsockname()[1]
+    tx_settings = PeerSettings(fanout="peers", peers=(PeerSpec("127.0.0.1", port),), key_file=key_file,
+                               rate=100.0, burst=100.0)
+    tx = PeerService(tx_settings, lambda: POLICY, clock=lambda: clock[0], own_addresses=frozenset)
+    tx.open()
+    return tx, rx
+
+
+async def _wait(cond, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def test_owner_acks_once_and_sender_counts_delivered(key_file):
+    from pmtud_relay.confirm.verdict import Origin, OwnerVerdict
+    from pmtud_relay.core.peerack import AckVerdict
+
+    async def scenario():
+        clock = [10.0]
+        tx, rx = ack_pair(key_file, OwnerVerdict.APPLIED, clock)
+        try:
+            await rx.start()
+            await tx.start()
+            for dport in (40000, 40001):
+                tx.fanout(parse_frame(F.ptb_v4(dport=dport)), clock[0])
+            await _wait(lambda: tx.ack_tracker.acks[AckVerdict.APPLIED] >= 2)
+            await asyncio.sleep(0.05)  # anything more would arrive now
+        finally:
+            await tx.stop()
+            await rx.stop()
+            tx.close()
+            rx.close()
+        return tx, rx
+
+    tx, rx = asyncio.run(scenario())
+    assert [o for _, o in rx.confirmer.submitted] == [Origin.PEER, Origin.PEER]
+    assert rx.acks_sent == {"applied": 2} and rx.ack_gate.counts["sent"] == 2
+    assert tx.ack_tracker.acks == {AckVerdict.APPLIED: 2, AckVerdict.NOT_APPLIED: 0}
+    assert tx.ack_tracker.fanouts == {"delivered": 2, "not_delivered": 0, "evicted": 0}
+    assert sum(tx.ack_tracker.drops.values()) == 0
+    stats = tx.stats()
+    assert stats["peer_acked"] == 2 and stats["peer_acks_applied"] == 2 and stats["peer_unacked"] == 0
+    assert rx.stats()["peer_acks_sent"] == 2
+    tx_text, rx_text = metrics_text(tx), metrics_text(rx)
+    assert 'pmtud_relay_peer_acks_total{result="applied"} 2.0' in tx_text
+    assert 'pmtud_relay_peer_acks_total{result="not_applied"} 0.0' in tx_text
+    assert 'pmtud_relay_peer_fanouts_total{result="delivered"} 2.0' in tx_text
+    assert 'pmtud_relay_peer_ack_drops_total{reason="unsolicited"} 0.0' in tx_text
+    assert 'pmtud_relay_peer_acks_sent_total{result="applied"} 2.0' in rx_text
+    assert 'pmtud_relay_peer_acks_not_sent_total{reason="rate_limited"} 0.0' in rx_text
+
+
+def metrics_text(svc) -> str:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pmtud_relay.peermetrics import PeerCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PeerCollector(lambda: svc))
+    return generate_latest(registry).decode()
+
+
+@pytest.mark.parametrize("verdict", ["ORPHAN", "UNKNOWN"])
+def test_no_ack_without_an_owner_and_the_fanout_expires_undelivered(key_file, verdict):
+    from pmtud_relay.confirm.verdict import OwnerVerdict
+
+    async def scenario():
+        clock = [10.0]
+        tx, rx = ack_pair(key_file, OwnerVerdict[verdict], clock)
+        try:
+            await rx.start()
+            await tx.start()
+            tx.fanout(parse_frame(F.ptb_v4()), clock[0])
+            await _wait(lambda: rx.confirmer.submitted)
+            await asyncio.sleep(0.1)
+            before = dict(tx.ack_tracker.fanouts)
+            clock[0] += peering.ACK_EXPIRY
+            tx.expire_acks(clock[0])
+            injected = list(rx.injector.injected)
+        finally:
+            await tx.stop()
+            await rx.stop()
+            tx.close()
+            rx.close()
+        return tx, rx, before, injected
+
+    tx, rx, before, injected = asyncio.run(scenario())
+    assert len(rx.confirmer.submitted) == 1 and len(injected) == 1
+    assert not rx.acks_sent and rx.ack_gate.counts["sent"] == 0
+    assert before == {"delivered": 0, "not_delivered": 0, "evicted": 0}
+    assert tx.ack_tracker.fanouts == {"delivered": 0, "not_delivered": 1, "evicted": 0}
+    assert tx.stats()["peer_unacked"] == 1
+
+
+def test_acks_off_sends_and_reads_none(key_file):
+    settings = PeerSettings(fanout="peers", peers=(PeerSpec("127.0.0.1", 9),), listen=(("127.0.0.1", 0),),
+                            key_file=key_file, acks=False)
+    svc = PeerService(settings, lambda: POLICY, own_addresses=frozenset)
+    svc.open()
+    try:
+        assert svc.ack_tracker is None and svc.ack_gate is None and svc._ack_socks == []
+    finally:
+        svc.close()
+    assert peer_settings("--fanout", "peers", "--peer", "192.0.2.1", "--peer-key-file", key_file,
+                         "--no-peer-acks").acks is False
+    assert peer_settings("--fanout", "peers", "--peer", "192.0.2.1", "--peer-key-file", key_file,
+                         "--peer-ack-rate", "5").ack_rate == 5.0
+
+
+@pytest.mark.parametrize("bind", ["", "0.0.0.0"], ids=["dual-stack", "ipv4"])
+def test_listener_reports_the_local_address_and_replies_from_it(bind):
+    """drain_from/reply (acks): the local address a datagram was sent to, and a reply from it."""
+    from pmtud_relay.capture.peer_receiver import PeerListener
+
+    listener = PeerListener([(bind, 0)])
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock = listener.socks[0]
+        port = sock.getsockname()[1]
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(2)
+        client.sendto(b"PMTR hello", ("127.0.0.2", port))  # any 127/8 address is local
+        deadline = time.monotonic() + 2
+        batch = []
+        while not batch and time.monotonic() < deadline:
+            batch = PeerListener.drain_from(sock)
+        [(data, host, cport, local)] = batch
+        assert (data, host, cport) == (b"PMTR hello", "127.0.0.1", client.getsockname()[1])
+        assert local is not None and local[0][-4:] == bytes([127, 0, 0, 2])
+        assert PeerListener.reply(sock, b"ack", host, cport, local) == 0
+        reply, src = client.recvfrom(100)
+        assert reply == b"ack" and src == ("127.0.0.2", port)  # not 127.0.0.1, the route's choice
+    finally:
+        client.close()
+        listener.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 from pmtud_relay.capture.afpacket import attach_filter
 from pmtud_relay.capture.peer_filter import PeerFilter
@@ -23,6 +24,10 @@ from pmtud_relay.core.peers import DEFAULT_PORT
 MAX_DATAGRAM = 65535
 DEFAULT_RCVBUF = 1 << 20
 IPV6_HDRINCL = 36  # linux/in6.h; IPPROTO_RAW sockets have it on already
+IP_PKTINFO = 8  # linux/in.h (not in Python's socket module before 3.13 on every build)
+_IN_PKTINFO = struct.Struct("=I4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
+_IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
+_ANCBUF = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(_IN_PKTINFO.size)
 
 
 def parse_listen(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -80,6 +85,16 @@ class PeerListener:
         sock = PeerListener._open(host, port, peer_filter)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        except OSError:
+            pass
+        # The local address each datagram was sent to (drain_from), so that an acknowledgement
+        # leaves from it (reply) and not from whatever the route back would pick on a host
+        # with several addresses. A dual-stack socket reports IPv4 ones as v4-mapped.
+        try:
+            if sock.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         except OSError:
             pass
         return sock
@@ -152,6 +167,55 @@ class PeerListener:
                 host = host[7:]
             out.append((data, host, addr[1]))
         return out
+
+    @staticmethod
+    def drain_from(sock: socket.socket, limit: int = 256) -> list[tuple[bytes, str, int, tuple | None]]:
+        """:meth:`drain`, plus the local address each datagram was sent to: ``(packed address,
+        interface index)`` as :meth:`reply` takes it, or None if the kernel did not say."""
+        out = []
+        for _ in range(limit):
+            try:
+                data, anc, _flags, addr = sock.recvmsg(MAX_DATAGRAM, _ANCBUF)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    continue
+                raise
+            local = None
+            for level, kind, cdata in anc:
+                if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(cdata) >= _IN6_PKTINFO.size:
+                    local = _IN6_PKTINFO.unpack_from(cdata)
+                elif level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(cdata) >= _IN_PKTINFO.size:
+                    ifindex, _spec, dst = _IN_PKTINFO.unpack_from(cdata)
+                    local = (dst, ifindex)
+            host = addr[0]
+            if host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+            out.append((data, host, addr[1], local))
+        return out
+
+    @staticmethod
+    def reply(sock: socket.socket, data: bytes, host: str, port: int, local: tuple | None) -> int:
+        """Send ``data`` to ``host``:``port`` through ``sock``, from ``local`` (as
+        :meth:`drain_from` gave it; None: the kernel's choice). 0 or errno."""
+        anc = []
+        if sock.family == socket.AF_INET6:
+            dest = "::ffff:" + host if "." in host else host
+            if local is not None and len(local[0]) == 16:
+                addr, ifindex = local
+                link_local = addr[0] == 0xFE and addr[1] & 0xC0 == 0x80
+                anc.append((socket.IPPROTO_IPV6, socket.IPV6_PKTINFO,
+                            _IN6_PKTINFO.pack(addr, ifindex if link_local else 0)))
+        else:
+            dest = host
+            if local is not None and len(local[0]) == 4:
+                anc.append((socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, local[0], bytes(4))))
+        try:
+            sock.sendmsg([data], anc, socket.MSG_DONTWAIT, (dest, port))
+        except OSError as exc:
+            return exc.errno or -1
+        return 0
 
     def close(self) -> None:
         for s in self.socks:

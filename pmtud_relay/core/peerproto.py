@@ -10,7 +10,9 @@ Wire format (network byte order; docs/peers.md has the diagram and the rationale
 
 ``packet`` is the PTB's IP packet exactly as received (outer IP header onwards, no L2, no
 padding); ``MAC`` is HMAC-SHA256 over everything before it, keyed with the key ``key id``
-names. Version 1 defines no flags and requires ``reserved`` = 0.
+names. Version 1 defines one flag, ``ACK`` (bit 0): without it the message is a relayed PTB as
+above; with it, an acknowledgement (:mod:`pmtud_relay.core.peerack`) whose payload is a fixed
+16-byte body instead of a packet. Other flag bits and ``reserved`` must be 0.
 
 Nothing here opens a socket, reads a clock or draws random numbers: the caller passes the
 wall-clock time (seconds since the epoch) and the nonce. :class:`PeerDecoder` is total: for any
@@ -30,9 +32,11 @@ from pmtud_relay.core.packet import PTB
 
 MAGIC = b"PMTR"
 VERSION = 1
+FLAG_ACK = 0x01  # the message is an acknowledgement (core/peerack.py), not a relayed PTB
 HEADER = struct.Struct("!4sBBHQ12sHH")  # magic, version, flags, key id, ts (ms), nonce, length, reserved
 HEADER_LEN = HEADER.size  # 32
 NONCE_LEN = 12
+NONCE_OFFSET = 16  # where the nonce sits in the header
 MAC_LEN = 32  # HMAC-SHA256, untruncated
 OVERHEAD = HEADER_LEN + MAC_LEN  # 64
 #: Largest packet one datagram carries: an IPv4 UDP datagram's payload limit minus the overhead.
@@ -75,7 +79,7 @@ class Decoded(NamedTuple):
     key_id: int
     timestamp: float  # seconds since the epoch (sender's clock)
     nonce: bytes
-    packet: bytes  # the PTB's IP packet
+    packet: bytes  # the PTB's IP packet (an acknowledgement's body for FLAG_ACK)
 
 
 DecodeResult = Union[Decoded, PeerReason]
@@ -181,11 +185,18 @@ def encode(packet: bytes, keyring: Keyring, now: float, nonce: bytes) -> bytes:
         raise ValueError(f"nonce must be {NONCE_LEN} bytes")
     if not 0 < len(packet) <= MAX_PACKET:
         raise ValueError(f"packet must be 1..{MAX_PACKET} bytes, got {len(packet)}")
+    return sign(0, packet, keyring, now, nonce)
+
+
+def sign(flags: int, payload: bytes, keyring: Keyring, now: float, nonce: bytes) -> bytes:
+    """Header (``flags``, fresh stamp, ``nonce``) + ``payload`` + HMAC over both."""
+    if len(nonce) != NONCE_LEN:
+        raise ValueError(f"nonce must be {NONCE_LEN} bytes")
     stamp = int(now * 1000)
     if not 0 <= stamp < 1 << 64:
         raise ValueError("timestamp out of range")
-    head = HEADER.pack(MAGIC, VERSION, 0, keyring.send_id, stamp, nonce, len(packet), 0)
-    body = head + packet
+    head = HEADER.pack(MAGIC, VERSION, flags, keyring.send_id, stamp, nonce, len(payload), 0)
+    body = head + payload
     return body + hmac.new(keyring.send_key, body, hashlib.sha256).digest()
 
 
@@ -250,6 +261,10 @@ class PeerDecoder:
 
     __slots__ = ("keyring", "max_age", "_max_age_ms", "replay", "counts")
 
+    #: The flags a message this decoder accepts carries: 0 (a relayed PTB). Any other value,
+    #: an acknowledgement included, is BAD_FLAGS here (acks go to the sender's send socket).
+    FLAGS = 0
+
     def __init__(
         self,
         keyring: Keyring,
@@ -282,7 +297,7 @@ class PeerDecoder:
             return PeerReason.BAD_MAGIC
         if version != VERSION:
             return PeerReason.BAD_VERSION
-        if flags or reserved:
+        if flags != self.FLAGS or reserved:
             return PeerReason.BAD_FLAGS
         end = HEADER_LEN + length
         if n < end + MAC_LEN:

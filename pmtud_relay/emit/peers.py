@@ -3,6 +3,10 @@
 Unconnected sockets and ``sendto`` with ``MSG_DONTWAIT``: a send never blocks, so a dead,
 filtered or unroutable peer costs one failed system call (counted) and never delays the
 others. ICMP errors from peers are not read (unconnected UDP sockets do not report them).
+
+The same sockets receive the peers' acknowledgements (a peer answers the address and port a
+datagram came from): :meth:`open_all` opens them up front so the service can watch them, and
+:meth:`set_filter` gives them the listener's in-kernel filter (magic + peer addresses).
 """
 
 from __future__ import annotations
@@ -35,6 +39,18 @@ class PeerEmitter:
             pass
         self._socks[family] = sock
         return sock
+
+    def open_all(self) -> list[socket.socket]:
+        """Open both families' sockets now (a family the host lacks is skipped); return them."""
+        return [s for s in (self._sock(4), self._sock(6)) if s is not None]
+
+    def set_filter(self, program) -> None:
+        """Attach a classic BPF program (capture/peer_filter.py) to every open socket."""
+        from pmtud_relay.capture.afpacket import attach_filter
+
+        for sock in self._socks.values():
+            if sock is not None:
+                attach_filter(sock, program)
 
     def send(self, datagram: bytes, address: str, port: int) -> int:
         """Send one datagram; 0 or the errno of the failure (EAGAIN, ENETUNREACH, …)."""
