@@ -20,7 +20,9 @@ and the new ones added in the same commit.
 python-iptables quirks found on iptables 1.8.9 (avoided here): setting ``nflog_prefix``
 corrupts memory (segfault on the next rule), ``nflog_size`` is stored as the obsolete
 ``--nflog-range``, hashlimit's default ``htable-expire`` is left 0 (the kernel answers
-EINVAL), and ``Rule6.protocol`` does not know the name ``ipv6-icmp`` (58 works).
+EINVAL), and ``Rule6.protocol`` does not know the name ``ipv6-icmp`` (58 works). With
+iptables >= 1.8.11 (Debian 13) python-iptables misreads libxtables' option tables; the backend
+adapts it on first use (:mod:`pmtud_relay.rules.iptc_compat`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import shutil
 import subprocess
 import zlib
 
-from pmtud_relay.rules import IPTABLES_INSTALL_HINT, RuleSpec, RulesError
+from pmtud_relay.rules import IPTABLES_INSTALL_HINT, RuleSpec, RulesError, iptc_compat
 
 CHAIN = "PMTUD_RELAY"
 LOG_CHAIN = "PMTUD_RELAY_LOG"
@@ -176,6 +178,13 @@ class IptablesBackend:
                 raise RulesError(f"python-iptables is not installed ({exc}); {IPTABLES_INSTALL_HINT}") from None
             except Exception as exc:  # OSError when libiptc/libxtables is missing
                 raise RulesError(f"python-iptables cannot be loaded: {exc}") from None
+            try:
+                iptc_compat.adapt(iptc.xtables)  # libxtables >= 1.8.11 (Debian 13): see iptc_compat
+            except AttributeError as exc:
+                raise RulesError(
+                    "this python-iptables cannot be adapted to the option layout of libxtables >= 1.8.11"
+                    f" ({exc}); use the nft backend"
+                ) from None
             self._iptc = iptc
         return self._iptc
 
