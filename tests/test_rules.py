@@ -232,6 +232,13 @@ def test_nft_commands_replace_the_table_in_one_transaction() -> None:
     assert nft.remove_commands() == [{"add": {"table": table}}, {"delete": {"table": table}}]
 
 
+def test_nft_load_script_replaces_the_table_with_the_rendered_text() -> None:
+    # Loaded as text, not JSON: nft < 1.0.6 drops the limit inside "update @set { ... }" from JSON.
+    spec = RuleSpec(("eth0", "eth1"), group=42)
+    assert nft.load_script(spec) == "add table inet pmtud_relay\ndelete table inet pmtud_relay\n" + nft.render(spec)
+    assert "flags dynamic,timeout" in nft.render(spec)  # nft 0.9.8 needs it for a set updated with a limit
+
+
 def test_nft_render() -> None:
     text = nft.render(RuleSpec(("eth0",), source_rate=10, source_burst=20, global_rate=100, global_burst=200))
     assert '\t\tiifname "eth0" meta pkttype host icmp type destination-unreachable icmp code frag-needed counter ' \

@@ -1,9 +1,15 @@
-"""nftables backend: one dedicated table, ``inet pmtud_relay``, loaded through ``nft -j``.
+"""nftables backend: one dedicated table, ``inet pmtud_relay``, loaded through ``nft -f -``.
 
-The rules are built once as data (:func:`commands`) and rendered two ways: as the JSON
-command list that ``nft -j -f -`` loads, and as the text ``nft list table inet
-pmtud_relay`` prints for it (:func:`render`, what ``pmtud-relay rules show`` prints).
+The rules are built as data in nft's JSON form (:func:`commands`) and as the text ``nft list
+table inet pmtud_relay`` prints (:func:`render`, what ``pmtud-relay rules show`` prints).
 The tests check that the two agree.
+
+Install loads the *text* (:func:`load_script`), not the JSON: nft before 1.0.6 parses a
+set ``update`` statement in JSON without its ``stmt`` list and silently drops the per-source
+``limit`` (measured with 0.9.8; the JSON support came with "json: add set statement list
+support", 2022), so every PTB would be counted as over the limit and nothing logged. The text
+syntax works from 0.9.8 on. Interface names are checked by :class:`RuleSpec` (no quotes,
+blanks, '/' or ':'), so the text needs no escaping.
 
 Install is a single nft transaction: add the table (a no-op if it exists), delete it,
 create it again with everything in it. A restart after a crash therefore replaces stale
@@ -175,6 +181,11 @@ def commands(spec: RuleSpec) -> list[dict]:
     return cmds
 
 
+def load_script(spec: RuleSpec) -> str:
+    """The ``nft -f`` input that (re)creates the table for ``spec`` in one transaction."""
+    return f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n" + render(spec)
+
+
 def remove_commands() -> list[dict]:
     """Delete the table whether or not it exists, in one transaction."""
     return [{"add": {"table": _table()}}, {"delete": {"table": _table()}}]
@@ -281,7 +292,9 @@ class NftBackend:
         return json.dumps({"nftables": commands(spec)}, indent=1)
 
     def install(self, spec: RuleSpec) -> None:
-        self._load(commands(spec))
+        cp = self._run(["-f", "-"], load_script(spec))
+        if cp.returncode != 0:
+            raise RulesError(f"nft refused the rules: {_first_error(cp.stderr)}")
 
     def remove(self) -> bool:
         present = self.installed() is not None
