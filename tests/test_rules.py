@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -56,6 +57,10 @@ def need_backend(backend: str) -> None:
         except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from a missing libxtables
             broken = f"{type(exc).__name__}: {exc}"
         else:
+            try:
+                ipt.IptablesBackend()._lib()
+            except ipt.IptcIncompatible as exc:  # the host's libxtables is newer than any python-iptables
+                pytest.skip(str(exc))
             return
         pytest.fail(f"python-iptables (in the test extra) cannot be loaded by {sys.executable}: {broken}",
                     pytrace=False)
@@ -248,6 +253,27 @@ def test_nft_render() -> None:
     assert "\t\tlimit rate over 100/second burst 200 packets counter return" in text
     assert "\t\tcounter log group 2105" in text
     assert 'iifname { "eth0", "eth1" }' in nft.render(RuleSpec(("eth0", "eth1")))
+
+
+def test_iptc_abi_probe_refuses_a_python_iptables_that_misreads_libxtables() -> None:
+    # Measured on Debian 13 (iptables 1.8.11): python-iptables sees only hashlimit's first option.
+    class Misread:
+        def __setattr__(self, key, value):
+            raise ValueError(f"b'hashlimit': no such parameter b'{key.replace('_', '-')}'")
+
+    class Fine:
+        pass
+
+    def fake(match_cls):
+        class Rule:
+            def create_match(self, name):
+                assert name == "hashlimit"
+                return match_cls()
+        return SimpleNamespace(Rule=Rule)
+
+    with pytest.raises(ipt.IptcIncompatible, match=r"no such parameter b'hashlimit-above'.*use the nft backend"):
+        ipt.check_iptc_abi(fake(Misread))
+    ipt.check_iptc_abi(fake(Fine))
 
 
 def test_iptables_render() -> None:

@@ -162,6 +162,33 @@ def saved_lines(family: int) -> list[str]:
     return out
 
 
+class IptcIncompatible(RulesError):
+    """python-iptables loads but cannot drive this libxtables (an ABI it does not know)."""
+
+
+def check_iptc_abi(iptc) -> None:
+    """Refuse a python-iptables that misreads this libxtables' extension option tables.
+
+    python-iptables (1.0.1 and 1.2.0 alike) assumes 48-byte ``struct xt_option_entry`` entries;
+    the libxtables of iptables 1.8.11 (Debian 13) has 56-byte ones, so python-iptables sees only
+    each extension's first option and every rule we build fails with "hashlimit: no such
+    parameter hashlimit-above". Probe exactly that, once, without touching the kernel."""
+    try:
+        iptc.Rule().create_match("hashlimit").hashlimit_above = "1/sec"
+    except Exception as exc:  # noqa: BLE001 - iptc.XTablesError, or AttributeError from an older iptc
+        try:
+            from importlib.metadata import version as dist_version
+
+            version = dist_version("python-iptables")
+        except Exception:  # noqa: BLE001 - not installed as a distribution
+            version = "?"
+        raise IptcIncompatible(
+            f"python-iptables {version} cannot use this system's libxtables ({exc}); "
+            "it misreads the extension option tables of newer iptables (measured with 1.8.11, "
+            "Debian 13): use the nft backend"
+        ) from None
+
+
 class IptablesBackend:
     name = "iptables"
 
@@ -176,6 +203,7 @@ class IptablesBackend:
                 raise RulesError(f"python-iptables is not installed ({exc}); {IPTABLES_INSTALL_HINT}") from None
             except Exception as exc:  # OSError when libiptc/libxtables is missing
                 raise RulesError(f"python-iptables cannot be loaded: {exc}") from None
+            check_iptc_abi(iptc)
             self._iptc = iptc
         return self._iptc
 
