@@ -245,6 +245,31 @@ def normalize_listing(text: str) -> str:
     return _COUNTER_TEXT.sub("counter", text)
 
 
+# Names that one nft version prints and another prints as numbers (nft 1.1.3, Debian 13, lists
+# "icmp code 4" for what 1.0.6 lists as "icmp code frag-needed"): the same rule either way.
+_SAME_AS_NUMBER = (
+    ("icmp type destination-unreachable", "icmp type 3"),
+    ("icmp code frag-needed", "icmp code 4"),
+    ("icmpv6 type packet-too-big", "icmpv6 type 2"),
+    ("icmpv6 code no-route", "icmpv6 code 0"),
+    ("priority raw;", "priority -300;"),
+)
+
+
+def canonical_lines(text: str) -> list[str]:
+    """A listing (or :func:`render`) as comparable lines, whatever nft version printed it:
+    counter values dropped, symbolic names above as numbers, blanks collapsed, empty lines out.
+    Every statement, value and its order still count."""
+    out = []
+    for line in normalize_listing(text).splitlines():
+        line = " ".join(line.split())
+        for name, number in _SAME_AS_NUMBER:
+            line = line.replace(name, number)
+        if line:
+            out.append(line)
+    return out
+
+
 # --- the backend ----------------------------------------------------------------------------------
 class NftBackend:
     name = "nft"
