@@ -169,7 +169,8 @@ class IptcIncompatible(RulesError):
 def check_iptc_abi(iptc) -> None:
     """Refuse a python-iptables that misreads this libxtables' extension option tables.
 
-    python-iptables (1.0.1 and 1.2.0 alike) assumes 48-byte ``struct xt_option_entry`` entries;
+    python-iptables (1.2.0 measured; Debian 13's 1.0.1 fails the same way) assumes 48-byte
+    ``struct xt_option_entry`` entries;
     the libxtables of iptables 1.8.11 (Debian 13) has 56-byte ones, so python-iptables sees only
     each extension's first option and every rule we build fails with "hashlimit: no such
     parameter hashlimit-above". Probe exactly that, once, without touching the kernel."""

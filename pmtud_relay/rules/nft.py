@@ -4,11 +4,11 @@ The rules are built as data in nft's JSON form (:func:`commands`) and as the tex
 table inet pmtud_relay`` prints (:func:`render`, what ``pmtud-relay rules show`` prints).
 The tests check that the two agree.
 
-Install loads the *text* (:func:`load_script`), not the JSON: nft before 1.0.6 parses a
-set ``update`` statement in JSON without its ``stmt`` list and silently drops the per-source
-``limit`` (measured with 0.9.8; the JSON support came with "json: add set statement list
-support", 2022), so every PTB would be counted as over the limit and nothing logged. The text
-syntax works from 0.9.8 on. Interface names are checked by :class:`RuleSpec` (no quotes,
+Install loads the *text* (:func:`load_script`), not the JSON: nft 0.9.8 parses a set
+``update`` statement in JSON without its ``stmt`` list and silently drops the per-source
+``limit`` (measured), so every PTB is counted as over the limit and nothing logged; upstream
+added that JSON support ("json: add set statement list support") only in September 2022, after
+1.0.5. The text syntax works from 0.9.8 on (measured on 0.9.8, 1.0.6 and 1.1.3). Interface names are checked by :class:`RuleSpec` (no quotes,
 blanks, '/' or ':'), so the text needs no escaping.
 
 Install is a single nft transaction: add the table (a no-op if it exists), delete it,
