@@ -164,6 +164,36 @@ def saved_lines(family: int) -> list[str]:
     return out
 
 
+class IptcIncompatible(RulesError):
+    """python-iptables loads but cannot drive this libxtables (an ABI it does not know)."""
+
+
+def check_iptc_abi(iptc) -> None:
+    """Refuse a python-iptables that misreads this libxtables' extension option tables.
+
+    python-iptables (1.2.0 measured; Debian 13's 1.0.1 fails the same way) assumes 48-byte
+    ``struct xt_option_entry`` entries;
+    the libxtables of iptables 1.8.11 (Debian 13) has 56-byte ones, so python-iptables sees only
+    each extension's first option and every rule we build fails with "hashlimit: no such
+    parameter hashlimit-above". iptc_compat adapts python-iptables to that layout first; this
+    probes, once and without touching the kernel, that the options now read right (a layout
+    neither knows is refused here with a sentence instead of failing at the first rule)."""
+    try:
+        iptc.Rule().create_match("hashlimit").hashlimit_above = "1/sec"
+    except Exception as exc:  # noqa: BLE001 - iptc.XTablesError, or AttributeError from an older iptc
+        try:
+            from importlib.metadata import version as dist_version
+
+            version = dist_version("python-iptables")
+        except Exception:  # noqa: BLE001 - not installed as a distribution
+            version = "?"
+        raise IptcIncompatible(
+            f"python-iptables {version} cannot use this system's libxtables ({exc}); "
+            "it misreads the extension option tables of newer iptables (measured with 1.8.11, "
+            "Debian 13): use the nft backend"
+        ) from None
+
+
 class IptablesBackend:
     name = "iptables"
 
@@ -185,6 +215,7 @@ class IptablesBackend:
                     "this python-iptables cannot be adapted to the option layout of libxtables >= 1.8.11"
                     f" ({exc}); use the nft backend"
                 ) from None
+            check_iptc_abi(iptc)  # and refuse clearly if the options still read wrong
             self._iptc = iptc
         return self._iptc
 

@@ -1,9 +1,15 @@
-"""nftables backend: one dedicated table, ``inet pmtud_relay``, loaded through ``nft -j``.
+"""nftables backend: one dedicated table, ``inet pmtud_relay``, loaded through ``nft -f -``.
 
-The rules are built once as data (:func:`commands`) and rendered two ways: as the JSON
-command list that ``nft -j -f -`` loads, and as the text ``nft list table inet
-pmtud_relay`` prints for it (:func:`render`, what ``pmtud-relay rules show`` prints).
+The rules are built as data in nft's JSON form (:func:`commands`) and as the text ``nft list
+table inet pmtud_relay`` prints (:func:`render`, what ``pmtud-relay rules show`` prints).
 The tests check that the two agree.
+
+Install loads the *text* (:func:`load_script`), not the JSON: nft 0.9.8 parses a set
+``update`` statement in JSON without its ``stmt`` list and silently drops the per-source
+``limit`` (measured), so every PTB is counted as over the limit and nothing logged; upstream
+added that JSON support ("json: add set statement list support") only in September 2022, after
+1.0.5. The text syntax works from 0.9.8 on (measured on 0.9.8, 1.0.6 and 1.1.3). Interface names are checked by :class:`RuleSpec` (no quotes,
+blanks, '/' or ':'), so the text needs no escaping.
 
 Install is a single nft transaction: add the table (a no-op if it exists), delete it,
 create it again with everything in it. A restart after a crash therefore replaces stale
@@ -175,6 +181,11 @@ def commands(spec: RuleSpec) -> list[dict]:
     return cmds
 
 
+def load_script(spec: RuleSpec) -> str:
+    """The ``nft -f`` input that (re)creates the table for ``spec`` in one transaction."""
+    return f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n" + render(spec)
+
+
 def remove_commands() -> list[dict]:
     """Delete the table whether or not it exists, in one transaction."""
     return [{"add": {"table": _table()}}, {"delete": {"table": _table()}}]
@@ -234,6 +245,31 @@ def normalize_listing(text: str) -> str:
     return _COUNTER_TEXT.sub("counter", text)
 
 
+# Names that one nft version prints and another prints as numbers (nft 1.1.3, Debian 13, lists
+# "icmp code 4" for what 1.0.6 lists as "icmp code frag-needed"): the same rule either way.
+_SAME_AS_NUMBER = (
+    ("icmp type destination-unreachable", "icmp type 3"),
+    ("icmp code frag-needed", "icmp code 4"),
+    ("icmpv6 type packet-too-big", "icmpv6 type 2"),
+    ("icmpv6 code no-route", "icmpv6 code 0"),
+    ("priority raw;", "priority -300;"),
+)
+
+
+def canonical_lines(text: str) -> list[str]:
+    """A listing (or :func:`render`) as comparable lines, whatever nft version printed it:
+    counter values dropped, symbolic names above as numbers, blanks collapsed, empty lines out.
+    Every statement, value and its order still count."""
+    out = []
+    for line in normalize_listing(text).splitlines():
+        line = " ".join(line.split())
+        for name, number in _SAME_AS_NUMBER:
+            line = line.replace(name, number)
+        if line:
+            out.append(line)
+    return out
+
+
 # --- the backend ----------------------------------------------------------------------------------
 class NftBackend:
     name = "nft"
@@ -281,7 +317,9 @@ class NftBackend:
         return json.dumps({"nftables": commands(spec)}, indent=1)
 
     def install(self, spec: RuleSpec) -> None:
-        self._load(commands(spec))
+        cp = self._run(["-f", "-"], load_script(spec))
+        if cp.returncode != 0:
+            raise RulesError(f"nft refused the rules: {_first_error(cp.stderr)}")
 
     def remove(self) -> bool:
         present = self.installed() is not None

@@ -5,7 +5,8 @@
 #
 #   chroot_create SUITE DIR     debootstrap --variant=minbase SUITE into DIR unless DIR holds one
 #   chroot_clone BASE DIR       cp -a a base chroot (a "fresh" one costs a copy, not a debootstrap)
-#   chroot_mount DIR            mount / (bind), /proc, /sys, /dev, /dev/pts, /dev/shm, /run; private
+#   chroot_mount DIR            mount / (bind), /proc, /sys (with the cgroup tree), /dev, /dev/pts,
+#                               /dev/shm, /run; private
 #   chroot_unmount DIR          unmount everything below DIR, deepest first (netns bind mounts too)
 #   chroot_prepare_net DIR      host resolv.conf, and the host CA bundle for pip (PIP_CERT)
 #   chroot_run DIR CMD...       run CMD in DIR with env -i (no host pip/proxy settings leak in)
@@ -52,6 +53,12 @@ chroot_mount() {
     _chroot_mnt --bind "$root" "$root"
     _chroot_mnt -t proc proc "$root/proc"
     _chroot_mnt --bind /sys "$root/sys"
+    # systemd-analyze verify (systemd 247, Debian 11) fails without it: "Cannot determine cgroup
+    # we are running in: No medium found". A plain bind of /sys leaves the cgroup mounts out.
+    if mountpoint -q /sys/fs/cgroup; then
+        mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
+        mount --make-rprivate "$root/sys/fs/cgroup"
+    fi
     _chroot_mnt --bind /dev "$root/dev"
     _chroot_mnt --bind /dev/pts "$root/dev/pts"
     _chroot_mnt -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
