@@ -91,6 +91,21 @@ def test_flood_sources_that_won_a_general_token_cannot_use_the_reserve():
     assert [relay_one(rl, KNOWN, 10.0) for _ in range(9)] == [None] * 8 + [GLB]
 
 
+def test_flood_sources_that_drained_the_general_part_cannot_use_the_reserve():
+    """A flood at 1 024 PTB/s takes some 25 ms to drain the general part: the sources that won
+    tokens then were relayed before it ran dry, but not before the episode began."""
+    rl = limiter()
+    relay_one(rl, KNOWN, 0.0)
+    winners = []
+    for i in range(2048):
+        now = 10.0 + i / 1024
+        if relay_one(rl, flood_source(i), now) is None:
+            winners.append(flood_source(i))
+    assert len(winners) > 24 and rl.episode_start == 10.0
+    assert not any(rl.is_known(w, now) for w in winners)
+    assert rl.is_known(KNOWN, now)
+
+
 def test_the_first_flood_ptb_at_a_full_bucket_is_not_before_the_episode():
     """The flood's first PTB finds the general part full: its source is first relayed at the
     episode's start, not before it."""
