@@ -111,9 +111,11 @@ class RateLimiter:
         #: Known outer sources → [first relayed, last relayed], least recently relayed first.
         self._known: OrderedDict[bytes, list[float]] = OrderedDict()
         self.known_evictions = 0
-        # Flood episodes: the general part counts as healthy when a PTB finds it within one
-        # token of full; the episode starts at the last such moment before it runs dry.
-        self._full_mark = self._global.burst - 1.0
+        # Flood episodes: the general part counts as healthy when a PTB finds it full (refilled
+        # to its burst); the episode starts at the last such moment before it runs dry. (Within
+        # a token of full would let the flood's second PTB, which finds burst - 1 + a little,
+        # move the start past the first one's source.)
+        self._full_mark = self._global.burst
         self._full_at = now
         self._calm = True
         #: Start of the current (or last) flood episode; -inf before the first.
