@@ -185,10 +185,11 @@ class RateLimiter:
         entry = self._known.get(source)
         return entry is not None and entry[0] < self.episode_start and now - entry[1] <= self.known_expiry
 
-    def _take_reserve(self, source: bytes, now: float) -> bool:
-        """The general part is empty: spend a reserve token if ``source`` may and one is left."""
+    def _take_reserve(self, entry: list[float], now: float) -> bool:
+        """The general part is empty and the source (known ``entry``) was first relayed before the
+        episode: spend a reserve token if it has not expired and one is left."""
         bucket = self._reserve
-        if bucket is None or not self.is_known(source, now):
+        if bucket is None or now - entry[1] > self.known_expiry:
             return False
         tokens = bucket.tokens
         elapsed = now - bucket.stamp
@@ -241,9 +242,12 @@ class RateLimiter:
             if self._calm:  # the general part ran dry after being healthy: a new episode
                 self._calm = False
                 self.episode_start = self._full_at
-            if self._known and self._take_reserve(source, now):
-                state[0] -= 1.0
-                return None
+            known = self._known
+            if known:  # empty without a reserve
+                entry = known.get(source)
+                if entry is not None and entry[0] < self.episode_start and self._take_reserve(entry, now):
+                    state[0] -= 1.0
+                    return None
             return _LIMITED_GLOBAL
         if tokens >= self._full_mark:
             self._full_at = now
