@@ -118,6 +118,15 @@ def test_the_first_flood_ptb_at_a_full_bucket_is_not_before_the_episode():
     assert not rl.is_known(first, 5.0) and rl.is_known(KNOWN, 5.0)
 
 
+def test_a_router_relayed_just_before_the_flood_is_protected():
+    """Its PTB, 20 ms before the flood's first, found the general part full; the flood's first
+    finds it less than a token short (refilled 0.96 of the one spent) and is the episode's start."""
+    rl = limiter()
+    assert relay_one(rl, KNOWN, 9.98) is None
+    flood(rl, 10.0, 1000)
+    assert rl.episode_start == 10.0 and rl.is_known(KNOWN, 10.0)
+
+
 def test_a_source_first_seen_during_the_flood_is_not_protected():
     rl = limiter()
     flood(rl, 0.0, 100)

@@ -111,11 +111,13 @@ class RateLimiter:
         #: Known outer sources → [first relayed, last relayed], least recently relayed first.
         self._known: OrderedDict[bytes, list[float]] = OrderedDict()
         self.known_evictions = 0
-        # Flood episodes: the general part counts as healthy when a PTB finds it full (refilled
-        # to its burst); the episode starts at the last such moment before it runs dry. (Within
-        # a token of full would let the flood's second PTB, which finds burst - 1 + a little,
-        # move the start past the first one's source.)
-        self._full_mark = self._global.burst
+        # Flood episodes: the general part counts as healthy when a PTB finds it within half a
+        # token of full; the episode starts at the last such moment before it runs dry. The
+        # flood's first PTB finds it so (its source is first relayed *at* the start, so it is not
+        # eligible); its second, unless it comes more than 0.5 / rate later (6 ms at the defaults),
+        # finds burst - 1 + a little and moves nothing. Exactly full would instead shut out a
+        # router whose PTB came up to 1 / rate (12 ms) before the flood's first.
+        self._full_mark = self._global.burst - 0.5
         self._full_at = now
         self._calm = True
         #: Start of the current (or last) flood episode; -inf before the first.
