@@ -67,7 +67,7 @@ class RateLimiter:
 
     __slots__ = ("source_rate", "source_burst", "capacity", "_sources", "_global", "evictions", "source_drops",
                  "reserve", "_reserve", "known_capacity", "known_expiry", "_known", "known_evictions",
-                 "_full_mark", "_full_at", "_calm", "episode_start", "_from_reserve", "reserve_relayed")
+                 "_full_mark", "_full_at", "_from_reserve", "reserve_relayed")
 
     def __init__(
         self,
@@ -112,16 +112,16 @@ class RateLimiter:
         self._known: OrderedDict[bytes, list[float]] = OrderedDict()
         self.known_evictions = 0
         # Flood episodes: the general part counts as healthy when a PTB finds it within half a
-        # token of full; the episode starts at the last such moment before it runs dry. The
-        # flood's first PTB finds it so (its source is first relayed *at* the start, so it is not
-        # eligible); its second, unless it comes more than 0.5 / rate later (6 ms at the defaults),
-        # finds burst - 1 + a little and moves nothing. Exactly full would instead shut out a
-        # router whose PTB came up to 1 / rate (12 ms) before the flood's first.
+        # token of full; an episode starts at the last such moment before it runs dry, and ends
+        # when a PTB finds it healthy again. No PTB finds it healthy during an episode, so while
+        # it is empty the last healthy moment *is* the episode's start: nothing to update on the
+        # rate-limited path. The flood's first PTB finds it healthy (its source is first relayed
+        # *at* the start, so it is not eligible); its second, unless it comes more than
+        # 0.5 / rate later (6 ms at the defaults), finds burst - 1 + a little and moves nothing.
+        # Exactly full would instead shut out a router whose PTB came up to 1 / rate (12 ms)
+        # before the flood's first.
         self._full_mark = self._global.burst - 0.5
-        self._full_at = now
-        self._calm = True
-        #: Start of the current (or last) flood episode; -inf before the first.
-        self.episode_start = float("-inf")
+        self._full_at = float("-inf")
         self._from_reserve = False
         #: PTBs relayed with a token from the reserve.
         self.reserve_relayed = 0
@@ -137,6 +137,12 @@ class RateLimiter:
         """Per-source drop counts since the previous call; starts counting afresh."""
         drops, self.source_drops = self.source_drops, {}
         return drops
+
+    @property
+    def episode_start(self) -> float:
+        """Start of the current flood episode while the general part is empty (else the last
+        time a PTB found it healthy); -inf before any PTB did."""
+        return self._full_at
 
     def known_sources(self) -> int:
         """Entries in the known-source table (expired ones not yet swept included)."""
@@ -185,7 +191,7 @@ class RateLimiter:
     def is_known(self, source: bytes, now: float) -> bool:
         """Whether ``source`` may take from the reserve now (known before the current episode)."""
         entry = self._known.get(source)
-        return entry is not None and entry[0] < self.episode_start and now - entry[1] <= self.known_expiry
+        return entry is not None and entry[0] < self._full_at and now - entry[1] <= self.known_expiry
 
     def _take_reserve(self, entry: list[float], now: float) -> bool:
         """The general part is empty and the source (known ``entry``) was first relayed before the
@@ -241,19 +247,15 @@ class RateLimiter:
             bucket.stamp = now
         if tokens < 1.0:
             bucket.tokens = tokens
-            if self._calm:  # the general part ran dry after being healthy: a new episode
-                self._calm = False
-                self.episode_start = self._full_at
             known = self._known
             if known:  # empty without a reserve
                 entry = known.get(source)
-                if entry is not None and entry[0] < self.episode_start and self._take_reserve(entry, now):
+                if entry is not None and entry[0] < self._full_at and self._take_reserve(entry, now):
                     state[0] -= 1.0
                     return None
             return _LIMITED_GLOBAL
-        if tokens >= self._full_mark:
+        if tokens >= self._full_mark:  # healthy: ends any episode
             self._full_at = now
-            self._calm = True
         state[0] -= 1.0
         bucket.tokens = tokens - 1.0
         return None
