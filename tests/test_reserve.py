@@ -172,12 +172,14 @@ def test_known_sources_expire():
     assert not rl.is_known(KNOWN, 100.0)  # last relayed 100 s ago
     assert rl.check(KNOWN, 100.0) is GLB
     assert rl.check(OTHER_KNOWN, 100.0) is None  # 50 s ago: still known
-    # An expired entry is swept when another source is recorded, and one relayed again after
-    # expiry is known afresh (first relayed = now).
-    rl2 = limiter(known_expiry=60.0)
+    # Expired entries are the least recently relayed, so the first evicted; one relayed again
+    # after expiry is known afresh (first relayed = now).
+    rl2 = limiter(known_expiry=60.0, known_capacity=2)
     relay_one(rl2, KNOWN, 0.0)
     relay_one(rl2, OTHER_KNOWN, 100.0)
-    assert list(rl2._known) == [OTHER_KNOWN]
+    relay_one(rl2, flood_source(1), 101.0)
+    assert list(rl2._known) == [OTHER_KNOWN, flood_source(1)]
+    assert rl2.known_evictions == 0  # it had expired: not evicted before its time
     relay_one(rl2, OTHER_KNOWN, 200.0)
     assert rl2._known[OTHER_KNOWN] == [200.0, 200.0]
 

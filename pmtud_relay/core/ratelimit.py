@@ -145,7 +145,7 @@ class RateLimiter:
         return self._full_at
 
     def known_sources(self) -> int:
-        """Entries in the known-source table (expired ones not yet swept included)."""
+        """Entries in the known-source table (expired ones not yet evicted included)."""
         return len(self._known)
 
     def refund(self, source: bytes) -> None:
@@ -176,16 +176,12 @@ class RateLimiter:
             return
         if entry is not None:  # expired: known afresh from now on
             del known[source]
-        # Sweep expired entries from the front (least recently relayed first), then evict.
-        expiry = self.known_expiry
-        while known:
-            first = next(iter(known.values()))
-            if now - first[1] <= expiry:
-                break
-            known.popitem(last=False)
+        # Least recently relayed first: expired entries (which no longer count) are at the front
+        # and go first when the table is full, so they need no sweep of their own.
         if len(known) >= self.known_capacity:
-            known.popitem(last=False)
-            self.known_evictions += 1
+            _, oldest = known.popitem(last=False)
+            if now - oldest[1] <= self.known_expiry:  # counted only when it still counted
+                self.known_evictions += 1
         known[source] = [now, now]
 
     def is_known(self, source: bytes, now: float) -> bool:
