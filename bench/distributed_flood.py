@@ -5,12 +5,19 @@ decision logic exactly as the daemon runs it; no capture losses, no CPU limit). 
 rate, ``--sources`` spoofed outer sources take turns, so each stays far inside its own bucket
 (rate / sources PTB/s, burst 50): every flood PTB is well formed, quotes a VIP and a flow of its
 own, has correct checksums. Meanwhile ``--legit`` routers (198.51.100.0/24) each send one PTB
-about a flow of their own, at random times after the run's first second (the global burst of
+about a flow of their own, at random times after the flood's first second (the global burst of
 500 is spent by then); the flood arrives as a Poisson stream. Reports legitimate PTBs relayed, flood PTBs relayed, and the global
 bucket's drops.
 
+With ``--warmup S`` the same routers each send one PTB (about another flow) at random times
+during the S seconds before the flood starts, as routers in service do: they are then known to
+the global reserve (``--reserves``: the shares of the global budget kept for sources seen
+before the flood, 0 = off; each rate is run once per share). ``from reserve`` counts the PTBs
+relayed with a reserve token.
+
     .venv/bin/python bench/distributed_flood.py [--sources 150000] [--seconds 10]
                                                  [--rates 150,300,1000,5000,20000,85000] [--legit 20]
+                                                 [--warmup 0] [--reserves 0.2]
 """
 
 from __future__ import annotations
@@ -72,21 +79,28 @@ class Flood:
         return bytes(f)
 
 
-def run(rate: float, sources: int, seconds: float, legit: int) -> dict:
-    relay = Relay(RelayConfig(policy=Policy(vips=VipSet([F.VIP4, F.VIP6]))), now=0.0)
+def run(rate: float, sources: int, seconds: float, legit: int, warmup: float = 0.0, reserve: float = 0.2) -> dict:
+    relay = Relay(RelayConfig(policy=Policy(vips=VipSet([F.VIP4, F.VIP6])), global_reserve=reserve), now=0.0)
     handle = relay.handle
     mac = F.RELAY_MAC
     flood = Flood()
     n = int(rate * seconds)
+    # Before the flood (``warmup`` seconds): one PTB per router, about a flow it will not use again.
+    warm_relayed = 0
+    if warmup > 0:
+        when = random.Random(3).uniform
+        for t, k in sorted((when(0, warmup), k) for k in range(legit)):
+            f = F.ptb4(F.ip4(f"198.51.100.{10 + k}"), F.ip4(F.VIP4), F.client4(200 + k), F.SERVICE_PORT, 20000 + k)
+            warm_relayed += handle(f, t, mac).relay
     # Legitimate PTBs at random times from 1 s on (at evenly spaced times they all met the global
     # bucket at the same phase of its refill); flood PTBs as a Poisson stream of ``rate``.
     when = random.Random(2).uniform
-    legit_times = sorted(when(1, seconds) for _ in range(legit))
+    legit_times = sorted(warmup + when(1, seconds) for _ in range(legit))
     legit_relayed = flood_relayed = 0
     legit_reasons: dict[str, int] = {}
     gap = random.Random(1).expovariate
     t0 = time.process_time()
-    now = 0.0
+    now = warmup
     k = 0
     for i in range(n):
         now += gap(rate)
@@ -100,11 +114,14 @@ def run(rate: float, sources: int, seconds: float, legit: int) -> dict:
             flood_relayed += 1
     cpu = time.process_time() - t0
     return {
+        "reserve": reserve,
+        "warm-up relayed": f"{warm_relayed}/{legit if warmup > 0 else 0}",
         "flood PTB/s": rate,
         "sources": sources,
         "PTB/s per source": rate / sources,
         "legit relayed": f"{legit_relayed}/{k}",
         "flood relayed": flood_relayed,
+        "from reserve": relay.limiter.reserve_relayed,
         "global-limited": relay.counts[Reason.RATE_LIMITED_GLOBAL],
         "source-limited": relay.counts[Reason.RATE_LIMITED_SOURCE],
         "cpu s": round(cpu, 1),
@@ -119,11 +136,16 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rates", default="150,300,1000,5000,20000,85000")
     ap.add_argument("--legit", type=int, default=20)
+    ap.add_argument("--warmup", type=float, default=0.0, help="seconds before the flood in which each "
+                    "legitimate router sends one PTB (0: none)")
+    ap.add_argument("--reserves", default="0.2", help="global_reserve shares to run, comma-separated")
     args = ap.parse_args(argv)
-    rows = [run(float(r), args.sources, args.seconds, args.legit) for r in args.rates.split(",")]
-    cols = ["flood PTB/s", "sources", "PTB/s per source", "legit relayed", "flood relayed", "global-limited",
-            "source-limited", "cpu s"]
-    print(table(rows, cols, f"Many-source flood, default limits, {args.seconds:g} s simulated, in process"))
+    rows = [run(float(r), args.sources, args.seconds, args.legit, args.warmup, float(share))
+            for r in args.rates.split(",") for share in args.reserves.split(",")]
+    cols = ["reserve", "warm-up relayed", "flood PTB/s", "sources", "PTB/s per source", "legit relayed",
+            "flood relayed", "from reserve", "global-limited", "source-limited", "cpu s"]
+    print(table(rows, cols, f"Many-source flood, default limits, {args.seconds:g} s simulated after "
+                            f"{args.warmup:g} s of warm-up, in process"))
     path = write_result("distributed_flood", {"machine": machine(), "args": vars(args), "rows": rows})
     print(f"written {path}")
     return 0

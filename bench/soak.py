@@ -156,6 +156,10 @@ def main(argv=None) -> int:
     ap.add_argument("--valid-share", type=float, default=0.005,
                     help="share of the flood that passes every check, each from a new source (default 0.005: "
                     "25/s at the default rate, a quarter of the default global limit)")
+    ap.add_argument("--warmup-rounds", type=int, default=0,
+                    help="rounds of downloads before the flood starts, so the router's PTBs are relayed "
+                    "first and it is known to the global reserve (default 0)")
+    ap.add_argument("--global-reserve", default=None, help="passed to every relay (default: the relay's)")
     ap.add_argument("--servers", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--generate", nargs=2, metavar=("IFACE", "DST_MAC"), help=argparse.SUPPRESS)
@@ -176,12 +180,20 @@ def main(argv=None) -> int:
         relays = {}
         for s in lab.servers:
             relays[s.name] = lab.spawn_python(s.name, "pmtud_relay", "run", "-i", s.iface, "--vip", VIP4, "--vip", VIP6,
-                                              "--config", "", "--metrics-address", "", "--summary-interval", "10")
+                                              "--config", "", "--metrics-address", "", "--summary-interval", "10",
+                                              *(("--global-reserve", args.global_reserve)
+                                                if args.global_reserve is not None else ()))
         for p in relays.values():
             p.wait_for(r"event=ready", timeout=20)
         lab.start_transfer_servers()
         time.sleep(1.0)
         start = {name: proc_stats(p.pid) for name, p in relays.items()}
+        warmup = []
+        for i in range(args.warmup_rounds):  # before the flood: the router's PTBs are relayed
+            fam_w = 4 if i % 2 == 0 else 6
+            lab.flush_pmtu()
+            flows = lab.run_transfers(fam_w, flows=8, size=131072, timeout=3.0)
+            warmup.append({"family": fam_w, "flows": len(flows), "ok": sum(1 for f in flows if f.completed)})
         s1_mac = lab.mac("s1", "eth0")
         gen = lab.spawn(  # the injector: frames unicast to s1, like a flood the router forwards
             "injector", [lab.python, str(Path(__file__).resolve()), "--generate", "eth0", s1_mac,
@@ -235,6 +247,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "args": {k: v for k, v in vars(args).items() if k != "generate"},
         "flood": gen_out[-1] if gen_out else None,
+        "warmup": warmup,
         "legit": {"rounds": len(rounds), "flows": legit_total, "completed": legit_ok, "detail": rounds},
         "relays": {name: {"alive_at_end": alive[name], "start": start[name], "end": end[name],
                           "cpu_s": round(end[name]["cpu_s"] - start[name]["cpu_s"], 2), "counts": counts[name],
@@ -246,6 +259,9 @@ def main(argv=None) -> int:
           f"({args.valid_share:.3%} valid from new sources), {payload['machine']['cpu']}, {payload['machine']['nproc']} cores")
     if gen_out:
         print(f"flood sent: {sum(gen_out[-1]['sent'].values())} frames {gen_out[-1]['sent']} send errors {gen_out[-1]['errors']}")
+    if warmup:
+        print(f"warm-up before the flood: {sum(w['ok'] for w in warmup)}/{sum(w['flows'] for w in warmup)} "
+              f"flows completed in {len(warmup)} rounds")
     print(f"legitimate flows: {legit_ok}/{legit_total} completed in {len(rounds)} rounds")
     for r in rounds:
         for f in r["failed"]:
@@ -253,11 +269,12 @@ def main(argv=None) -> int:
     for name, r in payload["relays"].items():
         c = dict(r["counts"])
         relayed = c.pop("relayed", 0)
+        reserve = c.pop("relayed_from_reserve", 0)
         exit_code, tb, warnings = c.pop("exit"), c.pop("tracebacks"), c.pop("warnings")
         tables = f"tables max: {c.pop('max_rate_sources')} sources, {c.pop('max_dedup_keys')} dedup keys"
         rss_series = " ".join(str(x["rss_kib"]) for x in r["samples"])
         dropped = sum(c.values())
-        print(f"{name}: relayed {relayed}, dropped {dropped} {c}; CPU {r['cpu_s']} s; RSS {r['start']['rss_kib']} -> "
+        print(f"{name}: relayed {relayed} ({reserve} from the reserve), dropped {dropped} {c}; CPU {r['cpu_s']} s; RSS {r['start']['rss_kib']} -> "
               f"{r['end']['rss_kib']} KiB (peak {r['end']['hwm_kib']} KiB); alive {r['alive_at_end']}, exit {exit_code}, "
               f"tracebacks {tb}, warnings/errors logged {warnings}; {tables}; RSS every 10 s (KiB): {rss_series}")
     print(f"results: {path}")

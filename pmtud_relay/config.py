@@ -198,6 +198,11 @@ MAX_TABLE = 262144
 #: instructions per IPv6 source), so 256 keep the whole filter near 2 400 of the kernel's 4 096
 #: (BPF_MAXINSNS) and the per-frame walk short.
 MAX_SHUN_SOURCES = 256
+#: Known sources for the global reserve: 16x the default; an entry is a source address and two
+#: floats in an ordered dict (about 250 bytes), so a full table at this maximum is near 16 MiB.
+MAX_KNOWN_SOURCES = 65536
+#: Known-source expiry: a day. Longer keeps sources an attacker primed usable for longer.
+MAX_KNOWN_EXPIRY = 86400.0
 #: Rates (PTB/s, datagrams/s) and bursts (tokens): far above what the relay can process
 #: (docs/performance.md), low enough that a typo with extra zeros is caught.
 MAX_RATE = 1_000_000
@@ -355,6 +360,16 @@ SCHEMA: tuple[Key, ...] = (
        _parse_float, _range(1, at_most=MAX_BURST), metavar="N"),
     _k("source_capacity", int, _rl.DEFAULT_SOURCE_CAPACITY, "sending routers tracked by the "
        "per-source limiter (oldest evicted)", "limits", _parse_int, _range(1, at_most=MAX_TABLE), metavar="N"),
+    _k("global_reserve", float, _rl.DEFAULT_RESERVE, "share of global_rate and global_burst kept "
+       "for sources that had a PTB relayed before the current flood episode began: taken only when "
+       "the rest is empty (0 turns the reserve off; docs/rate-limits.md)", "limits", _parse_float,
+       _range(0, _rl.MAX_RESERVE), metavar="SHARE"),
+    _k("known_source_capacity", int, _rl.DEFAULT_KNOWN_CAPACITY, "sending routers remembered as "
+       "known for the reserve (least recently relayed evicted)", "limits", _parse_int,
+       _range(1, at_most=MAX_KNOWN_SOURCES), metavar="N"),
+    _k("known_source_expiry", float, _rl.DEFAULT_KNOWN_EXPIRY, "seconds after its last relayed PTB "
+       "that a sending router stops being known for the reserve", "limits", _parse_float,
+       _range(gt=0, at_most=MAX_KNOWN_EXPIRY), metavar="SECONDS"),
     _k("shun_min_rate", float, _field_default(RelayConfig, "shun_min_rate"), "a source whose own "
        "bucket drops more than this many PTBs per second is dropped in the kernel for a while "
        "(AF_PACKET capture; docs/rate-limits.md)", "limits", _parse_float, _range(gt=0, at_most=MAX_RATE),
@@ -771,6 +786,9 @@ def relay_config(settings, vips: VipSet | None = None) -> RelayConfig:
         global_rate=settings.global_rate,
         global_burst=settings.global_burst,
         source_capacity=settings.source_capacity,
+        global_reserve=settings.global_reserve,
+        known_source_capacity=settings.known_source_capacity,
+        known_source_expiry=settings.known_source_expiry,
         shun_min_rate=settings.shun_min_rate,
         shun_max_sources=settings.shun_max_sources,
         v6_broadcast=settings.v6_broadcast,

@@ -885,6 +885,8 @@ class RelayDaemon:
                 # removed (systemd's TimeoutStopSec/SIGKILL still bounds a hung stop).
                 signal.signal(sig, signal.SIG_IGN)
             counts = {r.value: n for r, n in self.relay.counts.items() if n}
+            if self.relay.limiter.reserve_relayed:  # of "relayed", those with a reserve token
+                counts["relayed_from_reserve"] = self.relay.limiter.reserve_relayed
             counts.update(self._capture_faults())
             if self.peering is not None:
                 counts.update(self.peering.stats())

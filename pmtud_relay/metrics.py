@@ -325,7 +325,13 @@ class RelayCollector:
                                      labels=["table"])
             ev.add_metric(["dedup"], relay.dedup.evictions)
             ev.add_metric(["rate_limit_sources"], relay.limiter.evictions)
+            ev.add_metric(["known_sources"], relay.limiter.known_evictions)
             yield ev
+            yield GaugeMetricFamily(f"{p}_known_sources", "Sending routers known for the global "
+                                    "reserve (had a PTB relayed recently).", value=relay.limiter.known_sources())
+            yield CounterMetricFamily(f"{p}_ptb_relayed_from_reserve", "PTBs relayed with a token of "
+                                      "the global reserve (the general part was empty; since the limiter "
+                                      "was last rebuilt); part of ptb_relayed.", value=relay.limiter.reserve_relayed)
             vips = GaugeMetricFamily(f"{p}_vips", "Service addresses or prefixes in effect, by family "
                                      "(0: every PTB about that family is dropped as not_vip).", labels=["family"])
             networks = relay.policy.vips.networks

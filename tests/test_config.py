@@ -68,6 +68,8 @@ def test_defaults_come_from_the_core_modules():
     assert (d.source_rate, d.source_burst, d.global_rate, d.global_burst, d.source_capacity) == (
         rl.DEFAULT_SOURCE_RATE, rl.DEFAULT_SOURCE_BURST, rl.DEFAULT_GLOBAL_RATE,
         rl.DEFAULT_GLOBAL_BURST, rl.DEFAULT_SOURCE_CAPACITY)
+    assert (d.global_reserve, d.known_source_capacity, d.known_source_expiry) == (
+        rl.DEFAULT_RESERVE, rl.DEFAULT_KNOWN_CAPACITY, rl.DEFAULT_KNOWN_EXPIRY)
     defaults = DaemonSettings(interfaces=(), relay=RelayConfig())
     assert d.vip_refresh == defaults.vip_refresh and d.summary_interval == defaults.summary_interval
     assert d.metrics_address == "127.0.0.1:9781"

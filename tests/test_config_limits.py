@@ -24,6 +24,8 @@ MAXIMA = {
     "dedup_capacity": 262144,
     "source_capacity": 262144,
     "shun_max_sources": 256,
+    "known_source_capacity": 65536,
+    "known_source_expiry": 86400,
     "source_burst": 1_000_000,
     "global_burst": 1_000_000,
     "peer_burst": 1_000_000,
@@ -99,6 +101,28 @@ def test_run_with_a_capacity_of_10_to_the_12_exits_2(tmp_path):
                         "1000000000000"], capture_output=True, text=True, env=env, timeout=30)
     assert r.returncode == 2
     assert "argument --source-capacity: must be at most 262144, got 1000000000000" in r.stderr
+
+
+@pytest.mark.parametrize("value,reason", [
+    ("0.51", "must be within 0..0.5, got 0.51"),
+    ("-0.1", "must be within 0..0.5, got -0.1"),
+    ("nan", "must be a finite number, got nan"),
+    ("lots", "'lots' is not a number"),
+])
+def test_global_reserve_is_a_share_of_at_most_a_half(value, reason, tmp_path):
+    assert error_of(cfg.load, None, {"PMTUD_RELAY_GLOBAL_RESERVE": value}) == f"PMTUD_RELAY_GLOBAL_RESERVE: {reason}"
+    assert cfg.KEYS["global_reserve"].maximum == 0.5
+    for ok in ("0", "0.5", "0.2"):
+        settings = cfg.load(parser().parse_args(["--global-reserve", ok]), {}).settings
+        assert settings.global_reserve == float(ok)
+        assert cfg.relay_config(settings).global_reserve == float(ok)
+    path = tmp_path / "c.toml"
+    path.write_text("global_reserve = 0.75\n")
+    assert error_of(cfg.load, None, {}, path=str(path)) == f"{path}: global_reserve: must be within 0..0.5, got 0.75"
+    path.write_text("known_source_expiry = 0\n")
+    assert error_of(cfg.load, None, {}, path=str(path)) == f"{path}: known_source_expiry: must be > 0, got 0"
+    path.write_text("known_source_capacity = 0\n")
+    assert error_of(cfg.load, None, {}, path=str(path)) == f"{path}: known_source_capacity: must be >= 1, got 0"
 
 
 def test_shun_maximum_fits_the_kernel_filter():

@@ -34,6 +34,8 @@ EXPECTED = {
     "pmtud_relay_rate_limit_sources": ("gauge", set()),
     "pmtud_relay_dedup_keys": ("gauge", set()),
     "pmtud_relay_table_evictions": ("counter", {"table"}),
+    "pmtud_relay_known_sources": ("gauge", set()),
+    "pmtud_relay_ptb_relayed_from_reserve": ("counter", set()),
     "pmtud_relay_vips": ("gauge", {"family"}),
     "pmtud_relay_kernel_held_sources": ("gauge", set()),
     "pmtud_relay_kernel_holds": ("counter", set()),

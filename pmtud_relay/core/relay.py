@@ -63,6 +63,11 @@ class RelayConfig:
     global_rate: float = _rl.DEFAULT_GLOBAL_RATE
     global_burst: float = _rl.DEFAULT_GLOBAL_BURST
     source_capacity: int = _rl.DEFAULT_SOURCE_CAPACITY
+    # Share of global_rate/global_burst kept for sources relayed before a flood episode began,
+    # and the table of such known sources (core/ratelimit.py; docs/rate-limits.md). 0: off.
+    global_reserve: float = _rl.DEFAULT_RESERVE
+    known_source_capacity: int = _rl.DEFAULT_KNOWN_CAPACITY
+    known_source_expiry: float = _rl.DEFAULT_KNOWN_EXPIRY
     # Kernel shun list (core/shun.py): sources whose bucket drops more than this many PTB/s are
     # dropped in the kernel for a while; at most this many at once (0: never).
     shun_min_rate: float = _shun.DEFAULT_MIN_RATE
@@ -71,6 +76,11 @@ class RelayConfig:
 
     def with_policy(self, policy: Policy) -> "RelayConfig":
         return replace(self, policy=policy)
+
+
+def _limiter_shape(c: RelayConfig) -> tuple:
+    return (c.source_rate, c.source_burst, c.global_rate, c.global_burst, c.source_capacity,
+            c.global_reserve, c.known_source_capacity, c.known_source_expiry)
 
 
 class Relay:
@@ -92,10 +102,15 @@ class Relay:
         c = self.config
         self.policy = c.policy
         self.dedup = _dedup.Deduplicator(c.dedup_window, c.dedup_capacity)
-        self.limiter = _rl.RateLimiter(
-            c.source_rate, c.source_burst, c.global_rate, c.global_burst, c.source_capacity, now
-        )
+        self.limiter = self._new_limiter(c, now)
         self._dst_v6 = BROADCAST_MAC if c.v6_broadcast else ALL_NODES_MAC
+
+    @staticmethod
+    def _new_limiter(c: RelayConfig, now: float) -> _rl.RateLimiter:
+        return _rl.RateLimiter(
+            c.source_rate, c.source_burst, c.global_rate, c.global_burst, c.source_capacity, now,
+            reserve=c.global_reserve, known_capacity=c.known_source_capacity, known_expiry=c.known_source_expiry,
+        )
 
     def reconfigure(self, config: RelayConfig, now: float) -> None:
         """Apply a new configuration.
@@ -113,21 +128,8 @@ class Relay:
         self.shunner.bucket_rate = config.source_rate
         if (old.dedup_window, old.dedup_capacity) != (config.dedup_window, config.dedup_capacity):
             self.dedup = _dedup.Deduplicator(config.dedup_window, config.dedup_capacity)
-        if (old.source_rate, old.source_burst, old.global_rate, old.global_burst, old.source_capacity) != (
-            config.source_rate,
-            config.source_burst,
-            config.global_rate,
-            config.global_burst,
-            config.source_capacity,
-        ):
-            self.limiter = _rl.RateLimiter(
-                config.source_rate,
-                config.source_burst,
-                config.global_rate,
-                config.global_burst,
-                config.source_capacity,
-                now,
-            )
+        if _limiter_shape(old) != _limiter_shape(config):
+            self.limiter = self._new_limiter(config, now)
 
     def kernel_blocklist(self, now: float) -> frozenset[bytes] | None:
         """Outer sources a capture adapter should drop in the kernel (see core/shun.py): the
@@ -171,6 +173,7 @@ class Relay:
                         self.counts[_BAD_CHECKSUM] += 1
                         return _PARSE_DROPS[_BAD_CHECKSUM]
                     dedup.remember(key, now, quoted_tag(ptb) if tag is _UNREAD else tag)
+                    self.limiter.relayed(ptb[1], now)  # known source for the reserve
                     self.counts[_RELAYED] += 1
                     dst = BROADCAST_MAC if ptb[0] == 4 else self._dst_v6  # ptb.family
                     return _new(Decision, (True, _RELAYED, ptb, dst + src_mac + frame[12:]))  # frame.build_copy
