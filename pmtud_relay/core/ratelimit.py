@@ -205,19 +205,9 @@ class RateLimiter:
         """The general part is empty and the source (known ``entry``) was first relayed before the
         episode: spend a reserve token if it has not expired and one is left."""
         bucket = self._reserve
-        if bucket is None or now - entry[1] > self.known_expiry:
+        if bucket is None or now - entry[1] > self.known_expiry or not bucket.has_token(now):
             return False
-        tokens = bucket.tokens
-        elapsed = now - bucket.stamp
-        if elapsed > 0:
-            tokens += elapsed * bucket.rate
-            if tokens > bucket.burst:
-                tokens = bucket.burst
-            bucket.stamp = now
-        if tokens < 1.0:
-            bucket.tokens = tokens
-            return False
-        bucket.tokens = tokens - 1.0
+        bucket.tokens -= 1.0
         self._from_reserve = True
         return True
 
