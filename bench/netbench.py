@@ -200,8 +200,9 @@ def bench_latency(args) -> dict:
         for k in ("p50", "p90", "p99", "max", "mean"):
             row[k + " µs"] = median([x.get(k) for x in rs])
         row["lost"] = sum(x["lost"] for x in rs)
-        ratios = [a.get("p99") / b.get("p99") for a, b in zip(rs, runs["reference"]) if a.get("p99") and b.get("p99")]
-        row["p99/ref"] = median(ratios)
+        ref = runs.get("reference", [])  # absent when --kinds leaves the reference out
+        ratios = [a.get("p99") / b.get("p99") for a, b in zip(rs, ref) if a.get("p99") and b.get("p99")]
+        row["p99/ref"] = median(ratios) if ratios else None
         rows.append(row)
     cols = ["relay", "p50 µs", "p90 µs", "p99 µs", "max µs", "mean µs", "lost", "p99/ref"]
     print(table(rows, cols, f"Latency (one PTB every {args.interval * 1000:g} ms, {args.samples} per run, "
