@@ -26,22 +26,18 @@ import struct
 from typing import NamedTuple
 
 from pmtud_relay import rtnl
+from pmtud_relay.rtnl import _IFINFOMSG, IFLA_IFNAME, NETLINK_ROUTE, RTM_NEWADDR, RTM_NEWLINK
 
-NETLINK_ROUTE = 0
 RTMGRP_LINK = 1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
-RTM_NEWLINK = 16
 RTM_DELLINK = 17
-RTM_NEWADDR = 20
 RTM_DELADDR = 21
-IFLA_IFNAME = 3
 IFF_UP = 0x1
 IFNAMSIZ = 16
 SIOCGIFFLAGS = 0x8913
 SIOCGIFINDEX = 0x8933
 
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFREQ_FLAGS = struct.Struct("16sh22x")  # struct ifreq: name, ifr_flags (union padded to 24)
 _IFREQ_INDEX = struct.Struct("16si20x")  # struct ifreq: name, ifr_ifindex; 40 bytes in all
 RCVBUF = 1 << 20
