@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import ROOT, table, write_result  # noqa: E402
 
-from pmtud_relay.capture import nflog as capture_now  # noqa: E402
-from pmtud_relay.core import nflog_wire as w  # noqa: E402
+from pmtud_relay.nflog import capture as capture_now
+from pmtud_relay.nflog import wire as w
 
 IFINDEX = 2
 HOST_MAC = bytes.fromhex("00005e005302")
@@ -64,7 +64,7 @@ LAYOUTS = {"kernel (nft log group)": _kernel_msg, "hand-built v4/v6": _short_msg
 def load_capture_at(ref: str):
     """capture/nflog.py and core/nflog_wire.py as of git ``ref``, imported under other names."""
     mods = {}
-    for name, path in (("nflog_wire", "pmtud_relay/core/nflog_wire.py"), ("nflog", "pmtud_relay/capture/nflog.py")):
+    for name, path in (("nflog_wire", "pmtud_relay/nflog/wire.py"), ("nflog", "pmtud_relay/nflog/capture.py")):
         src = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{path}"], capture_output=True, text=True,
                              check=True).stdout
         if name == "nflog":

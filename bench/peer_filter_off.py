@@ -4,7 +4,7 @@ capture/peer_filter.py), for A/B runs of bench/peer_junk.py. Same arguments as `
 import runpy
 import sys
 
-import pmtud_relay.capture.peer_receiver as peer_receiver
+import pmtud_relay.peers.receiver as peer_receiver
 
 peer_receiver.attach_filter = lambda sock, program: None  # every socket, at bind and on every change
 sys.argv = ["pmtud_relay", *sys.argv[1:]]

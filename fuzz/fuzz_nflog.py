@@ -21,8 +21,8 @@ import atheris
 import _common
 
 with atheris.instrument_imports(include=["pmtud_relay"]):
-    from pmtud_relay.capture.nflog import NflogDemux
-    from pmtud_relay.core import nflog_wire as w
+    from pmtud_relay.nflog.capture import NflogDemux
+    from pmtud_relay.nflog import wire as w
     from pmtud_relay.core.relay import Relay
 
 GROUP = 2105

@@ -30,8 +30,9 @@ import atheris
 import _common
 
 with atheris.instrument_imports(include=["pmtud_relay"]):
-    from pmtud_relay.core import peerproto as pp
-    from pmtud_relay.core.peers import InboxConfig, PeerInbox
+    from pmtud_relay.peers import wire as pp
+    from pmtud_relay.peers.inbox import InboxConfig
+    from pmtud_relay.peers.inbox import PeerInbox
     from pmtud_relay.core.policy import PACKET_HOST  # noqa: F401 - instrumented with the rest
 
 KEYS = _common.PEER_KEYS

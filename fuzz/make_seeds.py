@@ -71,7 +71,7 @@ def nflog_seeds() -> list[bytes]:
 def peer_seeds() -> list[bytes]:
     import frames as F
     from _common import PEER_KEYS as KEYS, PEER_START as START
-    from pmtud_relay.core import peerproto as pp
+    from pmtud_relay.peers import wire as pp
     from pmtud_relay.core.packet import parse_frame
 
     keyring = pp.Keyring(sorted(KEYS.items()))

@@ -42,15 +42,15 @@ SCOPE = {
         ("pmtud_relay.core.relay", ["Relay.handle"]),
     ],
     "nflog": [
-        ("pmtud_relay.core.nflog_wire", ["_parse_datagram", "parse_packet_message", "_parse_vlan", "ethertype_of",
+        ("pmtud_relay.nflog.wire", ["_parse_datagram", "parse_packet_message", "_parse_vlan", "ethertype_of",
                                          "rebuild_frame", "_layout_key", "_Layout.__init__",
                                          "PacketParser._parse_packet"]),
-        ("pmtud_relay.capture.nflog", ["NflogDemux.feed"]),
+        ("pmtud_relay.nflog.capture", ["NflogDemux.feed"]),
     ],
     "peer": [
-        ("pmtud_relay.core.peerproto", ["PeerDecoder.decode", "PeerDecoder._decode", "ReplayCache.expire",
+        ("pmtud_relay.peers.wire", ["PeerDecoder.decode", "PeerDecoder._decode", "ReplayCache.expire",
                                         "ReplayCache.seen", "ReplayCache.add"]),
-        ("pmtud_relay.core.peers", ["PeerInbox.handle", "parse_packet", "_declared_end"]),
+        ("pmtud_relay.peers.inbox", ["PeerInbox.handle", "parse_packet", "_declared_end"]),
     ],
 }
 MAX_LEN = {"frame": 2048, "nflog": 4096, "peer": 2048}

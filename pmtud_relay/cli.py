@@ -34,7 +34,7 @@ def _group(text: str) -> int:
 
 
 def _add_rules_parser(sub) -> None:
-    from pmtud_relay.capture.nflog import DEFAULT_GROUP
+    from pmtud_relay.nflog.capture import DEFAULT_GROUP
 
     rules = sub.add_parser("rules", help="show, install or remove the firewall rules for --capture nflog")
     rules.add_argument("action", choices=["show", "install", "remove"],
@@ -132,7 +132,8 @@ def build_parser(tools: bool = True) -> argparse.ArgumentParser:
                                 "(file + PMTUD_RELAY_* environment + defaults) with each value's source")
     check.add_argument("file", metavar="FILE")
     if tools:
-        from pmtud_relay import analyze, doctor, labcmd
+        from pmtud_relay import analyze, doctor
+        from pmtud_relay.lab import command as labcmd
 
         analyze.add_parser(sub)
         doctor.add_parser(sub)
@@ -147,7 +148,8 @@ def relay_config(args: argparse.Namespace) -> tuple[RelayConfig, bool]:
 
 
 def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
-    from pmtud_relay import hostinfo, metrics, peering
+    from pmtud_relay import hostinfo, metrics
+    from pmtud_relay.peers import service as peering
     from pmtud_relay.daemon import DaemonSettings, RelayDaemon, run_event_loop
 
     try:
@@ -190,7 +192,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
         peers=cfg.peer_settings(s),  # validated by cfg.load
         confirm_owner=s.confirm_owner,
     )
-    from pmtud_relay.capture.nflog import NflogError
+    from pmtud_relay.nflog.capture import NflogError
     from pmtud_relay.rules import RulesError
 
     daemon = RelayDaemon(settings)

@@ -1,4 +1,4 @@
-"""Host facts through rtnetlink (pmtud_relay/rtnl.py): default interface, service addresses.
+"""Host facts through rtnetlink (pmtud_relay/netlink/rtnl.py): default interface, service addresses.
 
 Service addresses (VIPs) are discovered where operators and Kubernetes put them: addresses on
 the interfaces named by ``vip_interfaces`` (default ``lo`` and ``@dummy``). On ``lo`` a prefix
@@ -16,7 +16,7 @@ import ipaddress
 import socket
 from typing import Iterable, Sequence
 
-from pmtud_relay import rtnl
+from pmtud_relay.netlink import rtnl
 
 DEFAULT_VIP_INTERFACES = ("lo", "@dummy")
 KIND_PREFIX = "@"  # "@dummy": every interface of that kind (IFLA_INFO_KIND)

@@ -194,7 +194,7 @@ def _can_open_packet_sockets() -> bool:
 def test_main_with_a_missing_interface_and_no_link_events_exits_with_a_config_error(capsys, monkeypatch):
     # With link events a missing interface is waited for (tests/test_daemon_interfaces.py); without
     # them nothing would ever bind it, so it stays a configuration error.
-    from pmtud_relay import linkwatch
+    from pmtud_relay.netlink import linkwatch
 
     def no_rtnetlink():
         raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")

@@ -22,9 +22,9 @@ def test_the_daemon_path_never_imports_scapy():
 def test_dnspython_is_imported_only_when_a_name_is_resolved():
     code = (
         "import sys\n"
-        "import pmtud_relay.cli, pmtud_relay.daemon, pmtud_relay.config, pmtud_relay.peering\n"
+        "import pmtud_relay.cli, pmtud_relay.daemon, pmtud_relay.config, pmtud_relay.peers.service\n"
         "print(sorted(m for m in sys.modules if m == 'dns' or m.startswith('dns.')))\n"
-        "from pmtud_relay.peerdns import DnsClient\n"
+        "from pmtud_relay.peers.dns import DnsClient\n"
         "DnsClient('/nonexistent/resolv.conf', '/nonexistent/hosts').resolve('peers.example')\n"
         "print('dns.resolver' in sys.modules)\n"
     )

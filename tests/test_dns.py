@@ -1,6 +1,6 @@
-"""TTL-aware peer DNS: pmtud_relay.peerdns (dnspython's stub resolver) against small DNS servers
+"""TTL-aware peer DNS: pmtud_relay.peers.dns (dnspython's stub resolver) against small DNS servers
 on loopback (UDP and TCP, answers built with dnspython's message API) with a temporary
-resolv.conf, and the re-resolve schedule of pmtud_relay.peersource.NameCache (injected clock: no
+resolv.conf, and the re-resolve schedule of pmtud_relay.peers.sources.NameCache (injected clock: no
 sleeping for TTLs). Loopback only; documentation addresses in the answers."""
 
 from __future__ import annotations
@@ -22,10 +22,16 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from pmtud_relay.core.peers import PeerSpec
-from pmtud_relay.peerdns import Answer, DnsClient, DnsError, in_hosts_file
-from pmtud_relay.peering import PeerService, PeerSettings
-from pmtud_relay.peersource import DNS_RETRY_MAX, NameCache, PeerDirectory
+from pmtud_relay.peers.inbox import PeerSpec
+from pmtud_relay.peers.dns import Answer
+from pmtud_relay.peers.dns import DnsClient
+from pmtud_relay.peers.dns import DnsError
+from pmtud_relay.peers.dns import in_hosts_file
+from pmtud_relay.peers.service import PeerService
+from pmtud_relay.peers.service import PeerSettings
+from pmtud_relay.peers.sources import DNS_RETRY_MAX
+from pmtud_relay.peers.sources import NameCache
+from pmtud_relay.peers.sources import PeerDirectory
 
 NAME = "peers.example"
 BOTH = ("198.51.100.18", "2001:db8:5:2::2")
@@ -368,7 +374,7 @@ def test_the_default_client_is_dnspython_on_etc_resolv_conf():
 
 
 def test_the_peer_service_refresh_survives_dns_failures(tmp_path, server):
-    """The daemon's refresh (pmtud_relay.peering.PeerService.refresh, in its worker thread) with
+    """The daemon's refresh (pmtud_relay.peers.service.PeerService.refresh, in its worker thread) with
     a --peers-dns name: a silent nameserver or SERVFAIL keep the peers and report the error; it
     never raises into the daemon's loop. Only the directory's DNS client points at the test
     resolv.conf."""

@@ -30,7 +30,8 @@ from pmtud_relay.rules import RuleSpec
 PRELUDE = r'''
 import ipaddress, json, select, socket, struct, sys, time
 from pmtud_relay.lab.packet import ptb4_frame
-from pmtud_relay.capture.nflog import NflogCapture, interface_mac
+from pmtud_relay.nflog.capture import NflogCapture
+from pmtud_relay.nflog.capture import interface_mac
 
 def _csum(data):
     if len(data) % 2:
@@ -124,7 +125,7 @@ def test_single_ptb_at_once_burst_batched(backend: str) -> None:
 
 
 ADAPTIVE = PRELUDE + r'''
-from pmtud_relay.core.nflog_batching import BatchTuner
+from pmtud_relay.nflog.batching import BatchTuner
 from pmtud_relay.rules import RuleSpec, get_backend
 backend = get_backend(sys.argv[1])
 # The rules' own threshold (iptables: --nflog-threshold 100) caps the socket's: the kernel
@@ -245,7 +246,7 @@ def test_busy_group_gives_one_sentence_and_leaves_rules_alone() -> None:
 
 LOGGERS = r'''
 import json, sys
-from pmtud_relay.capture.nflog import NflogCapture
+from pmtud_relay.nflog.capture import NflogCapture
 def read():
     return [open(f"/proc/sys/net/netfilter/nf_log/{pf}").read().strip() for pf in (2, 10)]
 before = read()

@@ -18,7 +18,7 @@ from e2e_support import assert_blackhole_closed, describe, dump, log_events, sta
 from test_e2e_peers import key_file, peer_argv, routed_lab, scrape, transfers  # noqa: F401 - fixtures
 
 from pmtud_relay.lab.routed import RoutedLab
-from pmtud_relay.peering import ACK_EXPIRY
+from pmtud_relay.peers.service import ACK_EXPIRY
 
 RAW_SEND_PY = (
     "import socket, sys\n"

@@ -192,7 +192,8 @@ def test_fanout_both_and_l2_hosts_receiving_from_peers(routed_lab: RoutedLab, ke
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: RoutedLab, key_file: str,
                                                                   family: int) -> None:
-    from pmtud_relay.core.peerproto import Keyring, encode
+    from pmtud_relay.peers.wire import Keyring
+    from pmtud_relay.peers.wire import encode
 
     lab = routed_lab
     s2 = lab.server("s2")
@@ -300,7 +301,8 @@ def test_unusable_or_martian_ptbs_are_refused_not_injected(routed_lab: RoutedLab
                                                           family: int) -> None:
     """Signed by the right key, but not for injection: each refused with its own reason, nothing
     injected, no PMTU learned; the genuine PTB after them is injected and learned."""
-    from pmtud_relay.core.peerproto import Keyring, encode
+    from pmtud_relay.peers.wire import Keyring
+    from pmtud_relay.peers.wire import encode
 
     lab = routed_lab
     target = lab.server("s2").addr(family)
@@ -337,7 +339,10 @@ def test_junk_from_a_non_peer_never_reaches_userspace(routed_lab: RoutedLab, key
     count stays 0) while s1's genuine datagram is injected and a forged one from s1 is counted
     (so the counter works). Then the router is added to the peers file: the filter is rebuilt and
     the router's junk is now seen (and refused by the MAC)."""
-    from pmtud_relay.core.peerproto import HEADER, MAGIC, Keyring, encode
+    from pmtud_relay.peers.wire import HEADER
+    from pmtud_relay.peers.wire import MAGIC
+    from pmtud_relay.peers.wire import Keyring
+    from pmtud_relay.peers.wire import encode
 
     lab = routed_lab
     s1, s2, s3 = (lab.server(n) for n in ("s1", "s2", "s3"))
@@ -375,7 +380,8 @@ def test_junk_from_a_non_peer_never_reaches_userspace(routed_lab: RoutedLab, key
 @pytest.mark.netns
 @pytest.mark.timeout(90)
 def test_dry_run_receiver_reports_and_injects_nothing(routed_lab: RoutedLab, key_file: str) -> None:
-    from pmtud_relay.core.peerproto import Keyring, encode
+    from pmtud_relay.peers.wire import Keyring
+    from pmtud_relay.peers.wire import encode
 
     lab = routed_lab
     procs = start_relays(lab, {"s2": ["dry-run", "-i", "eth0", "--json", "--peer-listen", f":{PORT}",

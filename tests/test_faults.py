@@ -5,7 +5,7 @@ send; and the capabilities left after set-up.
 
 The configured interface *name* is what counts: the daemon lets go of the interface when it
 goes down, is deleted or renamed away, and binds to whichever interface carries the name once
-it is up (``pmtud_relay/linkwatch.py``, docs/operations.md). NFLOG capture follows interfaces too:
+it is up (``pmtud_relay/netlink/linkwatch.py``, docs/operations.md). NFLOG capture follows interfaces too:
 its socket and rules stay, the demux gets a port for the new ifindex (docs/nflog-and-rules.md).
 
 Topology (from test_rules.NetNS): ``v1`` is the relay's interface (MAC 02:00:00:00:05:02), ``v0``

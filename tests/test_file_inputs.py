@@ -22,9 +22,11 @@ import time
 import pytest
 
 from pmtud_relay import config as cfg
-from pmtud_relay import peerdns, safefile
-from pmtud_relay.peerkeys import KeyFileError, load_keyring
-from pmtud_relay.peersource import PeersFile
+from pmtud_relay import safefile
+from pmtud_relay.peers import dns as peerdns
+from pmtud_relay.peers.keys import KeyFileError
+from pmtud_relay.peers.keys import load_keyring
+from pmtud_relay.peers.sources import PeersFile
 
 VIP = "192.0.2.10"
 QUICK = 10.0  # seconds: a refusal takes well under one; a blocked open never ends

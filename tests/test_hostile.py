@@ -94,7 +94,7 @@ def scrape_served(d: RelayDaemon, timeout: float = 10.0) -> tuple[str, int, int]
     import signal
     import socket
 
-    from pmtud_relay.sdnotify import Notifier
+    from pmtud_relay.daemon.sdnotify import Notifier
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     idle, _other_end = socket.socketpair()  # a descriptor that never becomes readable, for add_reader
@@ -377,7 +377,7 @@ def test_a_stalled_stderr_never_blocks_the_packet_path(stalled_log):
 
 # --- peer protocol: a wall clock stepped back must not re-open a replay ---------------------------
 def test_a_replay_stays_refused_after_the_wall_clock_steps_back():
-    from pmtud_relay.core import peerproto as pp
+    from pmtud_relay.peers import wire as pp
 
     ring = pp.Keyring([(1, bytes(range(32)))])
     d = pp.PeerDecoder(ring, max_age=10)

@@ -1,4 +1,4 @@
-"""Host facts from the daemon's own rtnetlink dumps (pmtud_relay/rtnl.py, hostinfo.py), on a real
+"""Host facts from the daemon's own rtnetlink dumps (pmtud_relay/netlink/rtnl.py, hostinfo.py), on a real
 kernel in a namespace this test creates: service addresses on lo (whole prefix), on dummy
 interfaces such as kube-ipvs0 (address only; an ifb stands in for the dummy kind here), on interfaces vip_interfaces names; the interface of
 the default route. pyroute2, which the daemon no longer loads, is the independent reference."""
@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from pmtud_relay import hostinfo, rtnl
+from pmtud_relay import hostinfo
+from pmtud_relay.netlink import rtnl
 
 pytestmark = [
     pytest.mark.netns,
@@ -61,7 +62,8 @@ def host():
 
 FACTS = r"""
 import json, sys
-from pmtud_relay import hostinfo, rtnl
+from pmtud_relay import hostinfo
+from pmtud_relay.netlink import rtnl
 patterns = json.loads(sys.stdin.read())
 out = {"default": hostinfo.default_interface(),
        "vips": {",".join(p): [str(n) for n in hostinfo.discover_vips(tuple(p))] for p in patterns},

@@ -7,7 +7,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pmtud_relay import linkwatch as L
+from pmtud_relay.netlink import linkwatch as L
 from pmtud_relay import privileges as P
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pmtud_relay.core.nflog_batching import IMMEDIATE, BatchTuner
+from pmtud_relay.nflog.batching import IMMEDIATE
+from pmtud_relay.nflog.batching import BatchTuner
 
 
 def tuner(**kw) -> BatchTuner:

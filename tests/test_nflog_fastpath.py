@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pmtud_relay.capture.nflog import NflogDemux
-from pmtud_relay.core import nflog_wire as w
+from pmtud_relay.nflog.capture import NflogDemux
+from pmtud_relay.nflog import wire as w
 from test_nflog_wire import (HOST_MAC, IFINDEX, ROUTER_MAC, attrs_for, eth, nla, nlmsg, packet_msg, ptb4_msg,
                              ptb4_packet, ptb6_msg)
 

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pmtud_relay.capture.nflog import NflogDemux
-from pmtud_relay.core import nflog_wire as w
+from pmtud_relay.nflog.capture import NflogDemux
+from pmtud_relay.nflog import wire as w
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig

@@ -10,8 +10,11 @@ import textwrap
 import pytest
 
 from pmtud_relay.capture import bpf
-from pmtud_relay.capture.peer_filter import BPF_MAXINSNS, build, program_for, size
-from pmtud_relay.core.peerproto import MAGIC
+from pmtud_relay.peers.filter import BPF_MAXINSNS
+from pmtud_relay.peers.filter import build
+from pmtud_relay.peers.filter import program_for
+from pmtud_relay.peers.filter import size
+from pmtud_relay.peers.wire import MAGIC
 
 PEER4, OTHER4 = "198.51.100.2", "198.51.100.3"
 PEER6, OTHER6 = "2001:db8::2", "2001:db8::3"
@@ -79,8 +82,8 @@ def test_size_is_exact_and_large_lists_fall_back_to_the_magic():
 _KERNEL_SNIPPET = textwrap.dedent(
     """
     import json, socket, subprocess, sys, time
-    from pmtud_relay.capture.peer_filter import program_for
-    from pmtud_relay.capture.peer_receiver import PeerListener
+    from pmtud_relay.peers.filter import program_for
+    from pmtud_relay.peers.receiver import PeerListener
 
     cfg = json.load(sys.stdin)
     for cmd in (["sysctl", "-q", "-w", "net.ipv6.conf.lo.disable_ipv6=0"], ["ip", "link", "set", "lo", "up"]):
@@ -170,7 +173,8 @@ class FakeListener:
 
 
 def _service(fanout: str):
-    from pmtud_relay.peering import PeerService, PeerSettings
+    from pmtud_relay.peers.service import PeerService
+    from pmtud_relay.peers.service import PeerSettings
     from pmtud_relay.core.policy import Policy
 
     settings = PeerSettings(fanout=fanout, listen=(("", 2106),), key_file="/nonexistent")
@@ -180,7 +184,7 @@ def _service(fanout: str):
 def test_the_service_follows_the_peer_set_and_falls_back_to_the_magic_when_refused(caplog):
     import logging
 
-    from pmtud_relay.core.peers import Peer
+    from pmtud_relay.peers.inbox import Peer
 
     svc = _service("peers")
     svc.listener = FakeListener()

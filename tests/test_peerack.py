@@ -7,11 +7,15 @@ import hmac
 
 import pytest
 
-from pmtud_relay.core import peerproto
-from pmtud_relay.core.peerack import (
+from pmtud_relay.peers import wire as peerproto
+from pmtud_relay.peers.ack import (
     ACK_BODY, ACK_LEN, AckDecoder, AckDrop, AckEvent, AckGate, AckTracker, AckVerdict, encode_ack, parse_body,
 )
-from pmtud_relay.core.peerproto import FLAG_ACK, Keyring, PeerDecoder, PeerReason, encode
+from pmtud_relay.peers.wire import FLAG_ACK
+from pmtud_relay.peers.wire import Keyring
+from pmtud_relay.peers.wire import PeerDecoder
+from pmtud_relay.peers.wire import PeerReason
+from pmtud_relay.peers.wire import encode
 
 KEY = Keyring([(7, bytes(range(32)))])
 OTHER = Keyring([(7, bytes(range(1, 33)))])

@@ -1,4 +1,4 @@
-"""Peer relay settings, command line and service (pmtud_relay.peering), without namespaces.
+"""Peer relay settings, command line and service (pmtud_relay.peers.service), without namespaces.
 
 Real UDP sockets on 127.0.0.1 only; raw-socket injection is exercised in tests/test_e2e_peers.py.
 """
@@ -17,13 +17,19 @@ import pytest
 
 import frames as F
 from pmtud_relay import config as cfg
-from pmtud_relay import peering
+from pmtud_relay.peers import service as peering
 from pmtud_relay.cli import EXIT_CONFIG, build_parser, main
 from pmtud_relay.core.packet import parse_frame
-from pmtud_relay.core.peerproto import Keyring, PeerReason, encode
-from pmtud_relay.core.peers import Peer, PeerSpec
+from pmtud_relay.peers.wire import Keyring
+from pmtud_relay.peers.wire import PeerReason
+from pmtud_relay.peers.wire import encode
+from pmtud_relay.peers.inbox import Peer
+from pmtud_relay.peers.inbox import PeerSpec
 from pmtud_relay.core.policy import Policy, VipSet
-from pmtud_relay.peering import PeerConfigError, PeerService, PeerSettings, build_settings
+from pmtud_relay.peers.service import PeerConfigError
+from pmtud_relay.peers.service import PeerService
+from pmtud_relay.peers.service import PeerSettings
+from pmtud_relay.peers.service import build_settings
 
 KEY_HEX = "5a" * 32
 POLICY = Policy(vips=VipSet([F.VIP4, F.VIP6]))
@@ -177,9 +183,10 @@ def service(key_file, peers=(), *, listen=(), fanout="peers", dry_run=False, out
 
 
 def prime(svc, key_file, peers):
-    from pmtud_relay.core.peerproto import PeerDecoder
-    from pmtud_relay.core.peers import InboxConfig, PeerInbox
-    from pmtud_relay.peerkeys import load_keyring
+    from pmtud_relay.peers.wire import PeerDecoder
+    from pmtud_relay.peers.inbox import InboxConfig
+    from pmtud_relay.peers.inbox import PeerInbox
+    from pmtud_relay.peers.keys import load_keyring
 
     svc.keyring = load_keyring(key_file)
     svc.decoder = PeerDecoder(svc.keyring)
@@ -325,7 +332,8 @@ def test_key_rotation_is_picked_up_by_refresh(key_file):
 def test_prometheus_collector_exports_closed_label_sets(key_file):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from pmtud_relay.peermetrics import RX_REASONS, PeerCollector
+    from pmtud_relay.peers.metrics import RX_REASONS
+    from pmtud_relay.peers.metrics import PeerCollector
 
     svc = service(key_file, listen=(("127.0.0.1", 0),), fanout="both")
     prime(svc, key_file, [Peer("198.51.100.18"), Peer("198.51.100.34")])
@@ -393,7 +401,7 @@ async def _wait(cond, timeout=3.0):
 
 def test_owner_acks_once_and_sender_counts_delivered(key_file):
     from pmtud_relay.confirm.verdict import Origin, OwnerVerdict
-    from pmtud_relay.core.peerack import AckVerdict
+    from pmtud_relay.peers.ack import AckVerdict
 
     async def scenario():
         clock = [10.0]
@@ -433,7 +441,7 @@ def test_owner_acks_once_and_sender_counts_delivered(key_file):
 def metrics_text(svc) -> str:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from pmtud_relay.peermetrics import PeerCollector
+    from pmtud_relay.peers.metrics import PeerCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PeerCollector(lambda: svc))
@@ -490,7 +498,7 @@ def test_acks_off_sends_and_reads_none(key_file):
 @pytest.mark.parametrize("bind", ["", "0.0.0.0"], ids=["dual-stack", "ipv4"])
 def test_listener_reports_the_local_address_and_replies_from_it(bind):
     """drain_from/reply (acks): the local address a datagram was sent to, and a reply from it."""
-    from pmtud_relay.capture.peer_receiver import PeerListener
+    from pmtud_relay.peers.receiver import PeerListener
 
     listener = PeerListener([(bind, 0)])
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

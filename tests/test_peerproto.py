@@ -1,4 +1,4 @@
-"""The peer relay wire protocol (pmtud_relay.core.peerproto): encode, verify, reject, rotate."""
+"""The peer relay wire protocol (pmtud_relay.peers.wire): encode, verify, reject, rotate."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from frames import ptb_v4, ptb_v6
-from pmtud_relay.core import peerproto as pp
-from pmtud_relay.core.injection import INJECTION_REASONS
+from pmtud_relay.peers import wire as pp
+from pmtud_relay.peers.injection import INJECTION_REASONS
 from pmtud_relay.core.packet import parse_frame
-from pmtud_relay.core.peerproto import (
+from pmtud_relay.peers.wire import (
     HEADER_LEN, MAC_LEN, OVERHEAD, Decoded, Keyring, PeerDecoder, PeerReason, ReplayCache, encode,
     parse_keyring, ptb_packet,
 )

@@ -1,5 +1,5 @@
-"""Peer list sources (static, watched file, DNS) and the key file (pmtud_relay.peersource,
-pmtud_relay.peerkeys). DNS goes through an injected resolver; one real getaddrinfo of localhost.
+"""Peer list sources (static, watched file, DNS) and the key file (pmtud_relay.peers.sources,
+pmtud_relay.peers.keys). DNS goes through an injected resolver; one real getaddrinfo of localhost.
 The host's /etc/hosts is never touched."""
 
 from __future__ import annotations
@@ -9,10 +9,19 @@ import socket
 
 import pytest
 
-from pmtud_relay.core.peers import Peer, PeerSpec, parse_peer_spec
+from pmtud_relay.peers.inbox import Peer
+from pmtud_relay.peers.inbox import PeerSpec
+from pmtud_relay.peers.inbox import parse_peer_spec
 from pmtud_relay.core.policy import VipSet
-from pmtud_relay.peerkeys import KeyFileError, check_mode, file_stamp, load_keyring
-from pmtud_relay.peersource import NameCache, PeerDirectory, PeersFile, PeerSourceError, parse_peers_text
+from pmtud_relay.peers.keys import KeyFileError
+from pmtud_relay.peers.keys import check_mode
+from pmtud_relay.peers.keys import file_stamp
+from pmtud_relay.peers.keys import load_keyring
+from pmtud_relay.peers.sources import NameCache
+from pmtud_relay.peers.sources import PeerDirectory
+from pmtud_relay.peers.sources import PeersFile
+from pmtud_relay.peers.sources import PeerSourceError
+from pmtud_relay.peers.sources import parse_peers_text
 
 KEY_HEX = "ab" * 32
 

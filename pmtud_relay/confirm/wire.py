@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from ..rtnl import attributes, parse_messages  # the project's netlink message/attribute walker
+from ..netlink.rtnl import attributes, parse_messages  # the project's netlink message/attribute walker
 
 NETLINK_ROUTE = 0
 NETLINK_SOCK_DIAG = 4

@@ -189,7 +189,7 @@ _IPT_GROUP = re.compile(r"--nflog-group (\d+)")
 
 def _default_group() -> int | None:
     try:
-        from pmtud_relay.capture.nflog import DEFAULT_GROUP
+        from pmtud_relay.nflog.capture import DEFAULT_GROUP
     except Exception:  # pragma: no cover - NFLOG capture not available in this build
         return None
     return DEFAULT_GROUP

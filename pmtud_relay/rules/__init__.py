@@ -25,7 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from pmtud_relay.capture.nflog import DEFAULT_GROUP, DEFAULT_QTHRESH
+from pmtud_relay.nflog.capture import DEFAULT_GROUP
+from pmtud_relay.nflog.capture import DEFAULT_QTHRESH
 from pmtud_relay.core import ratelimit as _rl
 
 BACKENDS = ("nft", "iptables")
@@ -175,7 +176,7 @@ def detect() -> Backend:
 
 def resolve(name: str) -> Backend:
     """``auto`` → :func:`detect`; ``nft``/``iptables`` → that backend, checked to be usable."""
-    from pmtud_relay.capture.nflog import has_net_admin
+    from pmtud_relay.nflog.capture import has_net_admin
 
     if not has_net_admin():
         raise RulesError("managing firewall rules needs CAP_NET_ADMIN (run as root)")

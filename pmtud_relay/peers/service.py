@@ -8,11 +8,11 @@
 
 Independently, a host with ``--peer-listen`` (on by default with ``peers``/``both``) receives
 datagrams from peers, verifies them, re-checks the PTB with its own policy and injects it into its
-own receive path (:mod:`pmtud_relay.capture.peer_receiver`). A received PTB is never relayed
+own receive path (:mod:`pmtud_relay.peers.receiver`). A received PTB is never relayed
 again: the receive path has no reference to the fan-out, and the injected packet enters through
 ``lo``, where no capture listens. Protocol, keys and threat model: docs/peers.md.
 
-Delivery acknowledgements (``acks``, on by default; :mod:`pmtud_relay.core.peerack`): the receiver
+Delivery acknowledgements (``acks``, on by default; :mod:`pmtud_relay.peers.ack`): the receiver
 asks the confirmation service (:mod:`pmtud_relay.confirm`) whether this host owns the flow an
 injected PTB quotes and, if so, answers the datagram's sender (its address and port) with one
 signed ack, rate-limited. The sender reads acks on its send sockets and counts, per PTB it sent,
@@ -32,18 +32,32 @@ from dataclasses import dataclass
 from typing import Callable, TextIO
 
 from pmtud_relay import logs
-from pmtud_relay.core import peerack, peerproto
-from pmtud_relay.core.peerack import AckDecoder, AckEvent, AckGate, AckTracker, AckVerdict, encode_ack
-from pmtud_relay.core.peerproto import Keyring, PeerDecoder, PeerReason, encode, ptb_packet
-from pmtud_relay.core.peers import (
+from pmtud_relay.peers import ack as peerack
+from pmtud_relay.peers import wire as peerproto
+from pmtud_relay.peers.ack import AckDecoder
+from pmtud_relay.peers.ack import AckEvent
+from pmtud_relay.peers.ack import AckGate
+from pmtud_relay.peers.ack import AckTracker
+from pmtud_relay.peers.ack import AckVerdict
+from pmtud_relay.peers.ack import encode_ack
+from pmtud_relay.peers.wire import Keyring
+from pmtud_relay.peers.wire import PeerDecoder
+from pmtud_relay.peers.wire import PeerReason
+from pmtud_relay.peers.wire import encode
+from pmtud_relay.peers.wire import ptb_packet
+from pmtud_relay.peers.inbox import (
     DEFAULT_PEER_BURST, DEFAULT_PEER_RATE, DEFAULT_PORT, InboxConfig, InboxDecision, PeerInbox, PeerSpec,
     PeerTable, parse_peer_spec,
 )
 from pmtud_relay.core.policy import Policy
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Decision
-from pmtud_relay.peerkeys import KeyFileError, file_stamp, load_keyring
-from pmtud_relay.peersource import DEFAULT_DNS_INTERVAL, PeerDirectory, local_addresses
+from pmtud_relay.peers.keys import KeyFileError
+from pmtud_relay.peers.keys import file_stamp
+from pmtud_relay.peers.keys import load_keyring
+from pmtud_relay.peers.sources import DEFAULT_DNS_INTERVAL
+from pmtud_relay.peers.sources import PeerDirectory
+from pmtud_relay.peers.sources import local_addresses
 from pmtud_relay.report import decision_record, logfmt, to_json
 
 FANOUT_MODES = ("l2", "peers", "both")
@@ -110,7 +124,7 @@ def build_settings(
     """Validate peer options (strings as typed); None when the peer relay is off entirely.
     PeerConfigError names the option at fault. The flags, environment variables and TOML keys
     that feed it are generated from pmtud_relay.config.SCHEMA (``config.peer_settings``)."""
-    from pmtud_relay.capture.peer_receiver import parse_listen
+    from pmtud_relay.peers.receiver import parse_listen
 
     if fanout not in FANOUT_MODES:
         raise PeerConfigError(f"--fanout: must be one of {', '.join(FANOUT_MODES)}, got {fanout!r}")
@@ -229,9 +243,10 @@ class PeerService:
     # -- lifecycle ---------------------------------------------------------------------------------
     def open(self) -> None:
         """Load the keys, open the sockets. PeerError (with an exit code) on failure."""
-        from pmtud_relay.capture.peer_filter import program_for
-        from pmtud_relay.capture.peer_receiver import LoopbackInjector, PeerListener
-        from pmtud_relay.emit.peers import PeerEmitter
+        from pmtud_relay.peers.filter import program_for
+        from pmtud_relay.peers.receiver import LoopbackInjector
+        from pmtud_relay.peers.receiver import PeerListener
+        from pmtud_relay.peers.sender import PeerEmitter
 
         s = self.settings
         try:
@@ -365,7 +380,7 @@ class PeerService:
         """Rebuild the listener's kernel filter when the peer set changed (file, DNS, reload).
         If the kernel refuses the address program (too large for net.core.optmem_max), fall
         back to the magic alone and say so."""
-        from pmtud_relay.capture.peer_filter import program_for
+        from pmtud_relay.peers.filter import program_for
 
         self._apply_emitter_filter()
         listener = self.listener
@@ -387,7 +402,7 @@ class PeerService:
     def _apply_emitter_filter(self) -> None:
         """The send sockets receive acks: the same filter, by the peers' addresses (magic
         alone when the list does not fit a program)."""
-        from pmtud_relay.capture.peer_filter import program_for
+        from pmtud_relay.peers.filter import program_for
 
         if not self._ack_socks or self.emitter is None:
             return
@@ -538,7 +553,7 @@ class PeerService:
             if refused is not None:
                 self._warn(f"peer_ack_not_sent:{refused}", {"peer": host})
                 return
-            from pmtud_relay.capture.peer_receiver import PeerListener
+            from pmtud_relay.peers.receiver import PeerListener
 
             sock, local = reply
             err = PeerListener.reply(sock, ack, host, port, local)
@@ -554,7 +569,7 @@ class PeerService:
 
     # -- acknowledgements: sending side -------------------------------------------------------------
     def _on_ack_readable(self, sock) -> None:
-        from pmtud_relay.capture.peer_receiver import PeerListener
+        from pmtud_relay.peers.receiver import PeerListener
 
         try:
             batch = PeerListener.drain(sock)

@@ -26,7 +26,7 @@ import ipaddress
 from typing import Iterable, NamedTuple
 
 from pmtud_relay.capture import bpf
-from pmtud_relay.core.peerproto import MAGIC
+from pmtud_relay.peers.wire import MAGIC
 
 BPF_MAXINSNS = 4096
 ACCEPT = 0xFFFFFFFF  # keep the whole datagram

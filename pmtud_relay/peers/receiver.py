@@ -18,8 +18,8 @@ import socket
 import struct
 
 from pmtud_relay.capture.afpacket import attach_filter
-from pmtud_relay.capture.peer_filter import PeerFilter
-from pmtud_relay.core.peers import DEFAULT_PORT
+from pmtud_relay.peers.filter import PeerFilter
+from pmtud_relay.peers.inbox import DEFAULT_PORT
 
 MAX_DATAGRAM = 65535
 DEFAULT_RCVBUF = 1 << 20

@@ -1,6 +1,6 @@
 """Where the peer list comes from: static entries, a watched file, DNS names. Blocking calls
 (file reads, DNS queries, ``getaddrinfo``) happen here, in a worker thread; the result is a tuple of
-:class:`~pmtud_relay.core.peers.Peer` for the sans-IO :class:`~pmtud_relay.core.peers.PeerTable`.
+:class:`~pmtud_relay.peers.inbox.Peer` for the sans-IO :class:`~pmtud_relay.peers.inbox.PeerTable`.
 
 * Static (``--peer HOST[:PORT][=PREFIX,…]``, repeatable): addresses are used as given; names
   are resolved like DNS sources.
@@ -9,7 +9,7 @@
   Kubernetes ConfigMap update is picked up without inotify. A file that fails to parse keeps the
   previous list (and the error is reported once per change).
 * DNS (``--peers-dns NAME[:PORT][=PREFIX,…]``): every A and AAAA record of NAME is a peer, e.g.
-  a Kubernetes headless Service. NAME is asked for through dnspython (pmtud_relay.peerdns: the
+  a Kubernetes headless Service. NAME is asked for through dnspython (pmtud_relay.peers.dns: the
   nameservers and search list of /etc/resolv.conf, TCP for truncated answers) and re-resolved
   when the answer's smallest TTL runs out, clamped to [5 s, 300 s] (the floor drops to
   ``dns_interval`` if that is smaller). A failure keeps the last answer and retries after 1, 2,
@@ -29,9 +29,15 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from pmtud_relay.core.peers import DEFAULT_PORT, Peer, PeerSpec, merge_peers, parse_peer_spec, peer_from_spec
-from pmtud_relay.peerdns import DnsClient, DnsError
-from pmtud_relay.peerkeys import file_stamp
+from pmtud_relay.peers.inbox import DEFAULT_PORT
+from pmtud_relay.peers.inbox import Peer
+from pmtud_relay.peers.inbox import PeerSpec
+from pmtud_relay.peers.inbox import merge_peers
+from pmtud_relay.peers.inbox import parse_peer_spec
+from pmtud_relay.peers.inbox import peer_from_spec
+from pmtud_relay.peers.dns import DnsClient
+from pmtud_relay.peers.dns import DnsError
+from pmtud_relay.peers.keys import file_stamp
 from pmtud_relay.safefile import FileRefused, read_regular
 
 DEFAULT_DNS_INTERVAL = 10.0  # getaddrinfo names and answers without records
@@ -78,7 +84,7 @@ _DEFAULT_CLIENT = object()
 class NameCache:
     """Resolves DNS names, remembering the last good answer of each.
 
-    With the default ``client`` (a :class:`~pmtud_relay.peerdns.DnsClient`) a name is
+    With the default ``client`` (a :class:`~pmtud_relay.peers.dns.DnsClient`) a name is
     re-resolved when its answer's smallest TTL runs out, clamped to
     [min(DNS_TTL_MIN, interval), DNS_TTL_MAX]; a failure keeps the last answer and retries after
     DNS_RETRY_MIN, doubling up to DNS_RETRY_MAX. Names the client does not handle (no nameserver,

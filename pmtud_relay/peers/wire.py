@@ -11,7 +11,7 @@ Wire format (network byte order; docs/peers.md has the diagram and the rationale
 ``packet`` is the PTB's IP packet exactly as received (outer IP header onwards, no L2, no
 padding); ``MAC`` is HMAC-SHA256 over everything before it, keyed with the key ``key id``
 names. Version 1 defines one flag, ``ACK`` (bit 0): without it the message is a relayed PTB as
-above; with it, an acknowledgement (:mod:`pmtud_relay.core.peerack`) whose payload is a fixed
+above; with it, an acknowledgement (:mod:`pmtud_relay.peers.ack`) whose payload is a fixed
 16-byte body instead of a packet. Other flag bits and ``reserved`` must be 0.
 
 Nothing here opens a socket, reads a clock or draws random numbers: the caller passes the

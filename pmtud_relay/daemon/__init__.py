@@ -20,10 +20,11 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, TextIO
 
-from pmtud_relay import hostinfo, linkwatch, logs, metrics
-from pmtud_relay.sdnotify import Notifier
+from pmtud_relay import hostinfo, logs, metrics
+from pmtud_relay.netlink import linkwatch
+from pmtud_relay.daemon.sdnotify import Notifier
 from pmtud_relay.capture.afpacket import PacketCapture
-from pmtud_relay.capture.nflog import DEFAULT_GROUP as NFLOG_DEFAULT_GROUP
+from pmtud_relay.nflog.capture import DEFAULT_GROUP as NFLOG_DEFAULT_GROUP
 from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_L2_COPY, PACKET_MULTICAST, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Decision, Relay, RelayConfig
@@ -31,7 +32,7 @@ from pmtud_relay.emit.l2 import L2Emitter
 from pmtud_relay.report import decision_record, logfmt, to_json
 
 if TYPE_CHECKING:
-    from pmtud_relay.peering import PeerSettings
+    from pmtud_relay.peers.service import PeerSettings
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class DaemonSettings:
     nflog_group: int = NFLOG_DEFAULT_GROUP
     manage_rules: bool = False  # install the NFLOG rules at start, remove them at stop
     rules_backend: str = "auto"  # auto, nft or iptables
-    peers: "PeerSettings | None" = None  # peer relay across L3 (pmtud_relay.peering); None: off
+    peers: "PeerSettings | None" = None  # peer relay across L3 (pmtud_relay.peers.service); None: off
     confirm_owner: bool = False  # delivery confirmation (docs/confirmation.md); the config's default is on
 
 
@@ -143,8 +144,8 @@ class RelayDaemon:
     def _open_nflog(self) -> None:
         """Bind the NFLOG group first (a busy group must not cost another instance its
         rules), then install the rules if asked to. RulesError/NflogError go to the CLI."""
-        from pmtud_relay.capture.nflog import NflogCapture
-        from pmtud_relay.core.nflog_batching import BatchTuner
+        from pmtud_relay.nflog.capture import NflogCapture
+        from pmtud_relay.nflog.batching import BatchTuner
 
         s = self.settings
         # NETLINK_NO_ENOBUFS: on overrun the kernel would flag a socket error, which libuv (uvloop)
@@ -175,7 +176,7 @@ class RelayDaemon:
 
     def _open_peers(self) -> None:
         """The peer relay (docs/peers.md): sender, receiver, injector. PeerError goes to the CLI."""
-        from pmtud_relay.peering import PeerService
+        from pmtud_relay.peers.service import PeerService
 
         s = self.settings
         self.peering = PeerService(s.peers, lambda: self.relay.policy, dry_run=s.dry_run, out=self.out,
@@ -798,7 +799,7 @@ class RelayDaemon:
         if self.metrics_sock is not None:
             registry = metrics.build_registry(self.stats, lambda: self.relay, logs.dropped)
             if self.peering is not None:
-                from pmtud_relay.peermetrics import PeerCollector
+                from pmtud_relay.peers.metrics import PeerCollector
 
                 registry.register(PeerCollector(lambda: self.peering))
             if self.confirmer is not None:

@@ -32,7 +32,7 @@ from pmtud_relay.core.packet import (
     MAX_EXT_HEADERS,
     PTB,
 )
-from pmtud_relay.core.peerproto import PeerReason
+from pmtud_relay.peers.wire import PeerReason
 
 IPOPT_END = 0
 IPOPT_NOOP = 1

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from pmtud_relay import hostinfo as _hostinfo
-from pmtud_relay import peering as _peering
+from pmtud_relay.peers import service as _peering
 from pmtud_relay import safefile as _safefile
-from pmtud_relay.capture.nflog import DEFAULT_GROUP as _NFLOG_DEFAULT_GROUP
-from pmtud_relay.capture.peer_receiver import parse_listen as _parse_listen
+from pmtud_relay.nflog.capture import DEFAULT_GROUP as _NFLOG_DEFAULT_GROUP
+from pmtud_relay.peers.receiver import parse_listen as _parse_listen
 from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core import policy as _pol
-from pmtud_relay.core import peers as _peers
+from pmtud_relay.peers import inbox as _peers
 from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.relay import RelayConfig

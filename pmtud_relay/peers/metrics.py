@@ -1,6 +1,6 @@
 """Prometheus metrics of the peer relay, read from the running PeerService at scrape time.
 
-Label sets are closed: ``reason`` is a :class:`~pmtud_relay.core.peerproto.PeerReason` value or
+Label sets are closed: ``reason`` is a :class:`~pmtud_relay.peers.wire.PeerReason` value or
 ``ptb_`` + a :class:`~pmtud_relay.core.reasons.Reason` value (every one exported from the start,
 at 0); ``errno`` is an errno name. No per-peer labels: a DNS-sourced peer list has no fixed size.
 
@@ -13,8 +13,9 @@ from typing import Callable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from pmtud_relay.core.peerack import AckDrop, AckVerdict
-from pmtud_relay.core.peerproto import PeerReason
+from pmtud_relay.peers.ack import AckDrop
+from pmtud_relay.peers.ack import AckVerdict
+from pmtud_relay.peers.wire import PeerReason
 from pmtud_relay.core.reasons import Reason
 
 PREFIX = "pmtud_relay_peer"

@@ -25,8 +25,12 @@ import socket
 import struct
 from typing import NamedTuple
 
-from pmtud_relay import rtnl
-from pmtud_relay.rtnl import _IFINFOMSG, IFLA_IFNAME, NETLINK_ROUTE, RTM_NEWADDR, RTM_NEWLINK
+from pmtud_relay.netlink import rtnl
+from pmtud_relay.netlink.rtnl import _IFINFOMSG
+from pmtud_relay.netlink.rtnl import IFLA_IFNAME
+from pmtud_relay.netlink.rtnl import NETLINK_ROUTE
+from pmtud_relay.netlink.rtnl import RTM_NEWADDR
+from pmtud_relay.netlink.rtnl import RTM_NEWLINK
 
 RTMGRP_LINK = 1
 RTMGRP_IPV4_IFADDR = 0x10

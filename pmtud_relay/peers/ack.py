@@ -2,7 +2,7 @@
 
 A peer that received a relayed PTB, injected it and found the socket that owns the quoted flow
 (``pmtud_relay.confirm``) answers the sender with one acknowledgement: a version-1 peer message
-with the ``ACK`` flag (:data:`~pmtud_relay.core.peerproto.FLAG_ACK`), its own fresh timestamp and
+with the ``ACK`` flag (:data:`~pmtud_relay.peers.wire.FLAG_ACK`), its own fresh timestamp and
 nonce, signed with the same keyring, whose 16-byte body is::
 
      0                12        13         14             16
@@ -35,8 +35,8 @@ import struct
 from collections import OrderedDict
 from typing import Any, Iterable, NamedTuple, Union
 
-from pmtud_relay.core import peerproto
-from pmtud_relay.core.peerproto import (
+from pmtud_relay.peers import wire as peerproto
+from pmtud_relay.peers.wire import (
     FLAG_ACK, HEADER_LEN, MAGIC, NONCE_LEN, OVERHEAD, Keyring, PeerDecoder, PeerReason,
 )
 from pmtud_relay.core.ratelimit import TokenBucket

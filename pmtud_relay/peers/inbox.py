@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Union
 
 from pmtud_relay.core import dedup as _dedup
-from pmtud_relay.core import injection as _injection
+from pmtud_relay.peers import injection as _injection
 from pmtud_relay.core.packet import PTB, parse_ipv4, parse_ipv6, quoted_tag
-from pmtud_relay.core.peerproto import PeerDecoder, PeerReason
+from pmtud_relay.peers.wire import PeerDecoder
+from pmtud_relay.peers.wire import PeerReason
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.ratelimit import RateLimiter, TokenBucket
 from pmtud_relay.core.reasons import Reason

@@ -3,7 +3,7 @@
 One netlink socket (AF_NETLINK / NETLINK_NETFILTER) is bound to one NFLOG group; the
 firewall rules (:mod:`pmtud_relay.rules`) send PTBs arriving on the configured
 interfaces to that group. Each logged packet is rebuilt into the Ethernet frame the
-core expects (:func:`pmtud_relay.core.nflog_wire.rebuild_frame`) and queued for the
+core expects (:func:`pmtud_relay.nflog.wire.rebuild_frame`) and queued for the
 interface it came in on; packets from other interfaces are counted and dropped.
 
 The daemon gets one :class:`NflogPort` per configured interface, with the same
@@ -19,7 +19,7 @@ full, or when the flush timer (TIMEOUT, in 1/100 s) expires; TIMEOUT 0 fires on 
 next timer tick, so a lone PTB is delivered within a few milliseconds while a burst
 is batched into few datagrams. With a ``tuner`` (the daemon always passes one) QTHRESH
 starts at 1, so a lone PTB is delivered at once, and rises to a batch size only while
-PTBs are frequent or the reader lags (:mod:`pmtud_relay.core.nflog_batching`). Sequence
+PTBs are frequent or the reader lags (:mod:`pmtud_relay.nflog.batching`). Sequence
 numbers are on, so packets the kernel could not deliver show up as gaps (``lost``); a
 receive-buffer overrun is reported by recv() as ENOBUFS, which is counted (``overruns``)
 and capture carries on.
@@ -36,8 +36,8 @@ import time
 from collections import Counter, deque
 from typing import Iterable
 
-from pmtud_relay.core import nflog_wire as w
-from pmtud_relay.core.nflog_batching import BatchTuner
+from pmtud_relay.nflog import wire as w
+from pmtud_relay.nflog.batching import BatchTuner
 from pmtud_relay.core.policy import PACKET_HOST
 
 DEFAULT_GROUP = 2105
