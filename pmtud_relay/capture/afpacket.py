@@ -135,8 +135,19 @@ class PacketCapture:
         if self.ring is not None:
             self.drain = self._drain_ring
 
+    #: Capture protocol (capture/base.py): set_blocked() drops held sources in the kernel filter.
+    holds_sources = True
+
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def pending_error(self) -> int:
+        """The socket's pending error (SO_ERROR, read and cleared): ENETDOWN when the interface
+        went down; the errno of the failed read itself when the socket is unusable."""
+        try:
+            return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            return exc.errno or errno.EBADF
 
     def counters(self) -> dict[str, int]:
         """Cumulative counts of events that are not PTB decisions (exported as metrics)."""

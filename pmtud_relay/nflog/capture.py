@@ -385,7 +385,7 @@ class NflogCapture(NflogDemux):
 
 
 class NflogPort:
-    """One interface's view of an :class:`NflogCapture`: the AF_PACKET capture's shape."""
+    """One interface's view of an :class:`NflogCapture`: a Capture (capture/base.py)."""
 
     __slots__ = ("owner", "ifname", "ifindex", "mac", "queue")
 
@@ -396,8 +396,24 @@ class NflogPort:
         self.mac = mac
         self.queue: deque[tuple[bytes, int]] = deque()
 
+    #: Capture protocol (capture/base.py): no kernel holds; the firewall rules that feed the
+    #: group carry their own in-kernel limit.
+    holds_sources = False
+
     def fileno(self) -> int:
         return self.owner.fileno()
+
+    def pending_error(self) -> int:
+        """0: the socket is shared, an empty share is normal; link events report a lost interface."""
+        return 0
+
+    def counters(self) -> dict[str, int]:
+        """None of its own: the group's counts are the owner's (:meth:`NflogDemux.stats`)."""
+        return {}
+
+    def set_blocked(self, sources) -> None:
+        """Not supported (``holds_sources`` is False): the daemon never asks."""
+        raise TypeError("an NFLOG capture cannot hold sources in the kernel")
 
     def drain(self, limit: int = 256) -> list[tuple[bytes, int]]:
         """Read what the kernel queued (for every port), return this port's frames."""
