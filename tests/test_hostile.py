@@ -29,21 +29,43 @@ from pmtud_relay import logs, metrics
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
-from pmtud_relay.daemon import DaemonSettings, RelayDaemon, _Port
+from pmtud_relay.daemon import DaemonSettings, Port, RelayDaemon
 
 MAC = F.mac(F.RELAY_MAC)
 POLICY = Policy(vips=VipSet([F.VIP4, F.VIP6]))
 
 
 class FakeCapture:
+    """A Capture (pmtud_relay/capture/base.py) fed with bytes: ``batch`` is what the next drain returns."""
+
+    holds_sources = False
+
     def __init__(self):
         self.batch: list[tuple[bytes, int]] = []
+        self.ifname = "eth0"
         self.mac = MAC
         self.ifindex = 7
+        self.fd: int | None = None  # a descriptor for the event loop, where serve() runs
 
-    def drain(self):
+    def fileno(self) -> int:
+        assert self.fd is not None, "not served by an event loop in this test"
+        return self.fd
+
+    def drain(self, limit: int = 256):
         batch, self.batch = self.batch, []
         return batch
+
+    def pending_error(self) -> int:
+        return 0
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def set_blocked(self, sources) -> None:
+        raise AssertionError("holds_sources is False")
+
+    def close(self) -> None:
+        pass
 
 
 class FakeEmitter:
@@ -59,19 +81,24 @@ class FakeEmitter:
     def flush(self) -> int:
         return 0
 
+    def refresh_mtu(self) -> None:
+        pass
 
-def daemon_with_port(error: int = 0, **relay_kw) -> tuple[RelayDaemon, _Port]:
+    def close(self) -> None:
+        pass
+
+
+def daemon_with_port(error: int = 0, **relay_kw) -> tuple[RelayDaemon, Port]:
     relay_kw.setdefault("policy", POLICY)
     d = RelayDaemon(DaemonSettings(interfaces=("eth0",), relay=RelayConfig(**relay_kw), discover_vips=False))
-    port = _Port.__new__(_Port)
-    port.ifname, port.capture, port.emitter, port.mac = "eth0", FakeCapture(), FakeEmitter(error), MAC
+    port = Port("eth0", FakeCapture(), FakeEmitter(error))
     d.ports.append(port)
     return d, port
 
 
-def feed(d: RelayDaemon, port: _Port, frames: list[bytes]) -> None:
+def feed(d: RelayDaemon, port: Port, frames: list[bytes]) -> None:
     port.capture.batch = [(f, 0) for f in frames]
-    d._on_readable(port)
+    d.path.on_readable(port)  # what the event loop calls when the capture is readable
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -99,7 +126,7 @@ def scrape_served(d: RelayDaemon, timeout: float = 10.0) -> tuple[str, int, int]
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     idle, _other_end = socket.socketpair()  # a descriptor that never becomes readable, for add_reader
     for port in d.ports:
-        port.capture.fileno = idle.fileno
+        port.capture.fd = idle.fileno()
     d.notifier = Notifier(environ={})  # never the test runner's NOTIFY_SOCKET
     d.metrics_sock = metrics.bind("127.0.0.1:0")
     address = d.metrics_sock.getsockname()[:2]
@@ -181,13 +208,16 @@ def test_send_errors_are_counted_never_fatal():
 
 # --- floods ----------------------------------------------------------------------------------------
 class BlockingCapture(FakeCapture):
-    """An AF_PACKET-like capture: it can drop sources in the kernel (``set_blocked``)."""
+    """A capture that can drop sources in the kernel (``set_blocked``) where ``holds_sources``
+    says so: AF_PACKET can, NFLOG cannot (its rules limit in the kernel themselves)."""
 
-    def __init__(self):
+    def __init__(self, holds_sources: bool):
         super().__init__()
+        self.holds_sources = holds_sources
         self.blocked: list[frozenset] = []
 
     def set_blocked(self, sources) -> None:
+        assert self.holds_sources
         self.blocked.append(frozenset(sources))
 
 
@@ -196,11 +226,8 @@ def test_a_flooding_source_goes_on_the_shun_list_only_where_the_capture_applies_
     clock = [0.0]
     d = RelayDaemon(DaemonSettings(interfaces=("eth0",), relay=RelayConfig(policy=POLICY, shun_min_rate=100),
                                    discover_vips=False), clock=lambda: clock[0])
-    port = _Port.__new__(_Port)
-    port.ifname, port.capture, port.emitter, port.mac = "eth0", BlockingCapture(), FakeEmitter(), MAC
+    port = Port("eth0", BlockingCapture(holds_sources=capture == "afpacket"), FakeEmitter())
     d.ports.append(port)
-    if capture == "nflog":
-        d.nflog = object()  # only its presence matters on this path: NFLOG rules limit in the kernel themselves
     flooder = "198.51.100.66"
     with caplog.at_level(logging.WARNING, logger=d.log.name):
         for step in range(4):  # 100 PTBs every 10 ms from one source: its bucket drops ~9 000/s

@@ -85,25 +85,45 @@ def test_capabilities_kept_after_setup():
     assert P.describe(P.needed("nflog", True)) == "CAP_NET_ADMIN,CAP_NET_RAW"
 
 
-# --- the daemon's reactions, with a fake watcher and fake ports (no kernel) --------------------------
+# --- the interface lifecycle's reactions, with a fake watcher and fake captures (no kernel) --------
 import asyncio  # noqa: E402
+import errno  # noqa: E402
 import socket  # noqa: E402
+import time  # noqa: E402
 
+from pmtud_relay import logs, metrics  # noqa: E402
 from pmtud_relay.core.relay import RelayConfig  # noqa: E402
-from pmtud_relay.daemon import DaemonSettings, RelayDaemon, _Port  # noqa: E402
+from pmtud_relay.daemon import DaemonSettings, Interfaces, RelayDaemon  # noqa: E402
+from pmtud_relay.daemon.capture_modes import AfpacketMode  # noqa: E402
+from pmtud_relay.daemon.faults import Faults  # noqa: E402
 
 
 class _Capture:
-    def __init__(self, ifindex):
+    """A Capture (pmtud_relay/capture/base.py) that never has a frame."""
+
+    holds_sources = True
+
+    def __init__(self, ifname, ifindex):
         self.sock, self._peer = socket.socketpair()
+        self.ifname = ifname
         self.ifindex = ifindex
+        self.mac = b"\0" * 6
         self.closed = False
 
     def fileno(self):
         return self.sock.fileno()
 
-    def drain(self):
+    def drain(self, limit=256):
         return []
+
+    def pending_error(self):
+        return 0
+
+    def counters(self):
+        return {}
+
+    def set_blocked(self, sources):
+        pass
 
     def close(self):
         self.closed = True
@@ -114,6 +134,11 @@ class _Capture:
 class _Links:
     def __init__(self):
         self.events, self.overrun, self.links = [], False, {"eth0": (7, True)}
+        self.addresses_changed = False
+        self.sock, self._peer = socket.socketpair()  # never readable: the test calls on_link_events()
+
+    def fileno(self):
+        return self.sock.fileno()
 
     def read(self):
         events, self.events = self.events, []
@@ -123,61 +148,71 @@ class _Links:
     def state(self, name):
         return self.links.get(name)
 
-
-def _daemon(monkeypatch):
-    d = RelayDaemon(DaemonSettings(interfaces=("eth0",), relay=RelayConfig(), discover_vips=False))
-    d.links = _Links()
-
-    def add_port(ifname):
-        port = _Port.__new__(_Port)
-        port.ifname, port.emitter, port.mac = ifname, None, b"\0" * 6
-        port.capture = _Capture(d.links.links[ifname][0])
-        d.ports.append(port)
-        return port
-
-    monkeypatch.setattr(d, "_add_port", add_port)
-    add_port("eth0")
-    return d
+    def close(self):
+        self.sock.close()
+        self._peer.close()
 
 
-def test_down_up_delete_rename_and_lost_events(monkeypatch):
+class _Mode(AfpacketMode):
+    """The AF_PACKET mode (a reader per port), opening fake captures of the interfaces _Links has."""
+
+    def __init__(self, stats, links):
+        super().__init__(stats)
+        self.links = links
+
+    def open(self, ifname):
+        state = self.links.links.get(ifname)
+        if state is None:
+            raise OSError(errno.ENODEV, "No such device")
+        return _Capture(ifname, state[0])
+
+
+def _interfaces(emitter=None):
+    stats = metrics.Stats(("eth0",))
+    links = _Links()
+    faults = Faults(stats, logs.get(), time.monotonic)
+    ifs = Interfaces(_Mode(stats, links), stats.waiting, faults, logs.get(), emitter=emitter, links=links)
+    ifs.open_or_wait("eth0")
+    return ifs
+
+
+def test_down_up_delete_rename_and_lost_events():
     async def scenario():
-        d = _daemon(monkeypatch)
+        d = _interfaces()
         loop = asyncio.get_running_loop()
+        d.start(loop, lambda port: None)
         first = d.ports[0]
-        loop.add_reader(first.capture.fileno(), d._on_readable, first)
         # down: let go
         d.links.links["eth0"] = (7, False)
         d.links.events = [L.LinkEvent(False, 7, "eth0", False)]
-        d._on_link_events()
-        assert d.ports == [] and d._waiting == {"eth0"} and first.capture.closed
+        d.on_link_events()
+        assert d.ports == [] and d.waiting == {"eth0"} and first.capture.closed
         # up: bound again
         d.links.links["eth0"] = (7, True)
         d.links.events = [L.LinkEvent(False, 7, "eth0", True)]
-        d._on_link_events()
-        assert [p.ifname for p in d.ports] == ["eth0"] and not d._waiting
+        d.on_link_events()
+        assert [p.ifname for p in d.ports] == ["eth0"] and not d.waiting
         # renamed away (and up again under the other name): let go, not followed
         d.links.links = {"other": (7, True)}
         d.links.events = [L.LinkEvent(False, 7, "other", True)]
-        d._on_link_events()
-        assert d.ports == [] and d._waiting == {"eth0"}
+        d.on_link_events()
+        assert d.ports == [] and d.waiting == {"eth0"}
         # a new interface takes the name
         d.links.links["eth0"] = (9, True)
         d.links.events = [L.LinkEvent(False, 9, "eth0", True)]
-        d._on_link_events()
+        d.on_link_events()
         assert d.ports[0].capture.ifindex == 9
         # events lost: every port is opened afresh
         before = d.ports[0]
         d.links.overrun = True
-        d._on_link_events()
+        d.on_link_events()
         assert before.capture.closed and len(d.ports) == 1 and d.ports[0] is not before
         # a deleted interface of another name changes nothing
         d.links.events = [L.LinkEvent(True, 3, "eth9", False)]
-        d._on_link_events()
-        assert len(d.ports) == 1 and d.internal_errors == 0
-        for p in d.ports:
-            loop.remove_reader(p.capture.fileno())
-            p.close()
+        d.on_link_events()
+        assert len(d.ports) == 1 and d.faults.internal_errors == 0
+        d.stop()
+        d.close()
 
     asyncio.run(scenario())
 
@@ -193,16 +228,15 @@ class _Emitter:
         pass
 
 
-def test_a_link_event_of_a_bound_interface_rereads_its_mtu(monkeypatch):
+def test_a_link_event_of_a_bound_interface_rereads_its_mtu():
     """An MTU change arrives as an RTM_NEWLINK like any other: the port's emitter re-reads the
     MTU (emit/l2.py refuses copies longer than the interface takes), other ports are left alone."""
-    d = _daemon(monkeypatch)
+    d = _interfaces(emitter=lambda ifname: _Emitter())
     port = d.ports[0]
-    port.emitter = _Emitter()
     d.links.events = [L.LinkEvent(False, 7, "eth0", True), L.LinkEvent(False, 8, "eth1", True)]
-    d._on_link_events()
-    assert d.ports == [port] and port.emitter.refreshed == 1 and d.internal_errors == 0
-    port.capture.close()
+    d.on_link_events()
+    assert d.ports == [port] and port.emitter.refreshed == 1 and d.faults.internal_errors == 0
+    d.close()
 
 
 def test_a_waited_for_interface_is_warned_about_periodically():
@@ -223,14 +257,14 @@ def test_a_waited_for_interface_is_warned_about_periodically():
     try:
         async def scenario():
             d = RelayDaemon(DaemonSettings(interfaces=("eth9",), relay=RelayConfig(), discover_vips=False))
-            d._waiting.add("eth9")
-            stop = d._stop = asyncio.Event()  # what serve() makes; d.stop() sets it
-            task = asyncio.ensure_future(d._waiting_loop(stop, interval=0.05))
+            d.interfaces.waiting.add("eth9")
+            stop = asyncio.Event()  # what serve() makes and stop() sets
+            task = asyncio.ensure_future(d.interfaces.waiting_loop(stop, d.clock, interval=0.05))
             await asyncio.sleep(0.23)
             warned = [r for r in records if r.getMessage() == "interfaces_waiting"]
-            d._waiting.clear()
+            d.interfaces.waiting.clear()
             await asyncio.sleep(0.15)
-            d.stop()
+            stop.set()
             await asyncio.wait_for(task, 1)
             return warned, [r for r in records if r.getMessage() == "interfaces_waiting"]
 
