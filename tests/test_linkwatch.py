@@ -217,6 +217,31 @@ def test_down_up_delete_rename_and_lost_events():
     asyncio.run(scenario())
 
 
+def test_a_frameless_wake_up_with_a_socket_error_rebinds_the_port():
+    """ENETDOWN on the capture (the interface went down and maybe up again before the link event
+    is read): the port is let go of and bound afresh if the name is up, else waited for. A wake-up
+    with no error changes nothing."""
+    async def scenario():
+        d = _interfaces()
+        d.start(asyncio.get_running_loop(), lambda port: None)
+        first = d.ports[0]
+        d.idle_wakeup(first)  # no error pending: a spurious wake-up
+        assert d.ports == [first] and not first.capture.closed
+        first.capture.pending_error = lambda: errno.ENETDOWN
+        d.idle_wakeup(first)  # the name is up again: bound afresh
+        assert first.capture.closed and len(d.ports) == 1 and d.ports[0] is not first and not d.waiting
+        second = d.ports[0]
+        d.links.links["eth0"] = (7, False)
+        second.capture.pending_error = lambda: errno.ENETDOWN
+        d.idle_wakeup(second)  # still down: waited for
+        assert second.capture.closed and d.ports == [] and d.waiting == {"eth0"}
+        assert d.faults.internal_errors == 0
+        d.stop()
+        d.close()
+
+    asyncio.run(scenario())
+
+
 class _Emitter:
     def __init__(self):
         self.refreshed = 0
