@@ -1,6 +1,7 @@
 """The daemon's settings, made by pmtud_relay.config from the file, flags and environment."""
 
-# ruff: noqa: UP037  (the class body is kept as it was while it moves to pmtud_relay/config)
+# The class body is kept as it was while it moves to pmtud_relay/config: its quoted annotation too.
+# ruff: noqa: UP037
 from __future__ import annotations
 
 from dataclasses import dataclass
