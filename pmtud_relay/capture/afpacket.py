@@ -143,7 +143,7 @@ class PacketCapture:
 
     def pending_error(self) -> int:
         """The socket's pending error (SO_ERROR, read and cleared): ENETDOWN when the interface
-        went down; the errno of the failed read itself when the socket is unusable."""
+        went down; getsockopt's own errno when the socket is unusable (closed: EBADF)."""
         try:
             return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError as exc:
