@@ -104,8 +104,6 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}-{stamp}.json"
     payload = {"benchmark": name, "machine": machine(), "argv": sys.argv, **payload}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    latest = RESULTS / f"{name}-latest.json"
-    latest.write_text(path.read_text())
     return path
 
 

@@ -1,5 +1,5 @@
-"""Run pmtud-relay with the peer listener's in-kernel filter never attached (the behaviour before
-capture/peer_filter.py), for A/B runs of bench/peer_junk.py. Same arguments as ``pmtud-relay``.
+"""Run pmtud-relay with the peer listener's in-kernel filter (peers/filter.py) never attached, so
+every datagram reaches userspace, for A/B runs of bench/peer_junk.py. Same arguments as ``pmtud-relay``.
 """
 import runpy
 import sys

@@ -1,4 +1,4 @@
-"""Run pmtud-relay with its adapters as they were before the ring work, for A/B runs:
+"""Run pmtud-relay with socket-per-frame adapters instead of the rings, for A/B runs:
 one recvmsg() per captured frame and one send() per copy (``ring=False`` for both).
 
     python bench/relay_variant.py run -i eth0 ...   (same arguments as ``pmtud-relay``)

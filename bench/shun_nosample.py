@@ -1,5 +1,5 @@
-"""Run pmtud-relay with kernel holds that drop every frame of a held source (no 1-in-64 sample,
-the behaviour before 2026-12-07), for A/B runs of ``netbench.py flood --kinds
+"""Run pmtud-relay with kernel holds that drop every frame of a held source (no 1-in-N sample),
+for A/B runs of ``netbench.py flood --kinds
 afpacket,script:bench/shun_nosample.py``. Same arguments as ``pmtud-relay``.
 """
 import runpy

@@ -8,15 +8,15 @@ its bucket drops at more than ``min_rate`` PTB/s (hundreds of times any legitima
 asks the capture adapter to drop that source's frames in the kernel (a BPF prefix) for
 ``hold`` seconds; a source that floods again right after its hold gets twice the hold, up to
 ``max_hold``. At most ``max_sources`` sources are held (the heaviest first): a flood from
-many sources is bounded by the global bucket as before.
+many sources is bounded by the global bucket.
 
 While a source is held, the kernel passes one in N of its frames, chosen at random (N a power
 of two: the filter tests the low bits of a random number); the rest are never seen (not even
 counted). N is picked per source from the rate it was flooding at, so that the sampled stream
 is one to two times what its token bucket passes (N = the largest power of two <= flood rate /
 bucket rate), and raised while it is held if it floods four times faster or more. The sample keeps a path for the
-genuine PTBs of a router whose address the flood spoofs: they meet that source's bucket as
-before, now competing with a sample of the flood that still empties it, so a genuine PTB's
+genuine PTBs of a router whose address the flood spoofs: they meet that source's bucket,
+competing with a sample of the flood that still empties it, so a genuine PTB's
 chance of being relayed while the source is held is the chance it had without the hold (the
 bucket's rate over the flood's), at a cost of ten to twenty frames/s per held source
 (docs/rate-limits.md, "Holds in the kernel").

@@ -2,8 +2,8 @@
 accept had they arrived on the wire. Sans-IO.
 
 Injection sends the PTB through ``lo`` with its output route attached, so the checks the kernel
-makes on a packet arriving from a NIC (martian source, source routing) never run: measured in the
-routed lab (Linux 6.18, tests/test_e2e_peers.py), an injected PTB from 127.0.0.1 or ``::1``, or
+makes on a packet arriving from a NIC (martian source, source routing) never run: in the routed lab
+(Linux 6.18, tests/test_e2e_peers.py) an injected PTB from 127.0.0.1 or ``::1``, or
 quoting a packet with LSRR or a type-0 routing header, lowered the PMTU just like a genuine one.
 The peer relay must not open that path, so the receiver refuses:
 
