@@ -17,7 +17,7 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.ipsec import AH
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.packet import PTB, parse_frame
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-import frames as F
+from tests.support import frames as F
 
 _SNIPPET = textwrap.dedent(
     """

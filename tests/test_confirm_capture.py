@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import frames as F
+from tests.support import frames as F
 
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_HOST, PACKET_L2_COPY, PACKET_MULTICAST, Policy, VipSet

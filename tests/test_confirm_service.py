@@ -7,7 +7,7 @@ import asyncio
 import errno
 import time
 
-import frames as F
+from tests.support import frames as F
 
 from pmtud_relay.confirm import wire
 from pmtud_relay.confirm.service import Confirmer

@@ -24,10 +24,11 @@ import socket
 import time
 
 import pytest
-from e2e_support import in_ns, start_relays, stop_relays
+from tests.support.netns import in_ns
+from tests.support.relays import start_relays, stop_relays
 from scapy.layers.inet import TCP
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.lab import Lab
 
 PORT = 9443

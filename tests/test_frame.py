@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.core.frame import (
     ALL_NODES_MAC,
     BROADCAST_MAC,

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import ICMP
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6ExtHdrFragment
 
-import frames as F
+from tests.support import frames as F
+from tests.support.checksum import ones_complement_sum
 from pmtud_relay import logs, metrics
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import Reason
@@ -221,10 +222,6 @@ def test_a_flooding_source_goes_on_the_shun_list_only_where_the_capture_applies_
     assert d.internal_errors == 0
 
 
-def _sum16(data: bytes) -> int:
-    return sum(struct.unpack(f"!{len(data) // 2}H", data))
-
-
 class SpoofedFlood:
     """Valid-looking IPv4 PTBs, each from a new outer source (10.0.0.0 upwards) about a new
     quoted flow; the IP header and ICMP checksums are recomputed from precomputed partial sums."""
@@ -240,7 +237,7 @@ class SpoofedFlood:
         self.ip_csum_at, self.icmp_csum_at = l3 + 10, icmp + 2
         self.src_at, self.ports_at = l3 + 12, icmp + 8 + 20  # outer source; quoted TCP ports
         t[self.ip_csum_at:self.ip_csum_at + 2] = t[self.icmp_csum_at:self.icmp_csum_at + 2] = b"\0\0"
-        self.ip_base, self.icmp_base = _sum16(bytes(t[l3:icmp])), _sum16(bytes(t[icmp:end]))
+        self.ip_base, self.icmp_base = ones_complement_sum(bytes(t[l3:icmp])), ones_complement_sum(bytes(t[icmp:end]))
         self.template = bytes(t)
         self._pack = struct.Struct("!H").pack_into
 

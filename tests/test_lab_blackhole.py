@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from e2e_support import SIZE, STALL_TIMEOUT, by_server, describe
+from tests.support.relays import SIZE, STALL_TIMEOUT, by_server, describe
 
 from pmtud_relay.lab import Lab, LabProcess, list_netns, parse_route_get_mtu
 

@@ -19,7 +19,7 @@ from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
 from pmtud_relay.daemon import run_event_loop
 
-import frames as F
+from tests.support import frames as F
 
 EXPECTED = {
     "pmtud_relay_ptb_received": ("counter", {"interface", "family"}),

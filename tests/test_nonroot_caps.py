@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import terminate
+from tests.support.netns import terminate
 
 pytestmark = [
     pytest.mark.netns,
@@ -179,7 +179,7 @@ def caps_netns():
 
 @pytest.mark.timeout(90)
 def test_unprivileged_user_with_two_ambient_capabilities_relays(nobody_python, caps_netns, tmp_path):
-    import frames as F
+    from tests.support import frames as F
 
     python, pythonpath, cwd = nobody_python
     log_path = tmp_path / "stderr"

@@ -21,7 +21,7 @@ from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw, raw
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.core.packet import MAX_EXT_HEADERS, PTB, checksum_ok, parse_frame, parse_frame_unverified
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 

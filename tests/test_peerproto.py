@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from frames import ptb_v4, ptb_v6
+from tests.support.frames import ptb_v4, ptb_v6
 from pmtud_relay.peers import wire as pp
 from pmtud_relay.peers.injection import INJECTION_REASONS
 from pmtud_relay.core.packet import parse_frame

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.core.packet import parse_ipv4, parse_ipv6
 from pmtud_relay.peers.wire import Keyring
 from pmtud_relay.peers.wire import PeerDecoder

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import (
     DEFAULT_FLOOR_V4,

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import frames as F
+from tests.support import frames as F
+from tests.support.checksum import internet_checksum
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core import packet as P
@@ -90,7 +91,7 @@ def _refresh_ipv4_header_checksum(frame: bytearray, l3: int) -> None:
     if frame[l3] >> 4 != 4 or ihl < 20 or len(frame) < l3 + ihl:
         return
     frame[l3 + 10 : l3 + 12] = b"\0\0"
-    frame[l3 + 10 : l3 + 12] = F.ones_complement_checksum(bytes(frame[l3 : l3 + ihl])).to_bytes(2, "big")
+    frame[l3 + 10 : l3 + 12] = internet_checksum(bytes(frame[l3 : l3 + ihl])).to_bytes(2, "big")
 
 
 # The fields the parser's fast paths read (offset from the IP header, size), per family.

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.ratelimit import RateLimiter
 from pmtud_relay.core.reasons import Reason

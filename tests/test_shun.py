@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.capture import bpf
 from pmtud_relay.capture.afpacket import blocklist_prefix
 from pmtud_relay.core.policy import Policy, VipSet

@@ -20,7 +20,7 @@ from scapy.layers.inet import IPOption_LSRR, IPOption_NOP, IPOption_SSRR
 from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrRouting
 from scapy.packet import Packet, raw
 
-import frames as F
+from tests.support import frames as F
 from pmtud_relay.peers import injection
 from pmtud_relay.core.packet import PTB, parse_frame, parse_frame_unverified
 from pmtud_relay.peers.wire import Keyring
