@@ -17,9 +17,9 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.ipsec import AH
 
-from tests.support import frames as F
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.packet import PTB, parse_frame
+from tests.support import frames as F
 
 PROGRAM = bpf.ptb_filter()
 

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from tests.support import frames as F
-
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_HOST, PACKET_L2_COPY, PACKET_MULTICAST, Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from tests.support import frames as F
 
 BROADCAST, ALL_NODES = "ff:ff:ff:ff:ff:ff", "33:33:00:00:00:01"
 

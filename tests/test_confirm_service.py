@@ -7,11 +7,10 @@ import asyncio
 import errno
 import time
 
-from tests.support import frames as F
-
 from pmtud_relay.confirm import wire
 from pmtud_relay.confirm.service import Confirmer
 from pmtud_relay.confirm.verdict import Origin, OwnerVerdict
+from tests.support import frames as F
 
 
 class Scripted:

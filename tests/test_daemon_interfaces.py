@@ -2,11 +2,11 @@
 unchanged but for the MAC addresses. Real kernel, inside namespaces this test creates."""
 
 import json
-import time
 import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -161,10 +161,10 @@ def test_a_missing_interface_is_waited_for_and_bound_when_it_appears(tmp_path, c
     binds and relays as soon as the interface appears, without a restart."""
     import socket as _socket
 
-    from tests.support.relays import log_events
     from pmtud_relay.lab import LabProcess
     from tests.support.faults import count, relays, stop, wait_count
     from tests.support.netns import FaultNS, need_backend, need_root_and
+    from tests.support.relays import log_events
 
     need_root_and()
     extra = []

@@ -16,10 +16,15 @@ import time
 
 import pytest
 
-from tests.support import frames as F
-from pmtud_relay.capture.afpacket import _AUXDATA, PACKET_AUXDATA, SOL_PACKET, TP_STATUS_VLAN_TPID_VALID, \
-    TP_STATUS_VLAN_VALID
+from pmtud_relay.capture.afpacket import (
+    _AUXDATA,
+    PACKET_AUXDATA,
+    SOL_PACKET,
+    TP_STATUS_VLAN_TPID_VALID,
+    TP_STATUS_VLAN_VALID,
+)
 from pmtud_relay.core.frame import insert_vlan_tag
+from tests.support import frames as F
 from tests.support.faults import start, stop
 from tests.support.netns import RELAY_MAC, FaultNS, in_ns
 

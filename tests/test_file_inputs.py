@@ -24,8 +24,7 @@ import pytest
 from pmtud_relay import config as cfg
 from pmtud_relay import safefile
 from pmtud_relay.peers import dns as peerdns
-from pmtud_relay.peers.keys import KeyFileError
-from pmtud_relay.peers.keys import load_keyring
+from pmtud_relay.peers.keys import KeyFileError, load_keyring
 from pmtud_relay.peers.sources import PeersFile
 
 VIP = "192.0.2.10"

@@ -6,7 +6,6 @@ import struct
 
 import pytest
 
-from tests.support import frames as F
 from pmtud_relay.core.frame import (
     ALL_NODES_MAC,
     BROADCAST_MAC,
@@ -16,6 +15,7 @@ from pmtud_relay.core.frame import (
     parse_mac,
 )
 from pmtud_relay.core.packet import PTB, parse_frame
+from tests.support import frames as F
 
 SRC = F.mac(F.RELAY_MAC)
 

@@ -24,13 +24,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import ICMP
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6ExtHdrFragment
 
-from tests.support import frames as F
-from tests.support.checksum import ones_complement_sum
 from pmtud_relay import logs, metrics
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
 from pmtud_relay.daemon import DaemonSettings, RelayDaemon, _Port
+from tests.support import frames as F
+from tests.support.checksum import ones_complement_sum
 
 MAC = F.mac(F.RELAY_MAC)
 POLICY = Policy(vips=VipSet([F.VIP4, F.VIP6]))

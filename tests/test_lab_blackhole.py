@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from tests.support.relays import SIZE, STALL_TIMEOUT, by_server, describe
-
 from pmtud_relay.lab import Lab, LabProcess, list_netns, parse_route_get_mtu
+from tests.support.relays import SIZE, STALL_TIMEOUT, by_server, describe
 
 
 @pytest.mark.netns

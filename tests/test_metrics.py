@@ -18,7 +18,6 @@ from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
 from pmtud_relay.daemon import run_event_loop
-
 from tests.support import frames as F
 
 EXPECTED = {

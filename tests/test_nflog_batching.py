@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pmtud_relay.nflog.batching import IMMEDIATE
-from pmtud_relay.nflog.batching import BatchTuner
+from pmtud_relay.nflog.batching import IMMEDIATE, BatchTuner
 
 
 def tuner(**kw) -> BatchTuner:

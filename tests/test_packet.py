@@ -21,9 +21,9 @@ from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw, raw
 
-from tests.support import frames as F
 from pmtud_relay.core.packet import MAX_EXT_HEADERS, PTB, checksum_ok, parse_frame, parse_frame_unverified
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
+from tests.support import frames as F
 
 L3 = 14  # untagged
 V4_ICMP = L3 + 20

@@ -10,10 +10,7 @@ import textwrap
 import pytest
 
 from pmtud_relay.capture import bpf
-from pmtud_relay.peers.filter import BPF_MAXINSNS
-from pmtud_relay.peers.filter import build
-from pmtud_relay.peers.filter import program_for
-from pmtud_relay.peers.filter import size
+from pmtud_relay.peers.filter import BPF_MAXINSNS, build, program_for, size
 from pmtud_relay.peers.wire import MAGIC
 
 PEER4, OTHER4 = "198.51.100.2", "198.51.100.3"
@@ -173,9 +170,8 @@ class FakeListener:
 
 
 def _service(fanout: str):
-    from pmtud_relay.peers.service import PeerService
-    from pmtud_relay.peers.service import PeerSettings
     from pmtud_relay.core.policy import Policy
+    from pmtud_relay.peers.service import PeerService, PeerSettings
 
     settings = PeerSettings(fanout=fanout, listen=(("", 2106),), key_file="/nonexistent")
     return PeerService(settings, Policy, own_addresses=frozenset)

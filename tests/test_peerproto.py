@@ -10,14 +10,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.frames import ptb_v4, ptb_v6
+from pmtud_relay.core.packet import parse_frame
 from pmtud_relay.peers import wire as pp
 from pmtud_relay.peers.injection import INJECTION_REASONS
-from pmtud_relay.core.packet import parse_frame
 from pmtud_relay.peers.wire import (
-    HEADER_LEN, MAC_LEN, OVERHEAD, Decoded, Keyring, PeerDecoder, PeerReason, ReplayCache, encode,
-    parse_keyring, ptb_packet,
+    HEADER_LEN,
+    MAC_LEN,
+    OVERHEAD,
+    Decoded,
+    Keyring,
+    PeerDecoder,
+    PeerReason,
+    ReplayCache,
+    encode,
+    parse_keyring,
+    ptb_packet,
 )
+from tests.support.frames import ptb_v4, ptb_v6
 
 KEY1 = bytes(range(32))
 KEY2 = bytes(range(100, 132))

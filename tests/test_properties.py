@@ -6,15 +6,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import frames as F
-from tests.support.checksum import internet_checksum
 from pmtud_relay.capture import bpf
-from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core import packet as P
+from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_HOST, PACKET_OTHERHOST, PACKET_OUTGOING, Policy, VipSet
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from tests.support import frames as F
+from tests.support.checksum import internet_checksum
 
 FAST = settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 MEDIUM = settings(max_examples=500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,6 @@ from collections import Counter
 
 import pytest
 
-from tests.support import frames as F
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import (
@@ -21,6 +20,7 @@ from pmtud_relay.core.policy import (
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Decision, Relay, RelayConfig
 from pmtud_relay.report import FIELDS, decision_record, logfmt, to_json
+from tests.support import frames as F
 
 SRC_MAC = F.mac(F.RELAY_MAC)
 VIPS = VipSet([F.VIP4, F.VIP6])

@@ -9,10 +9,10 @@ import pickle
 import pytest
 
 from pmtud_relay import config as cfg
-from pmtud_relay.peers.inbox import InboxConfig
 from pmtud_relay.core.policy import Policy
 from pmtud_relay.core.relay import RelayConfig
 from pmtud_relay.core.slots import slotted
+from pmtud_relay.peers.inbox import InboxConfig
 
 
 @pytest.mark.parametrize("cls", [RelayConfig, Policy, InboxConfig, cfg.Settings])

@@ -16,19 +16,14 @@ import pytest
 from scapy.layers.inet import IPOption_NOP
 from scapy.layers.inet6 import IPv6ExtHdrHopByHop
 
-from tests.support import frames as F
-from tests.support.checksum import fold, ones_complement_sum
 from pmtud_relay.core.packet import PTB, parse_frame
-from pmtud_relay.peers.wire import Keyring
-from pmtud_relay.peers.wire import PeerDecoder
-from pmtud_relay.peers.wire import PeerReason
-from pmtud_relay.peers.wire import encode
-from pmtud_relay.peers.inbox import InboxConfig
-from pmtud_relay.peers.inbox import PeerInbox
-from pmtud_relay.peers.inbox import parse_packet
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from pmtud_relay.peers.inbox import InboxConfig, PeerInbox, parse_packet
+from pmtud_relay.peers.wire import Keyring, PeerDecoder, PeerReason, encode
+from tests.support import frames as F
+from tests.support.checksum import fold, ones_complement_sum
 
 POLICY = Policy(vips=VipSet([F.VIP4, F.VIP6]))
 RING = Keyring([(1, bytes(range(32)))])
