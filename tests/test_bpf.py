@@ -50,7 +50,8 @@ def test_pack_is_struct_sock_filter():
     packed = bpf.pack(PROGRAM)
     assert len(packed) == 8 * len(PROGRAM)
     first = PROGRAM[0]
-    assert packed[:8] == first.code.to_bytes(2, sys.byteorder) + bytes([first.jt, first.jf]) + first.k.to_bytes(4, sys.byteorder)
+    assert packed[:8] == (first.code.to_bytes(2, sys.byteorder) + bytes([first.jt, first.jf])
+                          + first.k.to_bytes(4, sys.byteorder))
 
 
 def test_accept_returns_a_snap_length_covering_any_frame():
@@ -176,7 +177,8 @@ def ptb_frames(draw, macs=unicast_mac):
             mtu=draw(st.integers(0, 65535)),
             proto=proto,
             quote_len=draw(st.integers(28, 200)),  # 8 bytes past the quoted header: short_l4_quote below
-            ip_fields={"options": options, "flags": draw(st.sampled_from([0, "DF"])), "id": draw(st.integers(0, 65535))},
+            ip_fields={"options": options, "flags": draw(st.sampled_from([0, "DF"])),
+                       "id": draw(st.integers(0, 65535))},
         )
     ext_choices = st.sampled_from(
         [

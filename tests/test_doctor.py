@@ -171,9 +171,11 @@ def test_tcp_mtu_probing_advice(tmp_path):
     f = sysctls.check_tcp_mtu_probing(make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 0}))
     assert (f.check, f.severity) == ("sysctl.tcp_mtu_probing", Severity.INFO)
     assert "net.ipv4.tcp_mtu_probing=1" in f.fix and "tcp_base_mss=1024" in f.fix
-    f = sysctls.check_tcp_mtu_probing(make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 1, "net/ipv4/tcp_base_mss": 512}))
+    f = sysctls.check_tcp_mtu_probing(
+        make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 1, "net/ipv4/tcp_base_mss": 512}))
     assert (f.check, f.severity) == ("sysctl.tcp_base_mss", Severity.INFO)
-    f = sysctls.check_tcp_mtu_probing(make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 2, "net/ipv4/tcp_base_mss": 1024}))
+    f = sysctls.check_tcp_mtu_probing(
+        make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 2, "net/ipv4/tcp_base_mss": 1024}))
     assert f.severity is Severity.INFO and "every connection" in f.summary
 
 
@@ -199,7 +201,8 @@ def test_flowlabel_reflect(tmp_path):
     f = sysctls.check_flowlabel_reflect(make_proc(tmp_path, {"net/ipv6/flowlabel_reflect": 4}))
     assert f.severity is Severity.INFO and "net.ipv6.flowlabel_reflect=5" in f.fix
     assert "flow label" in f.detail
-    assert sysctls.check_flowlabel_reflect(make_proc(tmp_path, {"net/ipv6/flowlabel_reflect": 3})).severity is Severity.OK
+    proc = make_proc(tmp_path, {"net/ipv6/flowlabel_reflect": 3})
+    assert sysctls.check_flowlabel_reflect(proc).severity is Severity.OK
 
 
 # --- counters --------------------------------------------------------------------------------
@@ -334,7 +337,8 @@ def test_links_tunnels_and_mismatches():
         rec(1, "lo", None, 65536),
         rec(2, "eth0", None, 1500),
         rec(3, "vx0", "vxlan", 1450, lower=2, lower_source="attribute"),
-        rec(4, "vx1", "vxlan", 1500, lower=2, lower_source="route to 198.51.100.2", remote="198.51.100.2", outer_family=4),
+        rec(4, "vx1", "vxlan", 1500, lower=2, lower_source="route to 198.51.100.2", remote="198.51.100.2",
+            outer_family=4),
         rec(5, "va", "veth", 1500, peer=6),
         rec(6, "vb", "veth", 1400, peer=5),
         rec(7, "mv0", "macvlan", 1400, lower=2, lower_source="attribute"),
@@ -428,7 +432,8 @@ NFT_LISTING = """table inet pmtud_relay {
 
 
 def fake_runner(nft_out=None, ipt=None):
-    """A stand-in for subprocess: nft prints ``nft_out`` (None: no table); ``ipt`` maps (tool, table, chain) to output."""
+    """A stand-in for subprocess: nft prints ``nft_out`` (None: no table); ``ipt`` maps (tool,
+    table, chain) to output."""
     ipt = ipt or {}
 
     def run(argv):
@@ -462,7 +467,8 @@ def test_check_rules_without_tools():
     f = relayproc.check_rules(which=lambda t: None, run=fake_runner())
     assert f.severity is Severity.INFO and "nft not installed" in f.summary and "iptables not installed" in f.summary
     # An NFLOG relay with nothing able to show rules: cannot tell, so not a warning.
-    assert relayproc.check_rules(which=lambda t: None, run=fake_runner(), relays=[nflog_relay()]).severity is Severity.INFO
+    found = relayproc.check_rules(which=lambda t: None, run=fake_runner(), relays=[nflog_relay()])
+    assert found.severity is Severity.INFO
 
 
 def test_nflog_relay_without_rules_warns():
@@ -478,12 +484,14 @@ def test_nflog_group_mismatch_warns():
     f = relayproc.check_rules(which=which, run=fake_runner(NFT_LISTING), relays=[nflog_relay(7)])
     assert f.severity is Severity.WARNING and "group 2105" in f.summary and "--nflog-group 7" in f.fix
     # The relay's default group matches the rules' default group.
-    assert relayproc.check_rules(which=which, run=fake_runner(NFT_LISTING), relays=[nflog_relay()]).severity is Severity.OK
+    found = relayproc.check_rules(which=which, run=fake_runner(NFT_LISTING), relays=[nflog_relay()])
+    assert found.severity is Severity.OK
 
 
 def test_relay_settings_from_environment(tmp_path):
     root = fake_proc_tree(tmp_path, {200: ["/usr/local/bin/pmtud-relay", "run"]})
-    (root / "200" / "environ").write_bytes(b"PATH=/usr/bin\0PMTUD_RELAY_CAPTURE=nflog\0PMTUD_RELAY_VIPS=192.0.2.10,2001:db8::/64\0"
+    (root / "200" / "environ").write_bytes(b"PATH=/usr/bin\0PMTUD_RELAY_CAPTURE=nflog\0"
+                                           b"PMTUD_RELAY_VIPS=192.0.2.10,2001:db8::/64\0"
                                           b"PMTUD_RELAY_NFLOG_GROUP=12\0")
     (p,) = relayproc.find_relays(root, own_pid=1)
     assert p.capture == "nflog" and p.nflog_group == 12

@@ -146,7 +146,8 @@ HOSTILE = {
     "truncated quote v4": (lambda: F.ptb_v4(quote=F.original_v4()[:19]), Reason.SHORT_QUOTE, "unknown"),
     "truncated quote v6": (lambda: F.ptb_v6(quote=F.original_v6()[:39]), Reason.SHORT_QUOTE, "unknown"),
     "non-first fragment v4": (lambda: F.ptb_v4(ip_fields={"frag": 185}), Reason.FRAGMENT, "unknown"),
-    "non-first fragment v6": (lambda: F.ptb_v6(outer_ext=(IPv6ExtHdrFragment(offset=185, m=0),)), Reason.FRAGMENT, "unknown"),
+    "non-first fragment v6": (lambda: F.ptb_v6(outer_ext=(IPv6ExtHdrFragment(offset=185, m=0),)), Reason.FRAGMENT,
+                              "unknown"),
     "ICMP about ICMP v4": (lambda: F.ptb_v4(proto=ICMP(type=3, code=1)), Reason.INNER_ICMP_ERROR, "unknown"),
     "ICMP about ICMP v6": (lambda: F.ptb_v6(proto=ICMPv6DestUnreach()), Reason.INNER_ICMP_ERROR, "unknown"),
 }

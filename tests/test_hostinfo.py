@@ -1,7 +1,8 @@
-"""Host facts from the daemon's own rtnetlink dumps (pmtud_relay/netlink/rtnl.py, hostinfo.py), on a real
-kernel in a namespace this test creates: service addresses on lo (whole prefix), on dummy
-interfaces such as kube-ipvs0 (address only; an ifb stands in for the dummy kind here), on interfaces vip_interfaces names; the interface of
-the default route. pyroute2, which the daemon no longer loads, is the independent reference."""
+"""Host facts from the daemon's own rtnetlink dumps (pmtud_relay/netlink/rtnl.py, hostinfo.py), on a
+real kernel in a namespace this test creates: service addresses on lo (whole prefix), on dummy
+interfaces such as kube-ipvs0 (address only; an ifb stands in for the dummy kind here), on
+interfaces vip_interfaces names; the interface of the default route. pyroute2, which the daemon
+no longer loads, is the independent reference."""
 
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ def test_parsers_are_total():
 def test_vip_interface_patterns():
     links = [rtnl.Link(1, "lo", None), rtnl.Link(2, "kube-ipvs0", "dummy"), rtnl.Link(3, "vip3", "veth"),
              rtnl.Link(4, "eth0", None)]
-    pick = lambda pats: [l.name for l in links if hostinfo.vip_interface_matches(l, pats)]  # noqa: E731
+    pick = lambda pats: [link.name for link in links if hostinfo.vip_interface_matches(link, pats)]  # noqa: E731
     assert pick(hostinfo.DEFAULT_VIP_INTERFACES) == ["lo", "kube-ipvs0"]
     assert pick(["vip?"]) == ["vip3"]
     assert pick(["@veth", "eth0"]) == ["vip3", "eth0"]

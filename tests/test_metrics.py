@@ -128,7 +128,8 @@ def test_values_add_up_and_reasons_are_the_closed_enum():
     gauges = {n: fams[n].samples[0].value for n in ("pmtud_relay_rate_limit_sources", "pmtud_relay_dedup_keys")}
     assert gauges == {"pmtud_relay_rate_limit_sources": len(relay.limiter), "pmtud_relay_dedup_keys": len(relay.dedup)}
     assert {s.labels["family"]: s.value for s in fams["pmtud_relay_vips"].samples} == {"ipv4": 1, "ipv6": 1}
-    hist = {s.labels.get("le"): s.value for s in fams["pmtud_relay_processing_seconds"].samples if s.name.endswith("_bucket")}
+    hist = {s.labels.get("le"): s.value for s in fams["pmtud_relay_processing_seconds"].samples
+            if s.name.endswith("_bucket")}
     assert hist["+Inf"] == 120 and hist["1e-05"] == 0 and hist["2.5e-05"] == 120
     info = fams["pmtud_relay_build_info"].samples[0]
     assert info.labels["version"] == __version__ and info.value == 1
@@ -345,7 +346,8 @@ def test_scrape_over_http_health_and_readiness():
             fams = parse(body.decode())
             assert fams["pmtud_relay_ptb_received"].samples and "process_cpu_seconds" in fams
 
-            status, headers, body = await http(port, get("/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n"))
+            status, headers, body = await http(
+                port, get("/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n"))
             assert status == 200 and headers["content-type"].startswith("application/openmetrics-text")
             assert body.rstrip().endswith(b"# EOF")
 
@@ -356,7 +358,8 @@ def test_scrape_over_http_health_and_readiness():
             stats.waiting.add("eth9")  # a configured interface that is absent or down: not ready, and why
             status, _, body = await http(port, get("/readyz"))
             assert status == 503 and body == b"not ready: waiting for interface eth9 (absent or down)\n"
-            assert parse((await http(port, get("/metrics")))[2].decode())["pmtud_relay_interfaces_waiting"].samples[0].value == 1
+            page = parse((await http(port, get("/metrics")))[2].decode())
+            assert page["pmtud_relay_interfaces_waiting"].samples[0].value == 1
             stats.waiting.clear()
             assert (await http(port, get("/readyz")))[0] == 200
             status, headers, body = await http(port, get("/readyz", method="HEAD"))

@@ -87,7 +87,8 @@ def test_both_and_listen_none(key_file):
         (["--fanout", "peers", "--peer", "198.51.100.18"], "--peer-key-file: required"),
         (["--peer-listen", ":2106"], "--peer-key-file: required"),
         (["--peer-listen", "none", "--peer-listen", ":1", "--peer-key-file", "K"], "cannot be combined"),
-        (["--peer-listen", ":2106", "--peer-key-file", "/nonexistent/key"], "--peer-key-file: /nonexistent/key: no such"),
+        (["--peer-listen", ":2106", "--peer-key-file", "/nonexistent/key"],
+         "--peer-key-file: /nonexistent/key: no such"),
     ],
 )
 def test_bad_peer_options_name_the_option(argv, message, key_file):

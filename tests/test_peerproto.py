@@ -202,7 +202,7 @@ def test_key_file_syntax_errors(text, error):
 
 
 def test_key_file_parses_and_never_shows_keys():
-    ring = parse_keyring("# rotation in progress\n7:%s  # new\n\n3:%s\n" % (KEY2.hex(), KEY1.hex().upper()))
+    ring = parse_keyring(f"# rotation in progress\n7:{KEY2.hex()}  # new\n\n3:{KEY1.hex().upper()}\n")
     assert ring.send_id == 7 and ring.ids == (7, 3)
     assert ring.get(3) == KEY1 and ring.get(7) == KEY2 and ring.get(1) is None
     assert KEY1.hex() not in repr(ring) and KEY2.hex() not in repr(ring)

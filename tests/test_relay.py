@@ -109,7 +109,8 @@ def test_policy_drop_decision_carries_the_ptb():
 
 @pytest.mark.parametrize(
     "pkttype, reason",
-    [(PACKET_OUTGOING, Reason.OWN_FRAME), (PACKET_OTHERHOST, Reason.OTHER_HOST), (PACKET_BROADCAST, Reason.NOT_UNICAST)],
+    [(PACKET_OUTGOING, Reason.OWN_FRAME), (PACKET_OTHERHOST, Reason.OTHER_HOST),
+     (PACKET_BROADCAST, Reason.NOT_UNICAST)],
 )
 def test_pkttype_is_passed_to_policy(pkttype, reason):
     assert Relay(config()).handle(F.ptb_v4(), 0.0, SRC_MAC, pkttype).reason is reason

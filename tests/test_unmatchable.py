@@ -10,7 +10,7 @@
   IPv6 routing header of type 0) and an outer source on loopback (127.0.0.0/8, ::1). Refused as
   ``source_routed`` / ``loopback_source`` instead of being injected.
 
-Every frame is built with correct checksums (tests/frames.py), so each drop is for its reason.
+Every frame is built with correct checksums (tests/support/frames.py), so each drop is for its reason.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
 
 
-def mac(text: str) -> bytes:
+def mac(text: str | bytes) -> bytes:
     """``"02:00:00:00:05:01"`` (or six bytes already) as six bytes."""
     return text if isinstance(text, bytes) else bytes.fromhex(text.replace(":", ""))
 

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 from pmtud_relay.nflog.capture import NflogCapture, interface_mac
 from pmtud_relay.rules import RuleSpec, get_backend
@@ -241,8 +242,10 @@ def overrun(relay_pid_arg: str) -> dict:
     return {"marker_relayed": seen}
 
 
-COMMANDS = {"delivery": delivery, "adaptive": adaptive, "enobufs": enobufs, "loggers": loggers, "flood": flood,
-            "overrun": overrun}
+COMMANDS: dict[str, Callable[..., dict]] = {
+    "delivery": delivery, "adaptive": adaptive, "enobufs": enobufs, "loggers": loggers, "flood": flood,
+    "overrun": overrun,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 
 from tests.support.ns_programs import bounded
 
@@ -86,8 +87,10 @@ def bind_udp(host: str, port: str) -> None:
     time.sleep(60)
 
 
-COMMANDS = {"send-udp": send_udp, "junk-udp": junk_udp, "raw-icmp": raw_icmp, "scrape": scrape,
-            "hold-flows": hold_flows, "hold-one": hold_one, "bind-udp": bind_udp}
+COMMANDS: dict[str, Callable[..., None]] = {
+    "send-udp": send_udp, "junk-udp": junk_udp, "raw-icmp": raw_icmp, "scrape": scrape,
+    "hold-flows": hold_flows, "hold-one": hold_one, "bind-udp": bind_udp,
+}
 
 
 def main(argv: list[str]) -> int:
