@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tests.support import frames as F
-from tests.support.netns import REPO, FaultNS, need_root_and
+from tests.support.netns import REPO, FaultNS, need_root_and, run_json
 
 
 @pytest.fixture
@@ -99,6 +99,14 @@ def veth_netns():
         _ip("netns", "del", name)
 
 
+@pytest.fixture
+def netns_program():
+    """``run_json(netns, NAME, *args, payload=..., timeout=...)`` (tests/support/netns.py): a
+    module of tests/support/ns_programs run in a namespace, JSON in and out; for tests using
+    ``veth_netns``."""
+    return run_json
+
+
 def _python_in_netns(netns: str, code: str, payload, timeout: float = 20.0):
     """``python -c CODE`` inside ``netns`` with this checkout importable: ``payload`` goes in as
     JSON on stdin, the JSON the code prints comes back. Fails the test on a non-zero exit."""
@@ -111,5 +119,6 @@ def _python_in_netns(netns: str, code: str, payload, timeout: float = 20.0):
 
 @pytest.fixture
 def netns_python():
-    """The runner of snippets in a namespace (see ``_python_in_netns``), for tests using ``veth_netns``."""
+    """The runner of code strings in a namespace (see ``_python_in_netns``), for tests using
+    ``veth_netns``; still used by test_capture_paths. New code: ``netns_program``."""
     return _python_in_netns

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import json
 import os
 import secrets
 import shutil
@@ -43,6 +44,16 @@ PROGRAM_ENV = {"PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
 def program(name: str, *args: object) -> list[str]:
     """``python -m tests.support.ns_programs.NAME ARGS`` with this interpreter."""
     return [sys.executable, "-m", f"tests.support.ns_programs.{name}", *(str(a) for a in args)]
+
+
+def run_json(netns: str, name: str, *args: object, payload: object = None, timeout: float = 20.0):
+    """Run ``ns_programs.NAME ARGS`` in ``netns`` (``ip netns exec``) with ``payload`` as JSON on
+    stdin; the JSON it prints comes back. Fails the test on a non-zero exit; killed after
+    ``timeout`` seconds."""
+    done = subprocess.run(["ip", "netns", "exec", netns, *program(name, *args)], input=json.dumps(payload),
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env())
+    assert done.returncode == 0, f"{name} {' '.join(map(str, args))} exited {done.returncode}:\n{done.stderr}"
+    return json.loads(done.stdout)
 
 
 # --- what the machine must have ----------------------------------------------------------------
