@@ -23,6 +23,7 @@ from pmtud_relay.doctor.findings import Finding, Severity, exit_code, render_tex
 from pmtud_relay.doctor.hints import mtu_hint, tunnel_overhead
 from pmtud_relay.doctor.links import LinkRecord
 from pmtud_relay.doctor.pmtu_cache import CacheEntry
+from tests.support.netns import PROGRAM_ENV, program
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -594,40 +595,6 @@ def sysctl(ns: str, **values) -> None:
     nsx(ns, "sysctl", "-qw", *(f"{k.replace('__', '.')}={v}" for k, v in values.items()))
 
 
-SEND_PTB = r"""
-import socket, sys
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6PacketTooBig, IPv6
-fam, dst, src, mtu, qsrc, qdst = sys.argv[1:7]
-mtu = int(mtu)
-if fam == "4":
-    # Quote an ICMP echo *reply* from the host: the kernel updates the PMTU without a socket.
-    inner = bytes(IP(src=qsrc, dst=qdst, flags="DF", len=1500) / ICMP(type=0, id=1, seq=1))
-    pkt = bytes(IP(src=src, dst=dst) / ICMP(type=3, code=4, nexthopmtu=mtu) / inner)
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    s.sendto(pkt, (dst, 0))
-else:
-    inner = bytes(IPv6(src=qsrc, dst=qdst, plen=1460) / ICMPv6EchoReply(id=1, seq=1))
-    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-    s.bind((src, 0))
-    s.sendto(bytes(ICMPv6PacketTooBig(mtu=mtu) / inner), (dst, 0))  # the kernel fills the checksum
-"""
-
-SEND_BIG = r"""
-import socket, sys, time
-dst, seconds = sys.argv[1], float(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IP, 10, 3)  # IP_MTU_DISCOVER = IP_PMTUDISC_PROBE: DF set, PTBs ignored
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    try:
-        s.sendto(b"x" * 1422, (dst, 9))  # 1450 bytes on the wire: bigger than the 1400-byte hop
-    except OSError:
-        pass
-    time.sleep(0.02)
-"""
-
-
 @pytest.fixture
 def doc_netns():
     """Two namespaces joined by a veth: H (the host the doctor inspects) and R (a router)."""
@@ -674,8 +641,8 @@ def test_doctor_in_namespace_reports_what_was_set_up(doc_netns):
             args = ("4", "198.51.100.1", "198.51.100.2", str(mtu), "198.51.100.1", quoted_dst)
         else:
             args = ("6", "2001:db8:1::1", "2001:db8:1::2", str(mtu), "2001:db8:1::1", quoted_dst)
-        subprocess.run(["ip", "netns", "exec", router, PY, "-c", SEND_PTB, *args], check=True, timeout=30,
-                       env=env, capture_output=True)
+        subprocess.run(["ip", "netns", "exec", router, *program("sockets", "send-ptb", *args)], check=True,
+                       timeout=30, env=env, capture_output=True)
 
     # Learned PMTUs: routes in H towards documentation prefixes, then PTBs from R about them.
     sh("ip", "-n", host, "route", "add", "203.0.113.0/25", "via", "198.51.100.2")
@@ -711,8 +678,8 @@ def test_doctor_in_namespace_reports_what_was_set_up(doc_netns):
            net__ipv4__tcp_mtu_probing=0, net__ipv4__route__mtu_expires=30,
            net__ipv6__flowlabel_reflect=0)
 
-    sender = subprocess.Popen(["ip", "netns", "exec", router, PY, "-c", SEND_BIG, "203.0.113.200", "6"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sender = subprocess.Popen(["ip", "netns", "exec", router, *program("sockets", "send-big", "203.0.113.200", 6)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **PROGRAM_ENV))
     try:
         time.sleep(0.3)
         code, found = run_doctor(host, "--interval", "2")

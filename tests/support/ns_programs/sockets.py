@@ -9,17 +9,23 @@
                                      then "held", and holds them (30 s)
     hold-one HOST PORT               one such connection, idle (60 s)
     bind-udp HOST PORT               a UDP socket bound to HOST:PORT; prints "bound" (60 s)
+    send-ptb 4|6 DST SRC MTU QSRC QDST
+                                     a PTB from SRC to DST quoting an ICMP echo reply QSRC -> QDST
+                                     (the kernel learns a PMTU from it without a socket)
+    send-big DST SECONDS             1450-byte DF datagrams to DST:9 every 20 ms, PTBs ignored
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 import time
 import urllib.request
 from collections.abc import Callable
 
+from tests.support import wire
 from tests.support.ns_programs import bounded
 
 
@@ -87,9 +93,36 @@ def bind_udp(host: str, port: str) -> None:
     time.sleep(60)
 
 
+def send_ptb(family: str, dst: str, src: str, mtu: str, qsrc: str, qdst: str) -> None:
+    if family == "4":
+        echo_reply = wire.icmp4(0, 0, struct.pack("!HH", 1, 1), b"")
+        inner = wire.quoted_v4(qsrc, qdst, echo_reply, proto=wire.IPPROTO_ICMP, length=1500)
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        s.sendto(wire.ptb4_packet(src, dst, int(mtu), inner, df=False), (dst, 0))
+    else:
+        echo_reply = wire.icmp6(qsrc, qdst, 129, 0, struct.pack("!HH", 1, 1), b"")
+        inner = wire.quoted_v6(qsrc, qdst, echo_reply, next_header=wire.IPPROTO_ICMPV6, length=1500)
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        s.bind((src, 0))
+        s.sendto(wire.icmp6(src, dst, 2, 0, struct.pack("!I", int(mtu)), inner), (dst, 0))
+
+
+def send_big(dst: str, seconds: str) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 10, 3)  # IP_MTU_DISCOVER = IP_PMTUDISC_PROBE: DF set, PTBs ignored
+    end = time.monotonic() + float(seconds)
+    while time.monotonic() < end:
+        try:
+            s.sendto(b"x" * 1422, (dst, 9))  # 1450 bytes on the wire: bigger than the 1400-byte hop
+        except OSError:
+            pass
+        time.sleep(0.02)
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "send-udp": send_udp, "junk-udp": junk_udp, "raw-icmp": raw_icmp, "scrape": scrape,
-    "hold-flows": hold_flows, "hold-one": hold_one, "bind-udp": bind_udp,
+    "hold-flows": hold_flows, "hold-one": hold_one, "bind-udp": bind_udp, "send-ptb": send_ptb,
+    "send-big": send_big,
 }
 
 
