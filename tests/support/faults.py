@@ -10,13 +10,8 @@ import sys
 import time
 
 from tests.support import frames as F
-from tests.support.netns import RELAY_MAC, FaultNS, in_ns, wait_ready
+from tests.support.netns import RELAY_MAC, FaultNS, in_ns, program, wait_ready
 from tests.support.relays import stop_relays
-
-# The daemon without uvloop: the stdlib selector loop reports a socket error as "readable",
-# uvloop stops the reader; both must end up re-bound.
-NO_UVLOOP = ["-c", "import sys; sys.modules['uvloop'] = None; from pmtud_relay.cli import main; "
-             "sys.exit(main(sys.argv[1:]))"]
 
 _port = [50000]
 
@@ -66,8 +61,10 @@ def wait_count(proc, pattern: str, n: int, timeout: float = 10.0) -> None:
 def start(ns: FaultNS, *extra: str, loop: str = "uvloop", iface: str = "v1"):
     """``pmtud-relay run -i IFACE --vip F.VIP4`` in ``ns`` (``loop="asyncio"``: without uvloop),
     ready."""
-    head = ["-m", "pmtud_relay"] if loop == "uvloop" else NO_UVLOOP
-    proc = ns.spawn([sys.executable, *head, "run", "-i", iface, "--vip", F.VIP4, "--config", "",
+    # Without uvloop, the stdlib selector loop reports a socket error as "readable" where
+    # uvloop stops the reader; both must end up re-bound.
+    head = [sys.executable, "-m", "pmtud_relay"] if loop == "uvloop" else program("relay_without_uvloop")
+    proc = ns.spawn([*head, "run", "-i", iface, "--vip", F.VIP4, "--config", "",
                      "--log-level", "info", *extra], node="relay")
     wait_ready(proc)
     return proc
