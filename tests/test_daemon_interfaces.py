@@ -2,11 +2,11 @@
 unchanged but for the MAC addresses. Real kernel, inside namespaces this test creates."""
 
 import json
+import time
 import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
