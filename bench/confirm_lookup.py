@@ -30,7 +30,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "tests"))
 
 from common import median, pct, table, write_result  # noqa: E402
 
@@ -87,9 +86,10 @@ def measure(flows: int, lookups: int) -> dict:
     rows["udp owned"] = timed(lambda i: (k.owner(4, 17, vip, 53, client, 1000 + i % 1000),
                                          k.route_mtu(4, vip, client)), lookups)
 
-    import frames as F
+    import frames as F  # bench/frames.py (stdlib): a 128-byte quote, as the scapy fixture this used had
 
-    packets = [F.ptb_v4(dport=1 + i % 1000, sport=443)[14:] for i in range(1000)]
+    router = socket.inet_aton("198.51.100.1")
+    packets = [F.ptb4(router, vip, client, 443, 1 + i % 1000, quote_ip_len=156)[14:] for i in range(1000)]
 
     async def confirmer_run() -> float:
         loop = asyncio.get_running_loop()

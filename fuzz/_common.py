@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-#: The seeds (tests/frames.py, tests/test_nflog_wire.py, bench/frames.py) quote these.
+#: The seeds (tests/support/frames.py and nflog.py, bench/frames.py) quote these.
 VIP_NETWORKS = ["192.0.2.10/32", "2001:db8:2::10/128", "2001:db8:ffff::10/128", "192.0.2.128/28",
                 "2001:db8:ffff:1::/64"]
 _VIPS = [ipaddress.ip_network(n) for n in VIP_NETWORKS]

@@ -1,8 +1,8 @@
 """Write the seed corpora for the fuzz targets to fuzz/seeds/<target>/ (generated, not in git).
 
-Seeds are the test suite's own fixtures: every valid PTB shape of tests/frames.py
+Seeds are the test suite's own fixtures: every valid PTB shape of tests/support/frames.py
 (``valid_catalogue``: VLAN tags, IPv4 options, IPv6 extension headers, every quoted protocol), a
-hostile variant of each drop reason, the NFLOG datagrams of tests/test_nflog_wire.py and signed
+hostile variant of each drop reason, the NFLOG datagrams of tests/support/nflog.py and signed
 peer datagrams. Deterministic: the same files every run. Needs the test extra (scapy).
 
     python fuzz/make_seeds.py [--out fuzz/seeds]
@@ -20,11 +20,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path[:0] = [REPO, os.path.join(REPO, "tests"), HERE]
+sys.path[:0] = [REPO, HERE]
 
 
 def frame_seeds() -> list[bytes]:
-    import frames as F
+    from tests.support import frames as F
     from scapy.layers.inet import ICMP
     from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6ExtHdrFragment
 
@@ -50,7 +50,7 @@ def frame_seeds() -> list[bytes]:
 
 
 def nflog_seeds() -> list[bytes]:
-    import test_nflog_wire as N
+    from tests.support import nflog as N
 
     out = [
         N.ptb4_msg(seq=1), N.ptb6_msg(seq=2),
@@ -69,7 +69,7 @@ def nflog_seeds() -> list[bytes]:
 
 
 def peer_seeds() -> list[bytes]:
-    import frames as F
+    from tests.support import frames as F
     from _common import PEER_KEYS as KEYS, PEER_START as START
     from pmtud_relay.peers import wire as pp
     from pmtud_relay.core.packet import parse_frame

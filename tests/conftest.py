@@ -1,4 +1,6 @@
-"""Shared fixtures. Network-namespace fixtures only (tests marked ``netns``)."""
+"""Shared fixtures: the network namespaces of the end-to-end tests (tests marked ``netns``) and
+the peer key. What they build comes from tests/support/; test modules import helpers from there
+and never from one another (tests/test_suite_layout.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,11 @@ import shutil
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-import frames as F
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import frames as F
+from tests.support.netns import REPO, FaultNS, need_root_and, run_json
 
 
 @pytest.fixture
@@ -35,6 +35,32 @@ def lab(netns_ok):
 
     with Lab(servers=3) as the_lab:
         yield the_lab
+
+
+@pytest.fixture
+def routed_lab(netns_ok):
+    """The routed lab (client, ECMP router, s1..s3 each in its own subnet), always torn down."""
+    from pmtud_relay.lab.routed import RoutedLab
+
+    with RoutedLab(servers=3) as the_lab:
+        yield the_lab
+
+
+@pytest.fixture
+def ns():
+    """A FaultNS (veth pair v0/v1, VIPs on lo) for the daemon, always deleted."""
+    need_root_and()
+    with FaultNS() as the_ns:
+        yield the_ns
+
+
+@pytest.fixture
+def key_file(tmp_path) -> str:
+    """A peer key file (key id 1, a random 32-byte key, mode 0600)."""
+    path = tmp_path / "peer.key"
+    path.write_text(f"1:{secrets.token_hex(32)}\n")
+    os.chmod(path, 0o600)
+    return str(path)
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
@@ -73,10 +99,18 @@ def veth_netns():
         _ip("netns", "del", name)
 
 
+@pytest.fixture
+def netns_program():
+    """``run_json(netns, NAME, *args, payload=..., timeout=...)`` (tests/support/netns.py): a
+    module of tests/support/ns_programs run in a namespace, JSON in and out; for tests using
+    ``veth_netns``."""
+    return run_json
+
+
 def _python_in_netns(netns: str, code: str, payload, timeout: float = 20.0):
     """``python -c CODE`` inside ``netns`` with this checkout importable: ``payload`` goes in as
     JSON on stdin, the JSON the code prints comes back. Fails the test on a non-zero exit."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], input=json.dumps(payload),
                           capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr
@@ -85,5 +119,6 @@ def _python_in_netns(netns: str, code: str, payload, timeout: float = 20.0):
 
 @pytest.fixture
 def netns_python():
-    """The runner of snippets in a namespace (see ``_python_in_netns``), for tests using ``veth_netns``."""
+    """The runner of code strings in a namespace (see ``_python_in_netns``), for tests using
+    ``veth_netns``; still used by test_capture_paths. New code: ``netns_program``."""
     return _python_in_netns

@@ -14,10 +14,10 @@ import shutil
 
 import pytest
 
-import pcap_fixtures as F
 from pmtud_relay import analyze
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.relay import Relay, RelayConfig
+from tests.support import pcap as F
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,9 +16,9 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.ipsec import AH
 
-import frames as F
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.packet import PTB, parse_frame
+from tests.support import frames as F
 
 PROGRAM = bpf.ptb_filter()
 
@@ -50,7 +49,8 @@ def test_pack_is_struct_sock_filter():
     packed = bpf.pack(PROGRAM)
     assert len(packed) == 8 * len(PROGRAM)
     first = PROGRAM[0]
-    assert packed[:8] == first.code.to_bytes(2, sys.byteorder) + bytes([first.jt, first.jf]) + first.k.to_bytes(4, sys.byteorder)
+    assert packed[:8] == (first.code.to_bytes(2, sys.byteorder) + bytes([first.jt, first.jf])
+                          + first.k.to_bytes(4, sys.byteorder))
 
 
 def test_accept_returns_a_snap_length_covering_any_frame():
@@ -176,7 +176,8 @@ def ptb_frames(draw, macs=unicast_mac):
             mtu=draw(st.integers(0, 65535)),
             proto=proto,
             quote_len=draw(st.integers(28, 200)),  # 8 bytes past the quoted header: short_l4_quote below
-            ip_fields={"options": options, "flags": draw(st.sampled_from([0, "DF"])), "id": draw(st.integers(0, 65535))},
+            ip_fields={"options": options, "flags": draw(st.sampled_from([0, "DF"])),
+                       "id": draw(st.integers(0, 65535))},
         )
     ext_choices = st.sampled_from(
         [
@@ -224,32 +225,9 @@ def test_filter_agrees_with_parser_after_l2_mutations(frame, data):
 
 # -- the kernel runs the same program --------------------------------------------------
 
-_CAPTURE_SNIPPET = textwrap.dedent(
-    """
-    import json, select, socket, sys, time
-    from pmtud_relay.capture.afpacket import PacketCapture
-
-    frames = [bytes.fromhex(h) for h in json.load(sys.stdin)]
-    cap = PacketCapture("pmr0")
-    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.bind(("pmr1", 0))
-    for frame in frames:
-        tx.send(frame)
-    got = []
-    deadline = time.monotonic() + 1.0  # collect everything that arrives in a second
-    while time.monotonic() < deadline:
-        if select.select([cap], [], [], 0.05)[0]:
-            got += [(data.hex(), pkttype) for data, pkttype in cap.drain()]
-    cap.close()
-    tx.close()
-    json.dump(got, sys.stdout)
-    """
-)
-
-
 @pytest.mark.netns
 @pytest.mark.timeout(30)
-def test_kernel_filter_delivers_exactly_the_unicast_ptbs(veth_netns, netns_python):
+def test_kernel_filter_delivers_exactly_the_unicast_ptbs(veth_netns, netns_program):
     unicast_v4 = F.ptb_v4()
     unicast_v6 = F.ptb_v6()
     tagged_v4 = F.ptb_v4(vlans=((0x8100, 100),), sport=8443)
@@ -273,7 +251,8 @@ def test_kernel_filter_delivers_exactly_the_unicast_ptbs(veth_netns, netns_pytho
     assert expected == [unicast_v4, unicast_v6, tagged_v4, qinq_v6]
 
     got = [(bytes.fromhex(h), pkttype)
-           for h, pkttype in netns_python(veth_netns, _CAPTURE_SNIPPET, [frame.hex() for frame in sent])]
+           for h, pkttype in netns_program(veth_netns, "veth_probes", "bpf-capture",
+                                           payload=[frame.hex() for frame in sent])]
     # Exactly the unicast PTBs, byte for byte (stripped VLAN tags restored from
     # PACKET_AUXDATA), in order, all seen as unicast to this host.
     assert [frame for frame, _ in got] == expected

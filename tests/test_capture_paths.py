@@ -27,7 +27,7 @@ import textwrap
 
 import pytest
 
-import frames as F
+from tests.support import frames as F
 
 # Collects from ``cap`` until ``sentinel`` arrives (or ``seconds`` pass); the sentinel itself
 # is not returned. Shared by the snippets below.

@@ -1,4 +1,4 @@
-"""core/checksum.py against the word-by-word RFC 1071 reference of tests/frames.py, for lengths
+"""core/checksum.py against the word-by-word RFC 1071 reference of tests/support/checksum.py, for lengths
 on both sides of the threshold above which a region is read in four parts."""
 
 from __future__ import annotations
@@ -9,13 +9,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import frames as F
-
 from pmtud_relay.core import checksum as C
-
-
-def ones_complement_sum(data: bytes) -> int:
-    return ~F.ones_complement_checksum(data) & 0xFFFF
+from tests.support.checksum import internet_checksum, ones_complement_sum
 
 
 @settings(max_examples=400, deadline=None)
@@ -35,7 +30,7 @@ def test_a_region_with_its_checksum_verifies_and_one_changed_byte_does_not(body,
     # the same thing shifted by a word).
     zeroed = b"\0\0" + body[2:]
     csum = C.internet_checksum(zeroed)
-    assert csum == F.ones_complement_checksum(zeroed)
+    assert csum == internet_checksum(zeroed)
     good = struct.pack("!H", csum) + body[2:]
     assert C.verifies(C.region_sum(good, 0, len(good)))
     i = where % len(good)

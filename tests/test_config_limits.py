@@ -189,8 +189,7 @@ def test_run_warns_at_start_when_a_wide_vip_is_allowed(tmp_path):
     import signal
     import time
 
-    from e2e_support import terminate
-    from test_rules import NetNS
+    from tests.support.netns import NetNS, terminate
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PMTUD_RELAY_")}
     with NetNS() as ns:

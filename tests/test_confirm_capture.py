@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-import frames as F
-
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_HOST, PACKET_L2_COPY, PACKET_MULTICAST, Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from tests.support import frames as F
 
 BROADCAST, ALL_NODES = "ff:ff:ff:ff:ff:ff", "33:33:00:00:00:01"
 
 
 def test_filter_passes_group_mac_ptbs_only_with_accept_copies():
     plain, copies = bpf.ptb_filter(), bpf.ptb_filter(accept_copies=True)
-    for frame in (F.ptb_v4(dst_mac=BROADCAST), F.ptb_v6(dst_mac=ALL_NODES), F.ptb_v4(dst_mac=BROADCAST, vlans=((0x8100, 7),))):
+    for frame in (F.ptb_v4(dst_mac=BROADCAST), F.ptb_v6(dst_mac=ALL_NODES),
+                  F.ptb_v4(dst_mac=BROADCAST, vlans=((0x8100, 7),))):
         assert bpf.run(plain, frame) == 0
         assert bpf.run(copies, frame) > 0
     assert bpf.run(copies, F.ptb_v4()) > 0  # unicast PTBs as before

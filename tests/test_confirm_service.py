@@ -7,11 +7,10 @@ import asyncio
 import errno
 import time
 
-import frames as F
-
 from pmtud_relay.confirm import wire
 from pmtud_relay.confirm.service import Confirmer
 from pmtud_relay.confirm.verdict import Origin, OwnerVerdict
+from tests.support import frames as F
 
 
 class Scripted:
@@ -102,7 +101,8 @@ def test_time_wait_whose_route_learnt_the_pmtu_is_applied():
 
 def test_udp_owner_is_judged_by_its_route_pmtu():
     unconnected = owned(None, wire.TCP_CLOSE)  # a bound, unconnected UDP socket owns the flow
-    assert [v for v, _ in run(Scripted(unconnected, route=1280), [(PTB6_UDP, Origin.PEER)])[0][0]] == [OwnerVerdict.APPLIED]
+    verdicts = run(Scripted(unconnected, route=1280), [(PTB6_UDP, Origin.PEER)])[0][0]
+    assert [v for v, _ in verdicts] == [OwnerVerdict.APPLIED]
     assert [v for v, _ in run(Scripted(unconnected, route=0), [(PTB6_UDP, Origin.PEER)], settle=0.01)[0][0]] \
         == [OwnerVerdict.NOT_APPLIED]
 

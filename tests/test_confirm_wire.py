@@ -67,7 +67,8 @@ def test_error_answer_is_the_positive_errno_and_other_sequences_are_ignored():
 def test_route_answer_gives_rtax_mtu_or_zero():
     head = struct.pack("=BBBBBBBBI", 2, 32, 32, 0, 254, 0, 0, 1, 0)
     with_mtu = _nlmsg(wire.RTM_NEWROUTE, 9, head + _attr(wire.RTA_DST, V4_REMOTE)
-                      + _attr(wire.RTA_METRICS, _attr(1, struct.pack("=I", 9)) + _attr(wire.RTAX_MTU, struct.pack("=I", 1400))))
+                      + _attr(wire.RTA_METRICS,
+                              _attr(1, struct.pack("=I", 9)) + _attr(wire.RTAX_MTU, struct.pack("=I", 1400))))
     assert wire.parse_route_mtu(with_mtu, 9) == 1400
     assert wire.parse_route_mtu(_nlmsg(wire.RTM_NEWROUTE, 9, head + _attr(wire.RTA_DST, V4_REMOTE)), 9) == 0
     assert wire.parse_route_mtu(_nlmsg(wire.NLMSG_ERROR, 9, struct.pack("=i", -101) + bytes(16)), 9) is None

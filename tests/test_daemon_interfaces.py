@@ -132,7 +132,7 @@ def _http(ns_name: str, path: str) -> tuple[int, str]:
     import urllib.error
     import urllib.request
 
-    from e2e_support import in_ns
+    from tests.support.netns import in_ns
 
     def get():
         try:
@@ -161,10 +161,10 @@ def test_a_missing_interface_is_waited_for_and_bound_when_it_appears(tmp_path, c
     binds and relays as soon as the interface appears, without a restart."""
     import socket as _socket
 
-    from e2e_support import log_events
     from pmtud_relay.lab import LabProcess
-    from test_faults import FaultNS, count, relays, stop, wait_count
-    from test_rules import need_backend, need_root_and
+    from tests.support.faults import count, relays, stop, wait_count
+    from tests.support.netns import FaultNS, need_backend, need_root_and
+    from tests.support.relays import log_events
 
     need_root_and()
     extra = []

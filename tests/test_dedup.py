@@ -6,12 +6,12 @@ import pytest
 from scapy.layers.inet import TCP
 from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 
-import frames as F
 from pmtud_relay.core.dedup import DEFAULT_CAPACITY, DEFAULT_WINDOW, SEQ_SPAN, Deduplicator, dedup_key, span_of
 from pmtud_relay.core.packet import parse_frame, quoted_tag
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from tests.support import frames as F
 
 SRC_MAC = F.mac(F.RELAY_MAC)
 

@@ -22,16 +22,10 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from pmtud_relay.peers.dns import Answer, DnsClient, DnsError, in_hosts_file
 from pmtud_relay.peers.inbox import PeerSpec
-from pmtud_relay.peers.dns import Answer
-from pmtud_relay.peers.dns import DnsClient
-from pmtud_relay.peers.dns import DnsError
-from pmtud_relay.peers.dns import in_hosts_file
-from pmtud_relay.peers.service import PeerService
-from pmtud_relay.peers.service import PeerSettings
-from pmtud_relay.peers.sources import DNS_RETRY_MAX
-from pmtud_relay.peers.sources import NameCache
-from pmtud_relay.peers.sources import PeerDirectory
+from pmtud_relay.peers.service import PeerService, PeerSettings
+from pmtud_relay.peers.sources import DNS_RETRY_MAX, NameCache, PeerDirectory
 
 NAME = "peers.example"
 BOTH = ("198.51.100.18", "2001:db8:5:2::2")

@@ -23,6 +23,7 @@ from pmtud_relay.doctor.findings import Finding, Severity, exit_code, render_tex
 from pmtud_relay.doctor.hints import mtu_hint, tunnel_overhead
 from pmtud_relay.doctor.links import LinkRecord
 from pmtud_relay.doctor.pmtu_cache import CacheEntry
+from tests.support.netns import PROGRAM_ENV, program
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,9 +172,11 @@ def test_tcp_mtu_probing_advice(tmp_path):
     f = sysctls.check_tcp_mtu_probing(make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 0}))
     assert (f.check, f.severity) == ("sysctl.tcp_mtu_probing", Severity.INFO)
     assert "net.ipv4.tcp_mtu_probing=1" in f.fix and "tcp_base_mss=1024" in f.fix
-    f = sysctls.check_tcp_mtu_probing(make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 1, "net/ipv4/tcp_base_mss": 512}))
+    f = sysctls.check_tcp_mtu_probing(
+        make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 1, "net/ipv4/tcp_base_mss": 512}))
     assert (f.check, f.severity) == ("sysctl.tcp_base_mss", Severity.INFO)
-    f = sysctls.check_tcp_mtu_probing(make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 2, "net/ipv4/tcp_base_mss": 1024}))
+    f = sysctls.check_tcp_mtu_probing(
+        make_proc(tmp_path, {"net/ipv4/tcp_mtu_probing": 2, "net/ipv4/tcp_base_mss": 1024}))
     assert f.severity is Severity.INFO and "every connection" in f.summary
 
 
@@ -199,7 +202,8 @@ def test_flowlabel_reflect(tmp_path):
     f = sysctls.check_flowlabel_reflect(make_proc(tmp_path, {"net/ipv6/flowlabel_reflect": 4}))
     assert f.severity is Severity.INFO and "net.ipv6.flowlabel_reflect=5" in f.fix
     assert "flow label" in f.detail
-    assert sysctls.check_flowlabel_reflect(make_proc(tmp_path, {"net/ipv6/flowlabel_reflect": 3})).severity is Severity.OK
+    proc = make_proc(tmp_path, {"net/ipv6/flowlabel_reflect": 3})
+    assert sysctls.check_flowlabel_reflect(proc).severity is Severity.OK
 
 
 # --- counters --------------------------------------------------------------------------------
@@ -334,7 +338,8 @@ def test_links_tunnels_and_mismatches():
         rec(1, "lo", None, 65536),
         rec(2, "eth0", None, 1500),
         rec(3, "vx0", "vxlan", 1450, lower=2, lower_source="attribute"),
-        rec(4, "vx1", "vxlan", 1500, lower=2, lower_source="route to 198.51.100.2", remote="198.51.100.2", outer_family=4),
+        rec(4, "vx1", "vxlan", 1500, lower=2, lower_source="route to 198.51.100.2", remote="198.51.100.2",
+            outer_family=4),
         rec(5, "va", "veth", 1500, peer=6),
         rec(6, "vb", "veth", 1400, peer=5),
         rec(7, "mv0", "macvlan", 1400, lower=2, lower_source="attribute"),
@@ -428,7 +433,8 @@ NFT_LISTING = """table inet pmtud_relay {
 
 
 def fake_runner(nft_out=None, ipt=None):
-    """A stand-in for subprocess: nft prints ``nft_out`` (None: no table); ``ipt`` maps (tool, table, chain) to output."""
+    """A stand-in for subprocess: nft prints ``nft_out`` (None: no table); ``ipt`` maps (tool,
+    table, chain) to output."""
     ipt = ipt or {}
 
     def run(argv):
@@ -462,7 +468,8 @@ def test_check_rules_without_tools():
     f = relayproc.check_rules(which=lambda t: None, run=fake_runner())
     assert f.severity is Severity.INFO and "nft not installed" in f.summary and "iptables not installed" in f.summary
     # An NFLOG relay with nothing able to show rules: cannot tell, so not a warning.
-    assert relayproc.check_rules(which=lambda t: None, run=fake_runner(), relays=[nflog_relay()]).severity is Severity.INFO
+    found = relayproc.check_rules(which=lambda t: None, run=fake_runner(), relays=[nflog_relay()])
+    assert found.severity is Severity.INFO
 
 
 def test_nflog_relay_without_rules_warns():
@@ -478,12 +485,14 @@ def test_nflog_group_mismatch_warns():
     f = relayproc.check_rules(which=which, run=fake_runner(NFT_LISTING), relays=[nflog_relay(7)])
     assert f.severity is Severity.WARNING and "group 2105" in f.summary and "--nflog-group 7" in f.fix
     # The relay's default group matches the rules' default group.
-    assert relayproc.check_rules(which=which, run=fake_runner(NFT_LISTING), relays=[nflog_relay()]).severity is Severity.OK
+    found = relayproc.check_rules(which=which, run=fake_runner(NFT_LISTING), relays=[nflog_relay()])
+    assert found.severity is Severity.OK
 
 
 def test_relay_settings_from_environment(tmp_path):
     root = fake_proc_tree(tmp_path, {200: ["/usr/local/bin/pmtud-relay", "run"]})
-    (root / "200" / "environ").write_bytes(b"PATH=/usr/bin\0PMTUD_RELAY_CAPTURE=nflog\0PMTUD_RELAY_VIPS=192.0.2.10,2001:db8::/64\0"
+    (root / "200" / "environ").write_bytes(b"PATH=/usr/bin\0PMTUD_RELAY_CAPTURE=nflog\0"
+                                           b"PMTUD_RELAY_VIPS=192.0.2.10,2001:db8::/64\0"
                                           b"PMTUD_RELAY_NFLOG_GROUP=12\0")
     (p,) = relayproc.find_relays(root, own_pid=1)
     assert p.capture == "nflog" and p.nflog_group == 12
@@ -586,40 +595,6 @@ def sysctl(ns: str, **values) -> None:
     nsx(ns, "sysctl", "-qw", *(f"{k.replace('__', '.')}={v}" for k, v in values.items()))
 
 
-SEND_PTB = r"""
-import socket, sys
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6PacketTooBig, IPv6
-fam, dst, src, mtu, qsrc, qdst = sys.argv[1:7]
-mtu = int(mtu)
-if fam == "4":
-    # Quote an ICMP echo *reply* from the host: the kernel updates the PMTU without a socket.
-    inner = bytes(IP(src=qsrc, dst=qdst, flags="DF", len=1500) / ICMP(type=0, id=1, seq=1))
-    pkt = bytes(IP(src=src, dst=dst) / ICMP(type=3, code=4, nexthopmtu=mtu) / inner)
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    s.sendto(pkt, (dst, 0))
-else:
-    inner = bytes(IPv6(src=qsrc, dst=qdst, plen=1460) / ICMPv6EchoReply(id=1, seq=1))
-    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-    s.bind((src, 0))
-    s.sendto(bytes(ICMPv6PacketTooBig(mtu=mtu) / inner), (dst, 0))  # the kernel fills the checksum
-"""
-
-SEND_BIG = r"""
-import socket, sys, time
-dst, seconds = sys.argv[1], float(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IP, 10, 3)  # IP_MTU_DISCOVER = IP_PMTUDISC_PROBE: DF set, PTBs ignored
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    try:
-        s.sendto(b"x" * 1422, (dst, 9))  # 1450 bytes on the wire: bigger than the 1400-byte hop
-    except OSError:
-        pass
-    time.sleep(0.02)
-"""
-
-
 @pytest.fixture
 def doc_netns():
     """Two namespaces joined by a veth: H (the host the doctor inspects) and R (a router)."""
@@ -666,8 +641,8 @@ def test_doctor_in_namespace_reports_what_was_set_up(doc_netns):
             args = ("4", "198.51.100.1", "198.51.100.2", str(mtu), "198.51.100.1", quoted_dst)
         else:
             args = ("6", "2001:db8:1::1", "2001:db8:1::2", str(mtu), "2001:db8:1::1", quoted_dst)
-        subprocess.run(["ip", "netns", "exec", router, PY, "-c", SEND_PTB, *args], check=True, timeout=30,
-                       env=env, capture_output=True)
+        subprocess.run(["ip", "netns", "exec", router, *program("sockets", "send-ptb", *args)], check=True,
+                       timeout=30, env=env, capture_output=True)
 
     # Learned PMTUs: routes in H towards documentation prefixes, then PTBs from R about them.
     sh("ip", "-n", host, "route", "add", "203.0.113.0/25", "via", "198.51.100.2")
@@ -703,8 +678,8 @@ def test_doctor_in_namespace_reports_what_was_set_up(doc_netns):
            net__ipv4__tcp_mtu_probing=0, net__ipv4__route__mtu_expires=30,
            net__ipv6__flowlabel_reflect=0)
 
-    sender = subprocess.Popen(["ip", "netns", "exec", router, PY, "-c", SEND_BIG, "203.0.113.200", "6"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sender = subprocess.Popen(["ip", "netns", "exec", router, *program("sockets", "send-big", "203.0.113.200", 6)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, **PROGRAM_ENV))
     try:
         time.sleep(0.3)
         code, found = run_doctor(host, "--interval", "2")

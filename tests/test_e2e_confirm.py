@@ -14,9 +14,10 @@ import time
 
 import pytest
 
-from e2e_support import FLOW_TIMEOUT, describe, dump, log_events, start_relays, stop_relays
-
 from pmtud_relay.lab import Lab
+from tests.support import wire
+from tests.support.netns import PROGRAM_ENV, program
+from tests.support.relays import FLOW_TIMEOUT, describe, dump, log_events, start_relays, stop_relays
 
 RELAY_ARGV = ["run", "-i", "eth0", "--log-level", "debug"]
 
@@ -51,19 +52,9 @@ def wait_verdicts(relays, family, lab, want, timeout: float = 5.0):
 def ptb_frame(lab: Lab, family: int, proto: str, sport: int, dport: int, seq: int = 1000) -> bytes:
     """A PTB (MTU 1400) from the router to the VIP, unicast to s1, quoting a 1500-byte segment
     VIP:sport -> client:dport (TCP with sequence number ``seq``, or UDP)."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP
-    from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
-    from scapy.layers.l2 import Ether
-
-    eth = Ether(dst=lab.server("s1").mac, src=lab.mac("injector"))
-    l4 = TCP(sport=sport, dport=dport, flags="PA", seq=seq, ack=1) if proto == "tcp" else UDP(sport=sport, dport=dport)
-    if family == 4:
-        pkt = (eth / IP(src=lab.router_addr(4), dst=lab.vip(4), ttl=64) / ICMP(type=3, code=4, nexthopmtu=1400)
-               / IP(src=lab.vip(4), dst=lab.client_addr(4), len=1500, flags="DF", ttl=63) / l4)
-    else:
-        pkt = (eth / IPv6(src=lab.router_addr(6), dst=lab.vip(6), hlim=64) / ICMPv6PacketTooBig(mtu=1400)
-               / IPv6(src=lab.vip(6), dst=lab.client_addr(6), plen=1460, hlim=63) / l4)
-    return bytes(pkt)
+    return wire.flow_ptb_frame(family, lab.server("s1").mac, lab.mac("injector"), outer_src=lab.router_addr(family),
+                               vip=lab.vip(family), client=lab.client_addr(family), sport=sport, dport=dport,
+                               mtu=1400, proto=proto, seq=seq, ack=1, tcp_flags=0x18, full_l4=True)
 
 
 @pytest.mark.netns
@@ -79,7 +70,8 @@ def test_owner_found_on_exactly_the_right_server(lab: Lab) -> None:
         lab.flush_pmtu()
         for family in (4, 6):
             for _attempt in range(3):  # the L4 hash is random per port: retry a lopsided draw
-                client = lab.spawn("client", [lab.python, "-c", _FLOWS, lab.vip(family), str(lab.port), "12"])
+                client = lab.spawn("client", program("sockets", "hold-flows", lab.vip(family), lab.port, 12),
+                                   env=PROGRAM_ENV)
                 client.wait_for(r"^held", stream="stdout", timeout=15)
                 owner_of = {int(port): name for name, port in
                             (line.split() for line in client.lines("stdout") if line.startswith("s"))}
@@ -103,10 +95,12 @@ def test_owner_found_on_exactly_the_right_server(lab: Lab) -> None:
             assert {owner_of[p] for p in judged} >= servers, f"IPv{family}: {owner_of}\n{judged}\n{dump(relays)}"
             for cport, by_node in sorted(judged.items()):
                 owner = owner_of[cport]
-                assert by_node.get(owner) == {"applied"}, f"IPv{family} port {cport} owner {owner}: {by_node}\n{owner_of}\n{dump(relays)}"
+                assert by_node.get(owner) == {"applied"}, \
+                    f"IPv{family} port {cport} owner {owner}: {by_node}\n{owner_of}\n{dump(relays)}"
                 for name in lab.server_names:
                     if name != owner:
-                        assert by_node.get(name) == {"orphan"}, f"IPv{family} port {cport} ({owner}) on {name}: {by_node}"
+                        assert by_node.get(name) == {"orphan"}, \
+                            f"IPv{family} port {cport} ({owner}) on {name}: {by_node}"
         for name, p in relays.items():
             assert not [r for r in log_events(p, "owner_verdict") if r["owner"] == "unknown"], dump(relays)
             if name != "s1":  # they received copies only: looked up, never relayed again
@@ -119,7 +113,6 @@ def test_owner_found_on_exactly_the_right_server(lab: Lab) -> None:
 @pytest.mark.netns
 @pytest.mark.timeout(150)
 def test_closed_flow_is_orphan_everywhere_and_out_of_window_is_not_applied(lab: Lab) -> None:
-    pytest.importorskip("scapy")
     lab.start_transfer_servers()
     relays = start_relays(lab, dict.fromkeys(lab.server_names, RELAY_ARGV))
     held = None
@@ -134,12 +127,12 @@ def test_closed_flow_is_orphan_everywhere_and_out_of_window_is_not_applied(lab: 
             # 2) an established connection held open (the server waits for "go"): a PTB quoting a
             #    sequence number outside its send window is owned but not applied
             held = lab.spawn(  # connect, print the serving server's name and our port, then idle
-                "client", [lab.python, "-c", _HOLD, lab.vip(family), str(lab.port)])
+                "client", program("sockets", "hold-one", lab.vip(family), lab.port), env=PROGRAM_ENV)
             held.wait_for(r"^s\d+ \d+$", stream="stdout", timeout=10)
             owner, port = held.lines("stdout")[0].split()
             lab.inject(ptb_frame(lab, family, "tcp", lab.port, int(port), seq=0x6E000000))
             # 3) UDP: a socket bound to VIP:5353 on s2 only, and the PTB quoting VIP:5353 -> client
-            udp = lab.spawn("s2", [lab.python, "-c", _UDP, lab.vip(family), "5353"])
+            udp = lab.spawn("s2", program("sockets", "bind-udp", lab.vip(family), 5353), env=PROGRAM_ENV)
             udp.wait_for(r"^bound", stream="stdout", timeout=10)
             lab.inject(ptb_frame(lab, family, "udp", 5353, 40053))
 
@@ -149,7 +142,8 @@ def test_closed_flow_is_orphan_everywhere_and_out_of_window_is_not_applied(lab: 
 
             got = wait_verdicts(relays, family, lab, done)
             closed = got.get(("6", lab.port, closed_port), {})
-            assert closed == {n: {"orphan"} for n in lab.server_names}, f"IPv{family} closed flow: {closed}\n{dump(relays)}"
+            assert closed == {n: {"orphan"} for n in lab.server_names}, \
+                f"IPv{family} closed flow: {closed}\n{dump(relays)}"
             window = got.get(("6", lab.port, int(port)), {})
             assert window == {n: {"not_applied" if n == owner else "orphan"} for n in lab.server_names}, \
                 f"IPv{family} out-of-window (owner {owner}): {window}\n{dump(relays)}"
@@ -166,57 +160,21 @@ def test_closed_flow_is_orphan_everywhere_and_out_of_window_is_not_applied(lab: 
         stop_relays(relays)
 
 
-_FLOWS = r"""
-import socket, sys, time
-conns = []
-for _ in range(int(sys.argv[3])):
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-    name = b""
-    while not name.endswith(b"\n"):
-        name += s.recv(1)
-    s.sendall(b"go 1000000\n")  # and read none of it for now: the flow stays open
-    conns.append(s)
-    print(name.decode().strip(), s.getsockname()[1], flush=True)
-print("held", flush=True)
-time.sleep(30)
-"""
-
-_HOLD = r"""
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-name = b""
-while not name.endswith(b"\n"):
-    name += s.recv(1)
-print(name.decode().strip(), s.getsockname()[1], flush=True)
-time.sleep(60)
-"""
-
-_UDP = r"""
-import socket, sys, time
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-print("bound", flush=True)
-time.sleep(60)
-"""
-
-
 @pytest.mark.netns
 @pytest.mark.timeout(90)
 def test_dry_run_lines_carry_the_owner_verdict(lab: Lab) -> None:
     """dry-run --json on s1: a relayed PTB's line says whether s1 owns the flow; with
     --no-confirm-owner the line has no verdict."""
-    pytest.importorskip("scapy")
-    udp = lab.spawn("s1", [lab.python, "-c", _UDP, lab.vip(4), "5353"])
+    udp = lab.spawn("s1", program("sockets", "bind-udp", lab.vip(4), 5353), env=PROGRAM_ENV)
     udp.wait_for(r"^bound", stream="stdout", timeout=10)
     relay = start_relays(lab, {"s1": ["dry-run", "-i", "eth0", "--json"]})["s1"]
     try:
         lab.inject(ptb_frame(lab, 4, "udp", 5353, 40061))
         lab.inject(ptb_frame(lab, 4, "udp", 5354, 40062))  # no socket on VIP:5354
         deadline = time.monotonic() + 5
-        while len([l for l in relay.json_lines() if "owner" in l]) < 2 and time.monotonic() < deadline:
+        while len([rec for rec in relay.json_lines() if "owner" in rec]) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        lines = {int(l["dport"]): l for l in relay.json_lines() if l.get("dport")}
+        lines = {int(rec["dport"]): rec for rec in relay.json_lines() if rec.get("dport")}
         assert lines[40061]["owner"] == "applied" and lines[40061]["origin"] == "captured", lines
         assert lines[40061]["verdict"] == "relay" and 0 <= lines[40061]["owner_seconds"] < 0.1, lines
         assert lines[40062]["owner"] == "orphan", lines
@@ -228,7 +186,7 @@ def test_dry_run_lines_carry_the_owner_verdict(lab: Lab) -> None:
         deadline = time.monotonic() + 5
         while not relay.json_lines() and time.monotonic() < deadline:
             time.sleep(0.05)
-        (line,) = [l for l in relay.json_lines() if l.get("dport") == 40063]
+        (line,) = [rec for rec in relay.json_lines() if rec.get("dport") == 40063]
         assert line["verdict"] == "relay" and "owner" not in line, line
     finally:
         stop_relays({"s1": relay})

@@ -14,26 +14,18 @@ import time
 
 import pytest
 
-from e2e_support import assert_blackhole_closed, describe, dump, log_events, start_relays, stop_relays
-from test_e2e_peers import key_file, peer_argv, routed_lab, scrape, transfers  # noqa: F401 - fixtures
-
 from pmtud_relay.lab.routed import RoutedLab
 from pmtud_relay.peers.service import ACK_EXPIRY
+from tests.support import frames as F
+from tests.support.netns import PROGRAM_ENV, program
+from tests.support.peers import peer_argv, scrape, transfers
+from tests.support.relays import assert_blackhole_closed, describe, dump, log_events, start_relays, stop_relays
 
-RAW_SEND_PY = (
-    "import socket, sys\n"
-    # an ICMP raw socket (not IPPROTO_RAW): the router's `ipproto icmp` rule sends it to s1
-    "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n"
-    "s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)\n"
-    "s.sendto(bytes.fromhex(sys.argv[2]), (sys.argv[1], 0))\n"
-)
 CLOSED_PORT = 61999  # a client port no flow uses
 
 
 def closed_flow_ptb(lab: RoutedLab) -> bytes:
     """A PTB from the router quoting TCP VIP:80 -> client:61999: no socket anywhere owns it."""
-    import frames as F
-
     vip = lab.vip(4)
     return F.ptb_v4(outer_src=lab.router_addr(4), outer_dst=vip, src=vip, dst=lab.client_addr(4),
                     sport=80, dport=CLOSED_PORT, mtu=1400, flags="DF")[14:]
@@ -83,7 +75,8 @@ def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedL
     # A PTB for a flow nobody has: the server that captures it (the router's ECMP decides which)
     # relays it to the other two, which inject it and stay silent; after the wait it counts as
     # not delivered there.
-    lab.run("router", [lab.python, "-c", RAW_SEND_PY, lab.vip(4), closed_flow_ptb(lab).hex()])
+    # an ICMP raw socket (not IPPROTO_RAW): the router's `ipproto icmp` rule sends it to s1
+    lab.run("router", program("sockets", "raw-icmp", lab.vip(4), closed_flow_ptb(lab).hex()), env=PROGRAM_ENV)
 
     def closed(event, p):
         return [r for r in log_events(p, event) if r.get("dport") == str(CLOSED_PORT)]
@@ -103,7 +96,8 @@ def test_only_the_owner_acks_and_the_relaying_host_counts_it(routed_lab: RoutedL
     # The owners counted the peers' PTBs in their own confirmation metrics, by origin "peer".
     for name in relayed_to_owner:
         owner_text = scrape(lab, name)
-        found = re.search(r'pmtud_relay_owner_verdicts_total\{origin="peer",verdict="applied"\} ([0-9.]+)', owner_text)
+        found = re.search(r'pmtud_relay_owner_verdicts_total\{origin="peer",verdict="applied"\} ([0-9.]+)',
+                          owner_text)
         assert found and float(found.group(1)) >= 1, (name, owner_text)
     final = stop_relays(procs)
     acks = log_events(s1, "peer_ack")

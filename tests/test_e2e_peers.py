@@ -14,42 +14,23 @@ import time
 
 import pytest
 
-from e2e_support import (FLOW_TIMEOUT, SIZE, STALL_TIMEOUT, STOP_TIMEOUT, assert_blackhole_closed, by_server,
-                         describe, dump, last_event, start_relays, stop_relays)
-
 from pmtud_relay.lab import LabProcess
 from pmtud_relay.lab.routed import RoutedLab
-
-PORT = 2106
-UNREACHABLE = "198.51.100.250"  # servers hold an `unreachable` route for it: sendto fails at once
-NOWHERE = "192.0.2.99"  # routed to the router, which has no route: dropped there
-
-SEND_PY = (
-    "import socket, sys\n"
-    "host, port = sys.argv[1], int(sys.argv[2])\n"
-    "s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_DGRAM)\n"
-    "for h in sys.argv[3:]:\n"
-    "    s.sendto(bytes.fromhex(h), (host, port))\n"
+from tests.support.netns import PROGRAM_ENV, program
+from tests.support.peers import BURSTS, PORT, key_bytes, peer_argv, scrape, send_from_router, send_udp, transfers
+from tests.support.relays import (
+    STALL_TIMEOUT,
+    STOP_TIMEOUT,
+    assert_blackhole_closed,
+    describe,
+    dump,
+    last_event,
+    start_relays,
+    stop_relays,
 )
 
-
-@pytest.fixture
-def routed_lab(netns_ok):
-    with RoutedLab(servers=3) as lab:
-        yield lab
-
-
-@pytest.fixture
-def key_file(tmp_path):
-    path = tmp_path / "peer.key"
-    key = secrets.token_hex(32)
-    path.write_text(f"1:{key}\n")
-    os.chmod(path, 0o600)
-    return str(path)
-
-
-def key_bytes(key_file: str) -> bytes:
-    return bytes.fromhex(open(key_file).read().split(":", 1)[1].strip())
+UNREACHABLE = "198.51.100.250"  # servers hold an `unreachable` route for it: sendto fails at once
+NOWHERE = "192.0.2.99"  # routed to the router, which has no route: dropped there
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -65,29 +46,12 @@ def wait_counters(p: LabProcess, want: dict[str, int], timeout: float = 5.0) -> 
         time.sleep(0.05)
 
 
-# A retried spread (24-48 flows) makes more PTBs at once than the production bursts (10 per router,
-# 40 per peer) allow; the tests are about delivery, not limits (those have unit tests).
-BURSTS = ["--source-burst", "100", "--peer-burst", "100"]
-
-
-def peer_argv(lab: RoutedLab, name: str, key_file: str, family: int, *extra: str,
-              fanout: str = "peers") -> list[str]:
-    return ["run", "-i", "eth0", "--fanout", fanout, "--peer-key-file", key_file,
-            "--summary-interval", "0.25", *BURSTS, *lab.peer_args(name, family), *extra]
-
-
-def transfers(lab: RoutedLab, family: int, timeout: float = FLOW_TIMEOUT, min_servers: int = 3):
-    lab.flush_pmtu()
-    flows = lab.run_transfers_spread(family, flows=12, size=SIZE, timeout=timeout, min_servers=min_servers,
-                                     attempts=4)
-    return flows, by_server(flows)
-
-
 def ptb_packet(lab: RoutedLab, family: int, mtu: int = 1400, inner_src: str | None = None) -> bytes:
     """A PTB (router -> ``inner_src``, default the VIP) quoting an ICMP echo reply (v4) / request
     (v6) from ``inner_src`` to the client: the kernel learns a PMTU from it without a socket."""
-    import frames as F
     from scapy.layers.inet import ICMP
+
+    from tests.support import frames as F
 
     src = inner_src or lab.vip(family)
     if family == 4:
@@ -97,20 +61,6 @@ def ptb_packet(lab: RoutedLab, family: int, mtu: int = 1400, inner_src: str | No
         frame = F.ptb_v6(outer_src=lab.router_addr(6), outer_dst=src, src=src, dst=lab.client_addr(6),
                          proto="icmp-echo", mtu=mtu, length=1500)
     return frame[14:]
-
-
-SCRAPE_PY = (
-    "import urllib.request\n"
-    "print(urllib.request.urlopen('http://127.0.0.1:9781/metrics', timeout=5).read().decode())\n"
-)
-
-
-def scrape(lab: RoutedLab, node: str) -> str:
-    return lab.run(node, [lab.python, "-c", SCRAPE_PY]).stdout
-
-
-def send_from_router(lab: RoutedLab, host: str, datagrams: list[bytes], port: int = PORT) -> None:
-    lab.run("router", [lab.python, "-c", SEND_PY, host, str(port), *(d.hex() for d in datagrams)])
 
 
 # -- the black hole, without and with the peer relay -----------------------------------------------------
@@ -192,8 +142,7 @@ def test_fanout_both_and_l2_hosts_receiving_from_peers(routed_lab: RoutedLab, ke
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 def test_forged_tampered_and_replayed_datagrams_are_never_injected(routed_lab: RoutedLab, key_file: str,
                                                                   family: int) -> None:
-    from pmtud_relay.peers.wire import Keyring
-    from pmtud_relay.peers.wire import encode
+    from pmtud_relay.peers.wire import Keyring, encode
 
     lab = routed_lab
     s2 = lab.server("s2")
@@ -258,9 +207,10 @@ def _unusable_ptbs(lab: RoutedLab, family: int) -> dict[str, bytes]:
     :func:`ptb_packet`: a quote 4 bytes short of what the kernel pulls (the kernel ignores it), a
     source route in the quote and a loopback outer source (the kernel acts on both once injected
     through lo, which skips the checks a packet from the wire meets: measured, docs/security.md)."""
-    import frames as F
     from scapy.layers.inet import ICMP, IPOption_LSRR
     from scapy.layers.inet6 import IPv6ExtHdrRouting
+
+    from tests.support import frames as F
 
     vip, client, router = lab.vip(family), lab.client_addr(family), lab.router_addr(family)
     if family == 4:
@@ -282,18 +232,6 @@ def _unusable_ptbs(lab: RoutedLab, family: int) -> dict[str, bytes]:
             "loopback_source": build6(outer_src="::1")}
 
 
-JUNK_PY = (
-    "import os, socket, sys, time\n"
-    "host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
-    "s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_DGRAM)\n"
-    "head = bytes.fromhex(sys.argv[4])\n"
-    "for i in range(n):\n"
-    "    s.sendto(head + os.urandom(150), (host, port))\n"  # the magic and header, then junk: a bad MAC
-    "    if i % 200 == 199:\n"
-    "        time.sleep(0.002)\n"
-)
-
-
 @pytest.mark.netns
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
@@ -301,8 +239,7 @@ def test_unusable_or_martian_ptbs_are_refused_not_injected(routed_lab: RoutedLab
                                                           family: int) -> None:
     """Signed by the right key, but not for injection: each refused with its own reason, nothing
     injected, no PMTU learned; the genuine PTB after them is injected and learned."""
-    from pmtud_relay.peers.wire import Keyring
-    from pmtud_relay.peers.wire import encode
+    from pmtud_relay.peers.wire import Keyring, encode
 
     lab = routed_lab
     target = lab.server("s2").addr(family)
@@ -339,10 +276,7 @@ def test_junk_from_a_non_peer_never_reaches_userspace(routed_lab: RoutedLab, key
     count stays 0) while s1's genuine datagram is injected and a forged one from s1 is counted
     (so the counter works). Then the router is added to the peers file: the filter is rebuilt and
     the router's junk is now seen (and refused by the MAC)."""
-    from pmtud_relay.peers.wire import HEADER
-    from pmtud_relay.peers.wire import MAGIC
-    from pmtud_relay.peers.wire import Keyring
-    from pmtud_relay.peers.wire import encode
+    from pmtud_relay.peers.wire import HEADER, MAGIC, Keyring, encode
 
     lab = routed_lab
     s1, s2, s3 = (lab.server(n) for n in ("s1", "s2", "s3"))
@@ -353,11 +287,11 @@ def test_junk_from_a_non_peer_never_reaches_userspace(routed_lab: RoutedLab, key
                                       "--summary-interval", "0.2"]})
     relay = procs["s2"]  # ready: the first refresh (and with it the filter for s1 and s3) is done
     head = HEADER.pack(MAGIC, 1, 0, 1, int(time.time() * 1000), bytes(12), 150 - 32, 0)
-    lab.run("router", [lab.python, "-c", JUNK_PY, s2.ipv4, str(PORT), "4000", head.hex()], timeout=60)
+    lab.run("router", program("sockets", "junk-udp", s2.ipv4, PORT, 4000, head.hex()), env=PROGRAM_ENV, timeout=60)
     ring = Keyring([(1, key_bytes(key_file))])
     genuine = encode(ptb_packet(lab, 4), ring, time.time(), secrets.token_bytes(12))
     forged = encode(ptb_packet(lab, 4), Keyring([(1, secrets.token_bytes(32))]), time.time(), secrets.token_bytes(12))
-    lab.run("s1", [lab.python, "-c", SEND_PY, s2.ipv4, str(PORT), genuine.hex(), forged.hex(), "58585858" + "00" * 96])
+    send_udp(lab, "s1", s2.ipv4, [genuine, forged, bytes.fromhex("58585858" + "00" * 96)])
     rec = wait_counters(relay, {"peer_rx_accepted": 1, "peer_rx_bad_mac": 1})
     time.sleep(0.5)  # anything of the router's still queued would be counted by now
     rec = last_event(relay, "summary")
@@ -371,7 +305,7 @@ def test_junk_from_a_non_peer_never_reaches_userspace(routed_lab: RoutedLab, key
     router = lab.router_addr(4, "s2")
     peers.write_text(f"{s1.ipv4}\n{s3.ipv4}\n{router}\n")
     relay.wait_for(r"peer_filter.*mode=addresses addresses=3", timeout=5)
-    lab.run("router", [lab.python, "-c", JUNK_PY, s2.ipv4, str(PORT), "5", head.hex()], timeout=30)
+    lab.run("router", program("sockets", "junk-udp", s2.ipv4, PORT, 5, head.hex()), env=PROGRAM_ENV, timeout=30)
     wait_counters(relay, {"peer_rx_bad_mac": 6})
     final = stop_relays(procs)
     assert int(final["s2"]["peer_injected"]) == 1, final
@@ -380,8 +314,7 @@ def test_junk_from_a_non_peer_never_reaches_userspace(routed_lab: RoutedLab, key
 @pytest.mark.netns
 @pytest.mark.timeout(90)
 def test_dry_run_receiver_reports_and_injects_nothing(routed_lab: RoutedLab, key_file: str) -> None:
-    from pmtud_relay.peers.wire import Keyring
-    from pmtud_relay.peers.wire import encode
+    from pmtud_relay.peers.wire import Keyring, encode
 
     lab = routed_lab
     procs = start_relays(lab, {"s2": ["dry-run", "-i", "eth0", "--json", "--peer-listen", f":{PORT}",
@@ -392,11 +325,11 @@ def test_dry_run_receiver_reports_and_injects_nothing(routed_lab: RoutedLab, key
     forged = encode(ptb_packet(lab, 4), Keyring([(1, secrets.token_bytes(32))]), time.time(), secrets.token_bytes(12))
     send_from_router(lab, lab.server("s2").ipv4, [good, forged])
     deadline = time.monotonic() + 5
-    while len([l for l in procs["s2"].json_lines() if l.get("interface") == "peer"]) < 2:
+    while len([rec for rec in procs["s2"].json_lines() if rec.get("interface") == "peer"]) < 2:
         assert time.monotonic() < deadline, procs["s2"].stdout + procs["s2"].stderr
         time.sleep(0.05)
-    lines = [l for l in procs["s2"].json_lines() if l.get("interface") == "peer"]
-    assert [(l["verdict"], l["reason"]) for l in lines] == [("inject", "accepted"), ("drop", "bad_mac")], lines
+    lines = [rec for rec in procs["s2"].json_lines() if rec.get("interface") == "peer"]
+    assert [(rec["verdict"], rec["reason"]) for rec in lines] == [("inject", "accepted"), ("drop", "bad_mac")], lines
     assert lines[0]["inner_src"] == lab.vip(4) and lines[0]["mtu"] == 1400 and lines[0]["key_id"] == 1
     assert lines[0]["peer"].startswith(lab.router_addr(4, "s2") + ":"), lines[0]
     time.sleep(0.3)

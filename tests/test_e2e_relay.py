@@ -15,10 +15,18 @@ import time
 
 import pytest
 
-from e2e_support import (FLOW_TIMEOUT, SIZE, STALL_TIMEOUT, assert_blackhole_closed, by_server, describe,
-                         start_relays, stop_relays)
-
 from pmtud_relay.lab import Lab, LabProcess
+from tests.support import wire
+from tests.support.relays import (
+    FLOW_TIMEOUT,
+    SIZE,
+    STALL_TIMEOUT,
+    assert_blackhole_closed,
+    by_server,
+    describe,
+    start_relays,
+    stop_relays,
+)
 
 REQUIRED_KEYS = {"verdict", "reason", "family", "outer_src", "outer_dst", "mtu", "inner_src",
                  "inner_dst", "proto", "sport", "dport"}
@@ -80,54 +88,40 @@ def test_dry_run_reports_and_sends_nothing(lab: Lab) -> None:
         want_ports = {f.client_port for f in stalled}
 
         def relayed_ports(lines):
-            return {int(l["dport"]) for l in lines
-                    if l.get("verdict") == "relay" and same_ip(l.get("inner_src"), vip)
-                    and same_ip(l.get("inner_dst"), client) and l.get("dport") is not None
-                    and int(l.get("sport") or -1) == lab.port}
+            return {int(rec["dport"]) for rec in lines
+                    if rec.get("verdict") == "relay" and same_ip(rec.get("inner_src"), vip)
+                    and same_ip(rec.get("inner_dst"), client) and rec.get("dport") is not None
+                    and int(rec.get("sport") or -1) == lab.port}
 
         lines = wait_json(relays["s1"], lambda ls: want_ports <= relayed_ports(ls), timeout=3.0)
         assert lines, f"s1 dry-run printed nothing\n{relays['s1'].stderr}"
-        for l in lines:
-            missing = REQUIRED_KEYS - set(l)
-            assert not missing, f"dry-run JSON line lacks {missing}: {l}"
-            assert l["verdict"] in ("relay", "drop"), l
+        for rec in lines:
+            missing = REQUIRED_KEYS - set(rec)
+            assert not missing, f"dry-run JSON line lacks {missing}: {rec}"
+            assert rec["verdict"] in ("relay", "drop"), rec
         missing_ports = want_ports - relayed_ports(lines)
         assert not missing_ports, (
             f"IPv{family}: no relay verdict for stalled flows' ports {sorted(missing_ports)}\n"
-            f"{table}\n" + "\n".join(str(l) for l in lines))
-        for l in lines:
-            if l["verdict"] == "relay" and same_ip(l["inner_src"], vip):
-                assert int(l["mtu"]) == 1400, l
-                assert same_ip(l["outer_dst"], vip), l
+            f"{table}\n" + "\n".join(str(rec) for rec in lines))
+        for rec in lines:
+            if rec["verdict"] == "relay" and same_ip(rec["inner_src"], vip):
+                assert int(rec["mtu"]) == 1400, rec
+                assert same_ip(rec["outer_dst"], vip), rec
     stop_relays(relays)
 
 
 def _ptb_frame(lab: Lab, family: int, inner_src: str, dport: int) -> bytes:
     """A PTB (MTU 1400) from the router to the VIP, unicast to s1's MAC, quoting a 1500-byte
     TCP segment inner_src:8080 -> client:dport."""
-    from scapy.layers.inet import ICMP, IP, TCP
-    from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
-    from scapy.layers.l2 import Ether
-
-    s1 = lab.server("s1")
-    eth = Ether(dst=s1.mac, src=lab.mac("injector"))
-    tcp = TCP(sport=lab.port, dport=dport, flags="PA", seq=1000, ack=1)
-    if family == 4:
-        pkt = (eth / IP(src=lab.router_addr(4), dst=lab.vip(4), ttl=64)
-               / ICMP(type=3, code=4, nexthopmtu=1400)
-               / IP(src=inner_src, dst=lab.client_addr(4), len=1500, flags="DF", ttl=63) / tcp)
-    else:
-        pkt = (eth / IPv6(src=lab.router_addr(6), dst=lab.vip(6), hlim=64)
-               / ICMPv6PacketTooBig(mtu=1400)
-               / IPv6(src=inner_src, dst=lab.client_addr(6), plen=1460, hlim=63) / tcp)
-    return bytes(pkt)
+    return wire.flow_ptb_frame(family, lab.server("s1").mac, lab.mac("injector"), outer_src=lab.router_addr(family),
+                               vip=lab.vip(family), client=lab.client_addr(family), sport=lab.port, dport=dport,
+                               mtu=1400, seq=1000, ack=1, tcp_flags=0x18, full_l4=True, inner_src=inner_src)
 
 
 @pytest.mark.netns
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 def test_injected_ptb_for_non_vip_is_dropped(lab: Lab, family: int) -> None:
-    pytest.importorskip("scapy")
     others = lab.server_names[1:]
     bogus = BOGUS_SRC[family]
     vip = lab.vip(family)
@@ -137,15 +131,15 @@ def test_injected_ptb_for_non_vip_is_dropped(lab: Lab, family: int) -> None:
     relay = start_relays(lab, {"s1": ["dry-run", "-i", "eth0", "--json"]})["s1"]
     lab.inject(_ptb_frame(lab, family, bogus, 40001))
     lab.inject(_ptb_frame(lab, family, vip, 40002))
-    lines = wait_json(relay, lambda ls: any(l.get("dport") is not None and int(l["dport"]) == 40002
-                                            for l in ls))
-    bad = [l for l in lines if same_ip(l.get("inner_src"), bogus)]
-    good = [l for l in lines if same_ip(l.get("inner_src"), vip)
-            and l.get("dport") is not None and int(l["dport"]) == 40002]
-    dump = "\n".join(str(l) for l in lines) + f"\n--- stderr ---\n{relay.stderr}"
+    lines = wait_json(relay, lambda ls: any(rec.get("dport") is not None and int(rec["dport"]) == 40002
+                                            for rec in ls))
+    bad = [rec for rec in lines if same_ip(rec.get("inner_src"), bogus)]
+    good = [rec for rec in lines if same_ip(rec.get("inner_src"), vip)
+            and rec.get("dport") is not None and int(rec["dport"]) == 40002]
+    dump = "\n".join(str(rec) for rec in lines) + f"\n--- stderr ---\n{relay.stderr}"
     assert bad, f"dry-run did not report the forged PTB:\n{dump}"
-    assert all(l["verdict"] == "drop" and l["reason"] in ("not_vip", "dst_not_quoted_src")
-               for l in bad), dump
+    assert all(rec["verdict"] == "drop" and rec["reason"] in ("not_vip", "dst_not_quoted_src")
+               for rec in bad), dump
     assert good and good[0]["verdict"] == "relay", f"control PTB not relayed:\n{dump}"
     stop_relays({"s1": relay})
 

@@ -24,11 +24,12 @@ import socket
 import time
 
 import pytest
-from e2e_support import in_ns, start_relays, stop_relays
 from scapy.layers.inet import TCP
 
-import frames as F
 from pmtud_relay.lab import Lab
+from tests.support import frames as F
+from tests.support.netns import in_ns
+from tests.support.relays import start_relays, stop_relays
 
 PORT = 9443
 N_FLOWS = 16                       # router: 2 tokens a flow, within the default burst of 50

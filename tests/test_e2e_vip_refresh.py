@@ -2,7 +2,7 @@
 added to ``lo`` after start becomes a VIP at once (the daemon follows address events; with
 ``vip_refresh`` an hour, no periodic re-read can be what found it), and one removed stops being
 one; each change is logged (``vips_changed``). Real kernel, in a namespace the test
-creates (tests/test_faults.py's ``FaultNS``: VIPs 192.0.2.10 and 2001:db8:ffff::10 on ``lo``)."""
+creates (tests/support/netns.py's ``FaultNS``: VIPs 192.0.2.10 and 2001:db8:ffff::10 on ``lo``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from test_faults import ns, relays, stop, wait_count  # noqa: F401 - ns: the fixture
-from test_rules import VIP4, VIP6, wait_ready
+from tests.support.faults import relays, stop, wait_count
+from tests.support.netns import VIP4, VIP6, wait_ready
 
 pytestmark = pytest.mark.netns
 

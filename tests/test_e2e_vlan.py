@@ -16,12 +16,17 @@ import time
 
 import pytest
 
-import frames as F
-from e2e_support import in_ns
-from pmtud_relay.capture.afpacket import _AUXDATA, PACKET_AUXDATA, SOL_PACKET, TP_STATUS_VLAN_TPID_VALID, \
-    TP_STATUS_VLAN_VALID
+from pmtud_relay.capture.afpacket import (
+    _AUXDATA,
+    PACKET_AUXDATA,
+    SOL_PACKET,
+    TP_STATUS_VLAN_TPID_VALID,
+    TP_STATUS_VLAN_VALID,
+)
 from pmtud_relay.core.frame import insert_vlan_tag
-from test_faults import RELAY_MAC, FaultNS, ns, start, stop  # noqa: F401 - ns: the fixture
+from tests.support import frames as F
+from tests.support.faults import start, stop
+from tests.support.netns import RELAY_MAC, FaultNS, in_ns
 
 pytestmark = pytest.mark.netns
 

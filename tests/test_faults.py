@@ -8,123 +8,32 @@ goes down, is deleted or renamed away, and binds to whichever interface carries 
 it is up (``pmtud_relay/netlink/linkwatch.py``, docs/operations.md). NFLOG capture follows interfaces too:
 its socket and rules stay, the demux gets a port for the new ifindex (docs/nflog-and-rules.md).
 
-Topology (from test_rules.NetNS): ``v1`` is the relay's interface (MAC 02:00:00:00:05:02), ``v0``
+Topology (tests/support/netns.py's FaultNS, a NetNS): ``v1`` is the relay's interface (MAC 02:00:00:00:05:02), ``v0``
 its veth peer where the test injects PTBs and watches for the broadcast copies.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
-import select
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 
-import frames as F
-from e2e_support import in_ns, stop_relays
-from test_rules import NetNS, installed_state, need_backend, need_root_and, wait_ready
+from tests.support import frames as F
+from tests.support.faults import count, relays, start, stop, wait_count
+from tests.support.netns import RELAY_MAC, FaultNS, in_ns, need_backend, need_root_and, wait_ready
+from tests.support.rules import installed_state
 
 pytestmark = [pytest.mark.netns]
 
-RELAY_MAC = "02:00:00:00:05:02"
-WIRE_MAC = "02:00:00:00:05:01"
 METRICS = "127.0.0.1:9477"
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
-
-# The daemon without uvloop: the stdlib selector loop reports a socket error as "readable",
-# uvloop stops the reader; both must end up re-bound.
-NO_UVLOOP = ["-c", "import sys; sys.modules['uvloop'] = None; from pmtud_relay.cli import main; "
-             "sys.exit(main(sys.argv[1:]))"]
-
-
-class FaultNS(NetNS):
-    def __init__(self) -> None:
-        super().__init__()
-        self.name = f"pmr-flt-{os.getpid()}-{secrets.token_hex(3)}"
-
-    def ip(self, *args: str) -> None:
-        subprocess.run(["ip", "-n", self.name, *args], check=True, timeout=10, capture_output=True)
-
-    def recreate_pair(self, relay_name: str = "v1", wire_name: str = "v0", relay_mac: str = RELAY_MAC) -> None:
-        self.ip("link", "add", wire_name, "address", WIRE_MAC, "type", "veth", "peer", "name", relay_name,
-                "address", relay_mac)
-        self.ip("link", "set", wire_name, "up")
-        self.ip("link", "set", relay_name, "up")
-
-
-_port = [50000]
-
-
-def relays(ns: FaultNS, wire: str = "v0", timeout: float = 5.0, dst_mac: str = RELAY_MAC, **ptb) -> bool:
-    """Inject one fresh IPv4 PTB (a new flow: never a duplicate; ``ptb``: more F.ptb_v4 fields)
-    on ``wire``, unicast to ``dst_mac``; True if its broadcast copy comes back, unchanged but for
-    the MACs, within ``timeout``."""
-    _port[0] += 1
-    frame = F.ptb_v4(dst_mac=dst_mac, dport=_port[0], **ptb)
-
-    def sockets():
-        watch = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        watch.bind((wire, 0))
-        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        tx.bind((wire, 0))
-        return watch, tx
-
-    watch, tx = in_ns(ns.name, sockets)
-    try:
-        tx.send(frame)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if select.select([watch], [], [], 0.1)[0]:
-                data, addr = watch.recvfrom(65536)
-                if addr[2] != socket.PACKET_OUTGOING and data[:6] == b"\xff" * 6 and data[12:] == frame[12:]:
-                    return True
-        return False
-    finally:
-        watch.close()
-        tx.close()
-
-
-def count(proc, pattern: str) -> int:
-    rx = re.compile(pattern)
-    return sum(1 for line in proc.lines("stderr") if rx.search(line))
-
-
-def wait_count(proc, pattern: str, n: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while count(proc, pattern) < n:
-        assert proc.poll() is None, f"daemon exited {proc.poll()}:\n{proc.stderr}"
-        assert time.monotonic() < deadline, f"no {n} x /{pattern}/ within {timeout}s:\n{proc.stderr}"
-        time.sleep(0.05)
 
 
 def status(pid: int) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
-def start(ns: FaultNS, *extra: str, loop: str = "uvloop", iface: str = "v1"):
-    head = ["-m", "pmtud_relay"] if loop == "uvloop" else NO_UVLOOP
-    proc = ns.spawn([sys.executable, *head, "run", "-i", iface, "--vip", F.VIP4, "--config", "",
-                     "--log-level", "info", *extra], node="relay")
-    wait_ready(proc)
-    return proc
-
-
-def stop(proc) -> None:
-    stop_relays({"relay": proc}, timeout=10)
-
-
-@pytest.fixture
-def ns():
-    need_root_and()
-    with FaultNS() as the_ns:
-        yield the_ns
 
 
 # --- link faults ---------------------------------------------------------------------------------

@@ -24,8 +24,7 @@ import pytest
 from pmtud_relay import config as cfg
 from pmtud_relay import safefile
 from pmtud_relay.peers import dns as peerdns
-from pmtud_relay.peers.keys import KeyFileError
-from pmtud_relay.peers.keys import load_keyring
+from pmtud_relay.peers.keys import KeyFileError, load_keyring
 from pmtud_relay.peers.sources import PeersFile
 
 VIP = "192.0.2.10"
@@ -195,16 +194,15 @@ def test_safefile_bound_and_kinds(tmp_path):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, AF_PACKET capture on lo)")
 @pytest.mark.timeout(90)
 def test_sighup_with_config_replaced_by_fifo_keeps_relaying(tmp_path):
-    import frames as F
-    from e2e_support import in_ns, terminate
-    from test_reload_metrics_e2e import _get, sample, wait
-    from test_rules import NetNS
+    from tests.support import frames as F
+    from tests.support.metrics import http_get, sample, wait
+    from tests.support.netns import NetNS, in_ns, terminate
 
     port = 9478
     base = f"http://127.0.0.1:{port}"
     with NetNS() as netns:
         def get(url: str):
-            return in_ns(netns.name, lambda: _get(url))
+            return in_ns(netns.name, lambda: http_get(url))
 
         def ok(url: str) -> bool:
             try:

@@ -6,7 +6,6 @@ import struct
 
 import pytest
 
-import frames as F
 from pmtud_relay.core.frame import (
     ALL_NODES_MAC,
     BROADCAST_MAC,
@@ -16,6 +15,7 @@ from pmtud_relay.core.frame import (
     parse_mac,
 )
 from pmtud_relay.core.packet import PTB, parse_frame
+from tests.support import frames as F
 
 SRC = F.mac(F.RELAY_MAC)
 
@@ -58,7 +58,8 @@ def test_insert_vlan_tag_result_parses_with_shifted_offsets():
     tagged = parse_frame(insert_vlan_tag(frame, 0x8100, 100))
     assert isinstance(tagged, PTB)
     assert (tagged.l3_offset, tagged.icmp_offset) == (plain.l3_offset + 4, plain.icmp_offset + 4)
-    assert tagged._replace(frame=b"", l3_offset=0, icmp_offset=0) == plain._replace(frame=b"", l3_offset=0, icmp_offset=0)
+    no_layout = {"frame": b"", "l3_offset": 0, "icmp_offset": 0}
+    assert tagged._replace(**no_layout) == plain._replace(**no_layout)
 
 
 def test_insert_vlan_tag_in_front_of_an_inner_tag_makes_qinq():

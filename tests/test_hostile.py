@@ -24,12 +24,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import ICMP
 from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6ExtHdrFragment
 
-import frames as F
 from pmtud_relay import logs, metrics
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
 from pmtud_relay.daemon import DaemonSettings, Port, RelayDaemon
+from tests.support import frames as F
+from tests.support.checksum import ones_complement_sum
 
 MAC = F.mac(F.RELAY_MAC)
 POLICY = Policy(vips=VipSet([F.VIP4, F.VIP6]))
@@ -172,7 +173,8 @@ HOSTILE = {
     "truncated quote v4": (lambda: F.ptb_v4(quote=F.original_v4()[:19]), Reason.SHORT_QUOTE, "unknown"),
     "truncated quote v6": (lambda: F.ptb_v6(quote=F.original_v6()[:39]), Reason.SHORT_QUOTE, "unknown"),
     "non-first fragment v4": (lambda: F.ptb_v4(ip_fields={"frag": 185}), Reason.FRAGMENT, "unknown"),
-    "non-first fragment v6": (lambda: F.ptb_v6(outer_ext=(IPv6ExtHdrFragment(offset=185, m=0),)), Reason.FRAGMENT, "unknown"),
+    "non-first fragment v6": (lambda: F.ptb_v6(outer_ext=(IPv6ExtHdrFragment(offset=185, m=0),)), Reason.FRAGMENT,
+                              "unknown"),
     "ICMP about ICMP v4": (lambda: F.ptb_v4(proto=ICMP(type=3, code=1)), Reason.INNER_ICMP_ERROR, "unknown"),
     "ICMP about ICMP v6": (lambda: F.ptb_v6(proto=ICMPv6DestUnreach()), Reason.INNER_ICMP_ERROR, "unknown"),
 }
@@ -248,10 +250,6 @@ def test_a_flooding_source_goes_on_the_shun_list_only_where_the_capture_applies_
     assert d.internal_errors == 0
 
 
-def _sum16(data: bytes) -> int:
-    return sum(struct.unpack(f"!{len(data) // 2}H", data))
-
-
 class SpoofedFlood:
     """Valid-looking IPv4 PTBs, each from a new outer source (10.0.0.0 upwards) about a new
     quoted flow; the IP header and ICMP checksums are recomputed from precomputed partial sums."""
@@ -267,7 +265,7 @@ class SpoofedFlood:
         self.ip_csum_at, self.icmp_csum_at = l3 + 10, icmp + 2
         self.src_at, self.ports_at = l3 + 12, icmp + 8 + 20  # outer source; quoted TCP ports
         t[self.ip_csum_at:self.ip_csum_at + 2] = t[self.icmp_csum_at:self.icmp_csum_at + 2] = b"\0\0"
-        self.ip_base, self.icmp_base = _sum16(bytes(t[l3:icmp])), _sum16(bytes(t[icmp:end]))
+        self.ip_base, self.icmp_base = ones_complement_sum(bytes(t[l3:icmp])), ones_complement_sum(bytes(t[icmp:end]))
         self.template = bytes(t)
         self._pack = struct.Struct("!H").pack_into
 

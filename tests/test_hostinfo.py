@@ -1,7 +1,8 @@
-"""Host facts from the daemon's own rtnetlink dumps (pmtud_relay/netlink/rtnl.py, hostinfo.py), on a real
-kernel in a namespace this test creates: service addresses on lo (whole prefix), on dummy
-interfaces such as kube-ipvs0 (address only; an ifb stands in for the dummy kind here), on interfaces vip_interfaces names; the interface of
-the default route. pyroute2, which the daemon no longer loads, is the independent reference."""
+"""Host facts from the daemon's own rtnetlink dumps (pmtud_relay/netlink/rtnl.py, hostinfo.py), on a
+real kernel in a namespace this test creates: service addresses on lo (whole prefix), on dummy
+interfaces such as kube-ipvs0 (address only; an ifb stands in for the dummy kind here), on
+interfaces vip_interfaces names; the interface of the default route. pyroute2, which the daemon
+no longer loads, is the independent reference."""
 
 from __future__ import annotations
 
@@ -60,34 +61,10 @@ def host():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
-FACTS = r"""
-import json, sys
-from pmtud_relay import hostinfo
-from pmtud_relay.netlink import rtnl
-patterns = json.loads(sys.stdin.read())
-out = {"default": hostinfo.default_interface(),
-       "vips": {",".join(p): [str(n) for n in hostinfo.discover_vips(tuple(p))] for p in patterns},
-       "links": sorted([l.name, l.kind] for l in rtnl.links())}
-from pyroute2 import IPRoute
-with IPRoute() as ipr:
-    def kind(l):
-        info = l.get_attr("IFLA_LINKINFO")
-        return info.get_attr("IFLA_INFO_KIND") if info is not None else None
-    out["ref_links"] = sorted([l.get_attr("IFLA_IFNAME"), kind(l)] for l in ipr.get_links())
-    names = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
-    out["ref_addrs"] = sorted([names[a["index"]], a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"), a["prefixlen"]]
-                              for a in ipr.get_addr())
-import ipaddress, socket
-byidx = {l.index: l.name for l in rtnl.links()}
-out["addrs"] = sorted([byidx[a.index], str(ipaddress.ip_address(a.address)), a.prefixlen] for a in rtnl.addresses())
-print(json.dumps(out))
-"""
-
-
 @pytest.mark.timeout(60)
-def test_vips_and_default_interface_from_rtnetlink(host, netns_python):
+def test_vips_and_default_interface_from_rtnetlink(host, netns_program):
     patterns = [["lo", "@ifb"], ["lo"], ["vip*"], ["kube-ipvs0", "nothing-here"]]
-    out = netns_python(host, FACTS, patterns)
+    out = netns_program(host, "host_facts", "facts", payload=patterns)
     # the dumps read what pyroute2 reads
     assert out["links"] == out["ref_links"]
     assert out["addrs"] == out["ref_addrs"]
@@ -104,17 +81,10 @@ def test_vips_and_default_interface_from_rtnetlink(host, netns_python):
 
 
 @pytest.mark.timeout(60)
-def test_no_default_route_is_a_clear_error(host, netns_python):
+def test_no_default_route_is_a_clear_error(host, netns_program):
     ip(host, "route", "del", "default", "dev", "eth7")
     ip(host, "route", "del", "default", "dev", "vip0")
-    out = netns_python(host, r"""
-import json
-from pmtud_relay import hostinfo
-try:
-    print(json.dumps(hostinfo.default_interface()))
-except hostinfo.HostInfoError as exc:
-    print(json.dumps("error: " + str(exc)))
-""", None)
+    out = netns_program(host, "host_facts", "default")
     assert out == "error: no default route: name the capture interface(s) with --interface"
 
 
@@ -137,7 +107,7 @@ def test_parsers_are_total():
 def test_vip_interface_patterns():
     links = [rtnl.Link(1, "lo", None), rtnl.Link(2, "kube-ipvs0", "dummy"), rtnl.Link(3, "vip3", "veth"),
              rtnl.Link(4, "eth0", None)]
-    pick = lambda pats: [l.name for l in links if hostinfo.vip_interface_matches(l, pats)]  # noqa: E731
+    pick = lambda pats: [link.name for link in links if hostinfo.vip_interface_matches(link, pats)]  # noqa: E731
     assert pick(hostinfo.DEFAULT_VIP_INTERFACES) == ["lo", "kube-ipvs0"]
     assert pick(["vip?"]) == ["vip3"]
     assert pick(["@veth", "eth0"]) == ["vip3", "eth0"]

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from e2e_support import SIZE, STALL_TIMEOUT, by_server, describe
-
 from pmtud_relay.lab import Lab, LabProcess, list_netns, parse_route_get_mtu
+from tests.support.netns import PROGRAM_ENV, program
+from tests.support.relays import SIZE, STALL_TIMEOUT, by_server, describe
 
 
 @pytest.mark.netns
@@ -71,12 +71,7 @@ def test_labprocess_stop_escalates_to_sigkill(netns_ok) -> None:
         p = lab.spawn_python("s1", "pmtud_relay.lab.transfer", "server", "--name", "s1")
         p.wait_for("^listening", stream="stdout", timeout=10)
         assert p.stop(timeout=5) == 0          # SIGTERM honoured: exit 0
-        stubborn = lab.spawn(lab.server_names[0], [
-            lab.python, "-c",
-            "import signal, time\n"
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "print('armed', flush=True)\n"
-            "time.sleep(60)\n"])
+        stubborn = lab.spawn(lab.server_names[0], program("stubborn"), env=PROGRAM_ENV)  # ignores SIGTERM
         stubborn.wait_for("armed", stream="stdout", timeout=10)
         t0 = time.monotonic()
         assert stubborn.stop(timeout=0.5) == -9

@@ -7,8 +7,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pmtud_relay.netlink import linkwatch as L
 from pmtud_relay import privileges as P
+from pmtud_relay.netlink import linkwatch as L
 
 
 def attr(kind: int, payload: bytes) -> bytes:

@@ -31,7 +31,8 @@ def test_logfmt_line_with_fields_and_error():
     logs.flush()
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("ts=") and " level=info event=ready interfaces=eth0,eth1 mode=l2 hint=\"a b\"" in lines[0]
+    assert lines[0].startswith("ts=")
+    assert " level=info event=ready interfaces=eth0,eth1 mode=l2 hint=\"a b\"" in lines[0]
     assert "level=error event=packet_path_error total=1 error=\"ZeroDivisionError: division by zero\"" in lines[1]
     assert "Traceback" not in out.getvalue()
 

@@ -7,7 +7,6 @@ import errno
 import ipaddress
 import os
 import socket
-import textwrap
 
 import prometheus_client
 import pytest
@@ -18,8 +17,7 @@ from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
 from pmtud_relay.daemon import run_event_loop
-
-import frames as F
+from tests.support import frames as F
 
 EXPECTED = {
     "pmtud_relay_ptb_received": ("counter", {"interface", "family"}),
@@ -129,7 +127,8 @@ def test_values_add_up_and_reasons_are_the_closed_enum():
     gauges = {n: fams[n].samples[0].value for n in ("pmtud_relay_rate_limit_sources", "pmtud_relay_dedup_keys")}
     assert gauges == {"pmtud_relay_rate_limit_sources": len(relay.limiter), "pmtud_relay_dedup_keys": len(relay.dedup)}
     assert {s.labels["family"]: s.value for s in fams["pmtud_relay_vips"].samples} == {"ipv4": 1, "ipv6": 1}
-    hist = {s.labels.get("le"): s.value for s in fams["pmtud_relay_processing_seconds"].samples if s.name.endswith("_bucket")}
+    hist = {s.labels.get("le"): s.value for s in fams["pmtud_relay_processing_seconds"].samples
+            if s.name.endswith("_bucket")}
     assert hist["+Inf"] == 120 and hist["1e-05"] == 0 and hist["2.5e-05"] == 120
     info = fams["pmtud_relay_build_info"].samples[0]
     assert info.labels["version"] == __version__ and info.value == 1
@@ -240,56 +239,10 @@ def test_capture_faults_survive_a_capture_being_replaced():
     assert faults() == {"truncated": 6, "ring_resync": 1}
 
 
-_DROPS_SNIPPET = textwrap.dedent(
-    """
-    import json, select, socket, sys, time
-    from pmtud_relay import metrics
-    from pmtud_relay.capture.afpacket import PacketCapture
-
-    ring, frame, burst, more = json.load(sys.stdin)
-    frame = bytes.fromhex(frame)
-    # The socket path gets a small buffer (SO_RCVBUFFORCE, doubled by the kernel): it fills fast.
-    cap = PacketCapture("pmr0", ring=ring, rcvbuf=64 << 10)
-    assert (cap.ring is not None) == ring
-    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.bind(("pmr1", 0))
-
-    def send(n):
-        for i in range(n):
-            tx.send(frame)
-            if i % 64 == 63:
-                time.sleep(0.002)  # let the softirq keep up: no drops before the socket (backlog)
-        time.sleep(0.3)
-
-    def drain_all():
-        n = 0
-        while True:
-            got = cap.drain(4096)
-            if not got:
-                return n
-            n += len(got)
-
-    out = {"idle": metrics.afpacket_drops(cap.sock)}
-    send(burst)  # nothing reads the capture meanwhile
-    out["first"] = metrics.afpacket_drops(cap.sock)
-    out["second"] = metrics.afpacket_drops(cap.sock)
-    send(more)  # the capture is still full: every one of these is dropped
-    out["third"] = metrics.afpacket_drops(cap.sock)
-    out["held"] = drain_all()
-    send(more)  # room again: nothing dropped
-    out["fourth"] = metrics.afpacket_drops(cap.sock)
-    out["after"] = drain_all()
-    cap.close()
-    tx.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
-
 @pytest.mark.netns
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("ring", [True, False], ids=["ring", "socket"])
-def test_afpacket_drops_reads_packet_statistics(veth_netns, netns_python, ring):
+def test_afpacket_drops_reads_packet_statistics(veth_netns, netns_program, ring):
     """The kernel really drops frames: a capture nobody reads while more frames arrive than it
     holds. afpacket_drops() returns tp_drops (not tp_packets, which counts drops as well) and
     only what was added since the previous call (PACKET_STATISTICS resets on read)."""
@@ -297,7 +250,8 @@ def test_afpacket_drops_reads_packet_statistics(veth_netns, netns_python, ring):
 
     slots = RING_BLOCK_SIZE // RING_FRAME_SIZE * RING_BLOCKS  # 2 048: one small frame a slot
     burst, more = slots + 100, 7
-    out = netns_python(veth_netns, _DROPS_SNIPPET, [ring, F.ptb_v4().hex(), burst, more], timeout=40)
+    out = netns_program(veth_netns, "veth_probes", "afpacket-drops", payload=[ring, F.ptb_v4().hex(), burst, more],
+                        timeout=40)
     assert out["idle"] == 0
     if ring:
         assert out["held"] == slots, out  # the ring was full: exactly the excess was dropped
@@ -346,7 +300,8 @@ def test_scrape_over_http_health_and_readiness():
             fams = parse(body.decode())
             assert fams["pmtud_relay_ptb_received"].samples and "process_cpu_seconds" in fams
 
-            status, headers, body = await http(port, get("/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n"))
+            status, headers, body = await http(
+                port, get("/metrics", "Accept: application/openmetrics-text; version=1.0.0\r\n"))
             assert status == 200 and headers["content-type"].startswith("application/openmetrics-text")
             assert body.rstrip().endswith(b"# EOF")
 
@@ -357,7 +312,8 @@ def test_scrape_over_http_health_and_readiness():
             stats.waiting.add("eth9")  # a configured interface that is absent or down: not ready, and why
             status, _, body = await http(port, get("/readyz"))
             assert status == 503 and body == b"not ready: waiting for interface eth9 (absent or down)\n"
-            assert parse((await http(port, get("/metrics")))[2].decode())["pmtud_relay_interfaces_waiting"].samples[0].value == 1
+            page = parse((await http(port, get("/metrics")))[2].decode())
+            assert page["pmtud_relay_interfaces_waiting"].samples[0].value == 1
             stats.waiting.clear()
             assert (await http(port, get("/readyz")))[0] == 200
             status, headers, body = await http(port, get("/readyz", method="HEAD"))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pmtud_relay.nflog.batching import IMMEDIATE
-from pmtud_relay.nflog.batching import BatchTuner
+from pmtud_relay.nflog.batching import IMMEDIATE, BatchTuner
 
 
 def tuner(**kw) -> BatchTuner:
@@ -68,7 +67,8 @@ def test_after_a_long_silence_the_first_ptb_switches_back():
     assert t.observe(1, 30.0) == IMMEDIATE
 
 
-@pytest.mark.parametrize("kw", [dict(batch=1), dict(high=0), dict(low_rate=5000.0), dict(low_rate=-1.0), dict(window=0)])
+@pytest.mark.parametrize("kw", [dict(batch=1), dict(high=0), dict(low_rate=5000.0), dict(low_rate=-1.0),
+                                dict(window=0)])
 def test_rejects_settings_that_cannot_work(kw):
     with pytest.raises(ValueError):
         tuner(**kw)

@@ -8,19 +8,29 @@ fitted) says so, so that a fast path that never fits cannot pass for a correct o
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import socket
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pmtud_relay.nflog.capture import NflogDemux
 from pmtud_relay.nflog import wire as w
-from test_nflog_wire import (HOST_MAC, IFINDEX, ROUTER_MAC, attrs_for, eth, nla, nlmsg, packet_msg, ptb4_msg,
-                             ptb4_packet, ptb6_msg)
+from pmtud_relay.nflog.capture import NflogDemux
+from tests.support.nflog import (
+    HOST_MAC,
+    IFINDEX,
+    ROUTER_MAC,
+    attrs_for,
+    eth,
+    nla,
+    nlmsg,
+    packet_msg,
+    ptb4_msg,
+    ptb4_packet,
+    ptb6_msg,
+)
 
 # One message as Linux 6.18 delivered it (the first of a datagram of three; nft ``log group
 # 2106`` in prerouting, seq on, a socket with timestamps enabled): PACKET_HDR, PREFIX (empty:

@@ -1,13 +1,12 @@
 """nfnetlink_log wire format: hand-built netlink messages → records → frames → the core.
 
-Messages are built byte by byte here (nlmsghdr in host order, nfgenmsg and attribute
-payloads in network order), independently of the module's own builders.
+Messages are built byte by byte by tests/support/nflog.py, independently of the module's own
+builders.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import struct
 
@@ -15,109 +14,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pmtud_relay.nflog.capture import NflogDemux
-from pmtud_relay.nflog import wire as w
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
-
-HOST_MAC = bytes.fromhex("00005e005302")
-ROUTER_MAC = bytes.fromhex("00005e005301")
-VIP4, CLIENT4, ROUTER4 = "192.0.2.10", "203.0.113.7", "198.51.100.1"
-VIP6, CLIENT6, ROUTER6 = "2001:db8:2::10", "2001:db8:3::7", "2001:db8:1::1"
-IFINDEX = 7
-
-
-# --- frames (stdlib only) ---------------------------------------------------------------------
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def _ip4(src: str, dst: str, proto: int, payload: bytes, total: int | None = None) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total or 20 + len(payload), 1, 0x4000, 64, proto, 0,
-                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + payload
-
-
-def ptb4_packet(outer_src: str = ROUTER4, mtu: int = 1400, sport: int = 443, dport: int = 51000) -> bytes:
-    """IPv4 + ICMP 3/4 quoting a 1500-byte TCP packet VIP4 → CLIENT4 (IP header + 8 bytes)."""
-    tcp8 = struct.pack("!HHI", sport, dport, 12345)
-    quoted = _ip4(VIP4, CLIENT4, 6, tcp8, total=1500)
-    icmp = struct.pack("!BBHHH", 3, 4, 0, 0, mtu) + quoted
-    icmp = icmp[:2] + struct.pack("!H", _csum(icmp)) + icmp[4:]
-    return _ip4(outer_src, VIP4, 1, icmp)
-
-
-def ptb6_packet(outer_src: str = ROUTER6, mtu: int = 1280, sport: int = 443, dport: int = 51000) -> bytes:
-    tcp8 = struct.pack("!HHI", sport, dport, 12345)
-    quoted = struct.pack("!IHBB16s16s", 0x60000000, 1460, 6, 64, ipaddress.IPv6Address(VIP6).packed,
-                         ipaddress.IPv6Address(CLIENT6).packed) + tcp8
-    src, dst = ipaddress.IPv6Address(outer_src).packed, ipaddress.IPv6Address(VIP6).packed
-    body = struct.pack("!BBHI", 2, 0, 0, mtu) + quoted
-    pseudo = src + dst + struct.pack("!I3xB", len(body), 58)
-    body = body[:2] + struct.pack("!H", _csum(pseudo + body)) + body[4:]
-    return struct.pack("!IHBB16s16s", 0x60000000, len(body), 58, 64, src, dst) + body
-
-
-def eth(dst: bytes, src: bytes, etype: int) -> bytes:
-    return dst + src + struct.pack("!H", etype)
-
-
-# --- netlink by hand ------------------------------------------------------------------------------
-def nla(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def nlmsg(kind: int, body: bytes, seq: int = 0, flags: int = 0) -> bytes:
-    return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
-
-
-def packet_msg(attrs: list[bytes], group: int = 2105, family: int = socket.AF_INET) -> bytes:
-    return nlmsg(0x0400, struct.pack("!BBH", family, 0, group) + b"".join(attrs))
-
-
-def attrs_for(payload: bytes, *, hw_protocol: int = 0x0800, hook: int = 0, indev: int = IFINDEX,
-              hwheader: bytes | None = None, hwaddr: bytes | None = ROUTER_MAC, hwtype: int = 1,
-              hwlen: int = 14, seq: int | None = 0, prefix: bytes | None = None,
-              timestamp: tuple[int, int] | None = None) -> list[bytes]:
-    out = [nla(1, struct.pack("!HBx", hw_protocol, hook))]
-    if indev is not None:
-        out.append(nla(4, struct.pack("!I", indev)))
-    if hwaddr is not None:
-        out.append(nla(8, struct.pack("!HH", len(hwaddr), 0) + hwaddr.ljust(8, b"\0")))
-    if hwtype is not None:
-        out.append(nla(15, struct.pack("!H", hwtype)))
-    if hwlen is not None:
-        out.append(nla(17, struct.pack("!H", hwlen)))
-    if hwheader is not None:
-        out.append(nla(16, hwheader))
-    if timestamp is not None:
-        out.append(nla(3, struct.pack("!QQ", *timestamp)))
-    if prefix is not None:
-        out.append(nla(10, prefix + b"\0"))
-    if seq is not None:
-        out.append(nla(12, struct.pack("!I", seq)))
-    out.append(nla(9, payload))
-    return out
-
-
-def ptb4_msg(**kw) -> bytes:
-    payload = kw.pop("payload", None) or ptb4_packet()
-    kw.setdefault("hwheader", eth(HOST_MAC, ROUTER_MAC, 0x0800))
-    return packet_msg(attrs_for(payload, **kw))
-
-
-def ptb6_msg(**kw) -> bytes:
-    payload = kw.pop("payload", None) or ptb6_packet()
-    kw.setdefault("hwheader", eth(HOST_MAC, ROUTER_MAC, 0x86DD))
-    kw.setdefault("hw_protocol", 0x86DD)
-    return packet_msg(attrs_for(payload, **kw), family=socket.AF_INET6)
+from pmtud_relay.nflog import wire as w
+from pmtud_relay.nflog.capture import NflogDemux
+from tests.support.checksum import internet_checksum
+from tests.support.nflog import (
+    HOST_MAC,
+    IFINDEX,
+    ROUTER_MAC,
+    VIP4,
+    VIP6,
+    attrs_for,
+    eth,
+    nla,
+    nlmsg,
+    packet_msg,
+    ptb4_msg,
+    ptb4_packet,
+    ptb6_msg,
+    ptb6_packet,
+)
 
 
 def relay_for(*vips: str) -> Relay:
@@ -182,7 +100,8 @@ def test_batched_datagram_and_unpadded_last_attribute() -> None:
 def test_acks_errors_done_and_overrun() -> None:
     req = nlmsg(0x0401, struct.pack("!BBH", 0, 0, 2105), seq=7, flags=5)
     ack = nlmsg(2, struct.pack("=i", 0) + req[:16], seq=7)
-    err = nlmsg(2, struct.pack("=i", -errno.EPERM) + req[:16].replace(struct.pack("=I", 7), struct.pack("=I", 8)), seq=8)
+    err = nlmsg(2, struct.pack("=i", -errno.EPERM) + req[:16].replace(struct.pack("=I", 7), struct.pack("=I", 8)),
+                seq=8)
     done = nlmsg(3, struct.pack("=i", 0))
     overrun = nlmsg(4, b"")
     batch = w.parse_datagram(ack + err + done + overrun + ptb4_msg())
@@ -328,8 +247,9 @@ def test_core_checks_apply_to_nflog_frames() -> None:
     echo = bytearray(ptb4_packet())
     echo[20] = 8  # ICMP echo request instead of 3/4 ...
     echo[22:24] = b"\0\0"
-    echo[22:24] = struct.pack("!H", _csum(bytes(echo[20:])))  # ... with a valid checksum: only the type is wrong
-    assert _csum(bytes(echo[20:])) == 0
+    # ... with a valid checksum: only the type is wrong
+    echo[22:24] = struct.pack("!H", internet_checksum(bytes(echo[20:])))
+    assert internet_checksum(bytes(echo[20:])) == 0
     assert decide(ptb4_msg(payload=bytes(echo))) is Reason.NOT_PTB
     broken = bytearray(ptb4_packet())
     broken[-1] ^= 0xFF

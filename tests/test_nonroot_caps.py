@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e_support import terminate
+from tests.support.netns import env, program, terminate
 
 pytestmark = [
     pytest.mark.netns,
@@ -51,34 +51,6 @@ SETPRIV = [
     "--no-new-privs",
 ]
 IMPORT_CHECK = "import pmtud_relay.cli, pmtud_relay.daemon, pmtud_relay.capture"
-
-# Root, in the namespace: bind a watcher on lo, inject the frame, report the first broadcast copy.
-INJECT_AND_WATCH = r"""
-import json, select, socket, sys, time
-frame = bytes.fromhex(sys.argv[1])
-watch = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-watch.bind(("lo", 0))
-inject = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-inject.bind(("lo", 0))
-inject.send(frame)
-inject.close()
-copy = None
-deadline = time.monotonic() + float(sys.argv[2])
-while copy is None and time.monotonic() < deadline:
-    if select.select([watch], [], [], 0.2)[0]:
-        data, addr = watch.recvfrom(65536)
-        if data[:6] == b"\xff" * 6 and data[12:] == frame[12:] and addr[2] != socket.PACKET_OUTGOING:
-            copy = data
-print(json.dumps({"copy": copy.hex() if copy is not None else None}))
-"""
-
-# Root, in the namespace: hold a UDP socket on VIP:PORT (argv 3, 4) while the frame goes in.
-OWN_UDP = r"""
-import socket, sys
-held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-held.bind((sys.argv[3], int(sys.argv[4])))
-"""
-
 
 def status_field(pid: int, name: str) -> str:
     with open(f"/proc/{pid}/status") as f:
@@ -179,7 +151,7 @@ def caps_netns():
 
 @pytest.mark.timeout(90)
 def test_unprivileged_user_with_two_ambient_capabilities_relays(nobody_python, caps_netns, tmp_path):
-    import frames as F
+    from tests.support import frames as F
 
     python, pythonpath, cwd = nobody_python
     log_path = tmp_path / "stderr"
@@ -214,8 +186,8 @@ def test_unprivileged_user_with_two_ambient_capabilities_relays(nobody_python, c
 
         frame = F.ptb_v4(dst_mac="00:00:00:00:00:00", dport=50123)
         helper = subprocess.run(
-            ["ip", "netns", "exec", caps_netns, sys.executable, "-c", INJECT_AND_WATCH, frame.hex(), "10"],
-            capture_output=True, text=True, timeout=30,
+            ["ip", "netns", "exec", caps_netns, *program("inject_watch", frame.hex(), 10)],
+            capture_output=True, text=True, timeout=30, env=env(),
         )
         assert helper.returncode == 0, helper.stderr
         copy = json.loads(helper.stdout)["copy"]
@@ -232,9 +204,8 @@ def test_unprivileged_user_with_two_ambient_capabilities_relays(nobody_python, c
             subprocess.run(["ip", "-n", caps_netns, *argv], check=True, capture_output=True, timeout=10)
         frame = F.ptb_v4(dst_mac="00:00:00:00:00:00", dport=50124, proto="udp")
         helper = subprocess.run(
-            ["ip", "netns", "exec", caps_netns, sys.executable, "-c", OWN_UDP + INJECT_AND_WATCH, frame.hex(), "10",
-             F.VIP4, str(F.SERVICE_PORT)],
-            capture_output=True, text=True, timeout=30,
+            ["ip", "netns", "exec", caps_netns, *program("inject_watch", frame.hex(), 10, F.VIP4, F.SERVICE_PORT)],
+            capture_output=True, text=True, timeout=30, env=env(),
         )
         assert helper.returncode == 0, helper.stderr
         deadline = time.monotonic() + 5

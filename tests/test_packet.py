@@ -21,9 +21,9 @@ from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Raw, raw
 
-import frames as F
 from pmtud_relay.core.packet import MAX_EXT_HEADERS, PTB, checksum_ok, parse_frame, parse_frame_unverified
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
+from tests.support import frames as F
 
 L3 = 14  # untagged
 V4_ICMP = L3 + 20
@@ -328,7 +328,8 @@ REJECTS = [
     ("three vlan tags", _three_tags, Reason.BAD_L2),
     # not_ip
     ("arp", F.arp_frame, Reason.NOT_IP),
-    ("vlan arp", lambda: raw(Ether(dst=F.HOST_MAC, src=F.ROUTER_MAC) / Dot1Q(vlan=5) / ARP(psrc=F.ROUTER4)), Reason.NOT_IP),
+    ("vlan arp", lambda: raw(Ether(dst=F.HOST_MAC, src=F.ROUTER_MAC) / Dot1Q(vlan=5) / ARP(psrc=F.ROUTER4)),
+     Reason.NOT_IP),
     ("lldp", lambda: eth(b"\x00" * 46, ethertype=0x88CC), Reason.NOT_IP),
     ("v4 ethertype with v6 packet", lambda: F.set_bytes(_v6_valid(), 12, b"\x08\x00"), Reason.BAD_IP),
     # bad_ip
@@ -336,7 +337,8 @@ REJECTS = [
     ("v4 ihl 4", lambda: F.ptb_v4(ip_fields={"ihl": 4}), Reason.BAD_IP),
     ("v4 ihl 0", lambda: F.ptb_v4(ip_fields={"ihl": 0}), Reason.BAD_IP),
     ("v4 total < ihl", lambda: F.ptb_v4(ip_fields={"len": 19}), Reason.BAD_IP),
-    ("v4 total < ihl with options", lambda: F.ptb_v4(ip_fields={"options": b"\x94\x04\x00\x00", "len": 22}), Reason.BAD_IP),
+    ("v4 total < ihl with options", lambda: F.ptb_v4(ip_fields={"options": b"\x94\x04\x00\x00", "len": 22}),
+     Reason.BAD_IP),
     ("v6 version 4", lambda: F.ptb_v6(ip_fields={"version": 4}), Reason.BAD_IP),
     ("v6 payload length 0", lambda: F.ptb_v6(ip_fields={"plen": 0}), Reason.BAD_IP),
     # bad_checksum
@@ -353,13 +355,15 @@ REJECTS = [
     ("icmpv6 pseudo-header: outer src", lambda: F.add_one(_v6_valid(), L3 + 8 + 15), Reason.BAD_CHECKSUM),
     ("icmpv6 pseudo-header: outer dst", lambda: F.add_one(_v6_valid(), L3 + 24), Reason.BAD_CHECKSUM),
     ("icmpv6 pseudo-header: length", lambda: _v6_longer_by_two_zero_bytes(), Reason.BAD_CHECKSUM),
-    ("icmpv6 with ext header, src changed", lambda: F.add_one(F.ptb_v6(outer_ext=(IPv6ExtHdrHopByHop(),)), L3 + 9), Reason.BAD_CHECKSUM),
+    ("icmpv6 with ext header, src changed", lambda: F.add_one(F.ptb_v6(outer_ext=(IPv6ExtHdrHopByHop(),)), L3 + 9),
+     Reason.BAD_CHECKSUM),
     # fragment
     ("v4 more fragments", lambda: F.ptb_v4(ip_fields={"flags": "MF"}), Reason.FRAGMENT),
     ("v4 offset", lambda: F.ptb_v4(ip_fields={"frag": 1}), Reason.FRAGMENT),
     ("v4 offset and DF", lambda: F.ptb_v4(ip_fields={"frag": 100, "flags": "DF"}), Reason.FRAGMENT),
     # The checksums come after every structural check: a corrupt fragment is a fragment.
-    ("v4 fragment, bad header checksum", lambda: F.ptb_v4(ip_fields={"flags": "MF", "chksum": 0x1234}), Reason.FRAGMENT),
+    ("v4 fragment, bad header checksum", lambda: F.ptb_v4(ip_fields={"flags": "MF", "chksum": 0x1234}),
+     Reason.FRAGMENT),
     ("v6 fragment offset", lambda: F.ptb_v6(outer_ext=(IPv6ExtHdrFragment(offset=1, m=0),)), Reason.FRAGMENT),
     ("v6 fragment M flag", lambda: F.ptb_v6(outer_ext=(IPv6ExtHdrFragment(offset=0, m=1),)), Reason.FRAGMENT),
     (
@@ -397,7 +401,8 @@ REJECTS = [
     # short_quote
     ("v4 empty quote", lambda: F.ptb_v4(quote=b""), Reason.SHORT_QUOTE),
     ("v4 quote 19 bytes", lambda: F.ptb_v4(quote=F.original_v4()[:19]), Reason.SHORT_QUOTE),
-    ("v4 quoted options cut", lambda: F.ptb_v4(quote=F.original_v4(options=b"\x94\x04\x00\x00")[:22]), Reason.SHORT_QUOTE),
+    ("v4 quoted options cut", lambda: F.ptb_v4(quote=F.original_v4(options=b"\x94\x04\x00\x00")[:22]),
+     Reason.SHORT_QUOTE),
     ("v4 quoted ihl 15, 40 bytes", lambda: F.ptb_v4(quote=quoted_v4_with(0, b"\x4f")[:40]), Reason.SHORT_QUOTE),
     ("v6 empty quote", lambda: F.ptb_v6(quote=b""), Reason.SHORT_QUOTE),
     ("v6 quote 39 bytes", lambda: F.ptb_v6(quote=F.original_v6()[:39]), Reason.SHORT_QUOTE),

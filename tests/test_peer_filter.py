@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-import textwrap
 
 import pytest
 
 from pmtud_relay.capture import bpf
-from pmtud_relay.peers.filter import BPF_MAXINSNS
-from pmtud_relay.peers.filter import build
-from pmtud_relay.peers.filter import program_for
-from pmtud_relay.peers.filter import size
+from pmtud_relay.peers.filter import BPF_MAXINSNS, build, program_for, size
 from pmtud_relay.peers.wire import MAGIC
 
 PEER4, OTHER4 = "198.51.100.2", "198.51.100.3"
@@ -79,68 +75,14 @@ def test_size_is_exact_and_large_lists_fall_back_to_the_magic():
     assert program_for(None).mode == "magic"
 
 
-_KERNEL_SNIPPET = textwrap.dedent(
-    """
-    import json, socket, subprocess, sys, time
-    from pmtud_relay.peers.filter import program_for
-    from pmtud_relay.peers.receiver import PeerListener
-
-    cfg = json.load(sys.stdin)
-    for cmd in (["sysctl", "-q", "-w", "net.ipv6.conf.lo.disable_ipv6=0"], ["ip", "link", "set", "lo", "up"]):
-        subprocess.run(cmd, check=True)
-    for a in cfg["addresses"]:
-        subprocess.run(["ip", "addr", "add", a + ("/128" if ":" in a else "/32"), "dev", "lo", "nodad"],
-                       check=True)
-    time.sleep(0.2)
-    port = 2106
-    listener = PeerListener([("", port), ("198.51.100.1", port + 1), ("2001:db8::1", port + 2)],
-                            peer_filter=program_for(cfg["peers"]))
-    dual, v4only, v6only = listener.socks
-    assert dual.family == socket.AF_INET6
-
-    def send(src, dst, dport, payload):
-        s = socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((src, 0))
-        s.sendto(payload, (dst, dport))
-        s.close()
-
-    def phase():
-        sent = []
-        for src in cfg["senders"]:
-            v6 = ":" in src
-            targets = [("2001:db8::1" if v6 else "198.51.100.1", port),
-                       ("2001:db8::1", port + 2) if v6 else ("198.51.100.1", port + 1)]
-            for dst, dport in targets:
-                for kind, payload in (("magic", b"PMTR" + bytes(80)), ("nomagic", b"XXXX" + bytes(80))):
-                    tag = f"{src}>{dport}:{kind}"
-                    send(src, dst, dport, payload + tag.encode())
-                    sent.append(tag)
-        time.sleep(0.2)
-        got = []
-        for sock in listener.socks:
-            for data, host, _ in PeerListener.drain(sock):
-                got.append(data[84:].decode())
-        return sorted(got)
-
-    out = {"first": phase()}
-    listener.set_filter(program_for(cfg["peers2"]))
-    out["second"] = phase()
-    listener.set_filter(program_for(None))
-    out["magic"] = phase()
-    listener.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
-
 @pytest.mark.netns
 @pytest.mark.timeout(30)
-def test_the_kernel_admits_only_peers_with_the_magic_and_follows_a_new_peer_set(veth_netns, netns_python):
+def test_the_kernel_admits_only_peers_with_the_magic_and_follows_a_new_peer_set(veth_netns, netns_program):
     """Real UDP sockets (dual-stack wildcard, IPv4, IPv6-only), senders on the namespace's lo:
     only datagrams from the peer addresses with the magic arrive; set_filter swaps the set; the
     magic-only filter admits every sender with the magic."""
     senders = [PEER4, OTHER4, PEER6, OTHER6]
-    out = netns_python(veth_netns, _KERNEL_SNIPPET, {
+    out = netns_program(veth_netns, "veth_probes", "peer-filter", payload={
         "addresses": ["198.51.100.1", "2001:db8::1", *senders],
         "senders": senders, "peers": [PEER4, PEER6], "peers2": [OTHER4]})
 
@@ -173,9 +115,8 @@ class FakeListener:
 
 
 def _service(fanout: str):
-    from pmtud_relay.peers.service import PeerService
-    from pmtud_relay.peers.service import PeerSettings
     from pmtud_relay.core.policy import Policy
+    from pmtud_relay.peers.service import PeerService, PeerSettings
 
     settings = PeerSettings(fanout=fanout, listen=(("", 2106),), key_file="/nonexistent")
     return PeerService(settings, Policy, own_addresses=frozenset)

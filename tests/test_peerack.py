@@ -9,13 +9,18 @@ import pytest
 
 from pmtud_relay.peers import wire as peerproto
 from pmtud_relay.peers.ack import (
-    ACK_BODY, ACK_LEN, AckDecoder, AckDrop, AckEvent, AckGate, AckTracker, AckVerdict, encode_ack, parse_body,
+    ACK_BODY,
+    ACK_LEN,
+    AckDecoder,
+    AckDrop,
+    AckEvent,
+    AckGate,
+    AckTracker,
+    AckVerdict,
+    encode_ack,
+    parse_body,
 )
-from pmtud_relay.peers.wire import FLAG_ACK
-from pmtud_relay.peers.wire import Keyring
-from pmtud_relay.peers.wire import PeerDecoder
-from pmtud_relay.peers.wire import PeerReason
-from pmtud_relay.peers.wire import encode
+from pmtud_relay.peers.wire import FLAG_ACK, Keyring, PeerDecoder, PeerReason, encode
 
 KEY = Keyring([(7, bytes(range(32)))])
 OTHER = Keyring([(7, bytes(range(1, 33)))])

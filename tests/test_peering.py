@@ -15,21 +15,15 @@ import time
 
 import pytest
 
-import frames as F
 from pmtud_relay import config as cfg
-from pmtud_relay.peers import service as peering
 from pmtud_relay.cli import EXIT_CONFIG, build_parser, main
 from pmtud_relay.core.packet import parse_frame
-from pmtud_relay.peers.wire import Keyring
-from pmtud_relay.peers.wire import PeerReason
-from pmtud_relay.peers.wire import encode
-from pmtud_relay.peers.inbox import Peer
-from pmtud_relay.peers.inbox import PeerSpec
 from pmtud_relay.core.policy import Policy, VipSet
-from pmtud_relay.peers.service import PeerConfigError
-from pmtud_relay.peers.service import PeerService
-from pmtud_relay.peers.service import PeerSettings
-from pmtud_relay.peers.service import build_settings
+from pmtud_relay.peers import service as peering
+from pmtud_relay.peers.inbox import Peer, PeerSpec
+from pmtud_relay.peers.service import PeerConfigError, PeerService, PeerSettings, build_settings
+from pmtud_relay.peers.wire import Keyring, PeerReason, encode
+from tests.support import frames as F
 
 KEY_HEX = "5a" * 32
 POLICY = Policy(vips=VipSet([F.VIP4, F.VIP6]))
@@ -93,7 +87,8 @@ def test_both_and_listen_none(key_file):
         (["--fanout", "peers", "--peer", "198.51.100.18"], "--peer-key-file: required"),
         (["--peer-listen", ":2106"], "--peer-key-file: required"),
         (["--peer-listen", "none", "--peer-listen", ":1", "--peer-key-file", "K"], "cannot be combined"),
-        (["--peer-listen", ":2106", "--peer-key-file", "/nonexistent/key"], "--peer-key-file: /nonexistent/key: no such"),
+        (["--peer-listen", ":2106", "--peer-key-file", "/nonexistent/key"],
+         "--peer-key-file: /nonexistent/key: no such"),
     ],
 )
 def test_bad_peer_options_name_the_option(argv, message, key_file):
@@ -183,10 +178,9 @@ def service(key_file, peers=(), *, listen=(), fanout="peers", dry_run=False, out
 
 
 def prime(svc, key_file, peers):
-    from pmtud_relay.peers.wire import PeerDecoder
-    from pmtud_relay.peers.inbox import InboxConfig
-    from pmtud_relay.peers.inbox import PeerInbox
+    from pmtud_relay.peers.inbox import InboxConfig, PeerInbox
     from pmtud_relay.peers.keys import load_keyring
+    from pmtud_relay.peers.wire import PeerDecoder
 
     svc.keyring = load_keyring(key_file)
     svc.decoder = PeerDecoder(svc.keyring)
@@ -248,7 +242,7 @@ def test_dry_run_reports_and_injects_nothing(key_file):
     svc.handle_datagram(data, "198.51.100.18", 40000, 0.0, 1_700_000_000.0, POLICY)
     svc.handle_datagram(b"junk" * 20, "198.51.100.99", 40000, 0.0, 1_700_000_000.0, POLICY)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [(l["verdict"], l["reason"]) for l in lines] == [("send", "relayed"), ("inject", "accepted"),
+    assert [(rec["verdict"], rec["reason"]) for rec in lines] == [("send", "relayed"), ("inject", "accepted"),
                                                             ("drop", "bad_magic")]
     assert lines[0]["peers"] == "198.51.100.18:2106" and lines[1]["peer"] == "198.51.100.18:40000"
     assert lines[1]["inner_src"] == F.VIP4 and lines[1]["key_id"] == 1
@@ -288,8 +282,8 @@ def test_service_over_real_loopback_udp(key_file):
 
     text, elapsed, txs, rxs = asyncio.run(scenario())
     lines = [json.loads(line) for line in text.splitlines()]
-    assert [l["verdict"] for l in lines] == ["inject"] * 5, lines
-    assert sorted(l["dport"] for l in lines) == list(range(40000, 40005))
+    assert [rec["verdict"] for rec in lines] == ["inject"] * 5, lines
+    assert sorted(rec["dport"] for rec in lines) == list(range(40000, 40005))
     assert txs["peer_tx"] == 10 and elapsed < 0.5
     assert rxs["peer_rx_accepted"] == 5
 
@@ -332,8 +326,7 @@ def test_key_rotation_is_picked_up_by_refresh(key_file):
 def test_prometheus_collector_exports_closed_label_sets(key_file):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from pmtud_relay.peers.metrics import RX_REASONS
-    from pmtud_relay.peers.metrics import PeerCollector
+    from pmtud_relay.peers.metrics import RX_REASONS, PeerCollector
 
     svc = service(key_file, listen=(("127.0.0.1", 0),), fanout="both")
     prime(svc, key_file, [Peer("198.51.100.18"), Peer("198.51.100.34")])

@@ -10,14 +10,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from frames import ptb_v4, ptb_v6
+from pmtud_relay.core.packet import parse_frame
 from pmtud_relay.peers import wire as pp
 from pmtud_relay.peers.injection import INJECTION_REASONS
-from pmtud_relay.core.packet import parse_frame
 from pmtud_relay.peers.wire import (
-    HEADER_LEN, MAC_LEN, OVERHEAD, Decoded, Keyring, PeerDecoder, PeerReason, ReplayCache, encode,
-    parse_keyring, ptb_packet,
+    HEADER_LEN,
+    MAC_LEN,
+    OVERHEAD,
+    Decoded,
+    Keyring,
+    PeerDecoder,
+    PeerReason,
+    ReplayCache,
+    encode,
+    parse_keyring,
+    ptb_packet,
 )
+from tests.support.frames import ptb_v4, ptb_v6
 
 KEY1 = bytes(range(32))
 KEY2 = bytes(range(100, 132))
@@ -193,7 +202,7 @@ def test_key_file_syntax_errors(text, error):
 
 
 def test_key_file_parses_and_never_shows_keys():
-    ring = parse_keyring("# rotation in progress\n7:%s  # new\n\n3:%s\n" % (KEY2.hex(), KEY1.hex().upper()))
+    ring = parse_keyring(f"# rotation in progress\n7:{KEY2.hex()}  # new\n\n3:{KEY1.hex().upper()}\n")
     assert ring.send_id == 7 and ring.ids == (7, 3)
     assert ring.get(3) == KEY1 and ring.get(7) == KEY2 and ring.get(1) is None
     assert KEY1.hex() not in repr(ring) and KEY2.hex() not in repr(ring)

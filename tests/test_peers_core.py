@@ -6,18 +6,23 @@ import ipaddress
 
 import pytest
 
-import frames as F
 from pmtud_relay.core.packet import parse_ipv4, parse_ipv6
-from pmtud_relay.peers.wire import Keyring
-from pmtud_relay.peers.wire import PeerDecoder
-from pmtud_relay.peers.wire import PeerReason
-from pmtud_relay.peers.wire import encode
-from pmtud_relay.peers.inbox import (
-    DEFAULT_PORT, InboxConfig, Peer, PeerInbox, PeerSpec, PeerTable, merge_peers, parse_packet,
-    parse_peer_spec, peer_from_spec,
-)
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.reasons import Reason
+from pmtud_relay.peers.inbox import (
+    DEFAULT_PORT,
+    InboxConfig,
+    Peer,
+    PeerInbox,
+    PeerSpec,
+    PeerTable,
+    merge_peers,
+    parse_packet,
+    parse_peer_spec,
+    peer_from_spec,
+)
+from pmtud_relay.peers.wire import Keyring, PeerDecoder, PeerReason, encode
+from tests.support import frames as F
 
 VIP_A = ipaddress.ip_address("192.0.2.10").packed
 VIP_B = ipaddress.ip_address("192.0.2.200").packed

@@ -9,19 +9,10 @@ import socket
 
 import pytest
 
-from pmtud_relay.peers.inbox import Peer
-from pmtud_relay.peers.inbox import PeerSpec
-from pmtud_relay.peers.inbox import parse_peer_spec
 from pmtud_relay.core.policy import VipSet
-from pmtud_relay.peers.keys import KeyFileError
-from pmtud_relay.peers.keys import check_mode
-from pmtud_relay.peers.keys import file_stamp
-from pmtud_relay.peers.keys import load_keyring
-from pmtud_relay.peers.sources import NameCache
-from pmtud_relay.peers.sources import PeerDirectory
-from pmtud_relay.peers.sources import PeersFile
-from pmtud_relay.peers.sources import PeerSourceError
-from pmtud_relay.peers.sources import parse_peers_text
+from pmtud_relay.peers.inbox import Peer, PeerSpec, parse_peer_spec
+from pmtud_relay.peers.keys import KeyFileError, check_mode, file_stamp, load_keyring
+from pmtud_relay.peers.sources import NameCache, PeerDirectory, PeersFile, PeerSourceError, parse_peers_text
 
 KEY_HEX = "ab" * 32
 

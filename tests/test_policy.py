@@ -6,7 +6,6 @@ import ipaddress
 
 import pytest
 
-import frames as F
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import (
     DEFAULT_FLOOR_V4,
@@ -21,6 +20,7 @@ from pmtud_relay.core.policy import (
     protocol_numbers,
 )
 from pmtud_relay.core.reasons import Reason
+from tests.support import frames as F
 
 VIPS = VipSet([F.VIP4, F.VIP4_OTHER, F.VIP6, F.VIP6_OTHER])
 POLICY = Policy(vips=VIPS)

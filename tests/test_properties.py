@@ -6,14 +6,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import frames as F
 from pmtud_relay.capture import bpf
-from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core import packet as P
+from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_HOST, PACKET_OTHERHOST, PACKET_OUTGOING, Policy, VipSet
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from tests.support import frames as F
+from tests.support.checksum import internet_checksum
 
 FAST = settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 MEDIUM = settings(max_examples=500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -65,7 +66,8 @@ def header_rewrites(draw):
     limit = min(len(frame), 14 + 8 + 40 + 8 * 4 + 8 + 48)
     for _ in range(draw(st.integers(1, 3))):
         at = draw(st.integers(12, limit - 1))
-        frame[at] = draw(st.sampled_from([0x00, 0x01, 0x02, 0x05, 0x06, 0x0F, 0x2C, 0x33, 0x3A, 0x3C, 0x45, 0x4F, 0x60, 0x7F, 0x80, 0xFF]))
+        frame[at] = draw(st.sampled_from([0x00, 0x01, 0x02, 0x05, 0x06, 0x0F, 0x2C, 0x33, 0x3A, 0x3C, 0x45, 0x4F, 0x60,
+                                          0x7F, 0x80, 0xFF]))
     return bytes(frame)
 
 
@@ -81,7 +83,8 @@ def quote_rewrites(draw):
     stop = min(len(frame), ptb.icmp_offset + 8 + 40 + 24 + 16)  # quoted headers (v6 ext) + ports
     for _ in range(draw(st.integers(1, 6))):
         at = draw(st.integers(start, stop - 1))
-        body[at] = draw(st.one_of(st.integers(0, 255), st.sampled_from([0x00, 0x02, 0x06, 0x11, 0x2C, 0x3A, 0x3C, 0x45, 0x4F, 0x60, 0x80])))
+        body[at] = draw(st.one_of(st.integers(0, 255),
+                                  st.sampled_from([0x00, 0x02, 0x06, 0x11, 0x2C, 0x3A, 0x3C, 0x45, 0x4F, 0x60, 0x80])))
     return name, F.refresh_icmp_checksum(bytes(body), ptb.l3_offset, ptb.icmp_offset)
 
 
@@ -90,13 +93,14 @@ def _refresh_ipv4_header_checksum(frame: bytearray, l3: int) -> None:
     if frame[l3] >> 4 != 4 or ihl < 20 or len(frame) < l3 + ihl:
         return
     frame[l3 + 10 : l3 + 12] = b"\0\0"
-    frame[l3 + 10 : l3 + 12] = F.ones_complement_checksum(bytes(frame[l3 : l3 + ihl])).to_bytes(2, "big")
+    frame[l3 + 10 : l3 + 12] = internet_checksum(bytes(frame[l3 : l3 + ihl])).to_bytes(2, "big")
 
 
 # The fields the parser's fast paths read (offset from the IP header, size), per family.
 _V4_FIELDS = [(0, 1), (2, 2), (6, 2), (9, 1), (20, 1), (21, 1), (26, 2), (28, 1), (30, 2), (34, 2), (37, 1), (48, 2)]
 _V6_FIELDS = [(0, 1), (4, 2), (6, 1), (40, 1), (41, 1), (44, 4), (48, 1), (52, 2), (54, 1), (88, 2)]
-_BYTE_VALUES = [0, 1, 2, 3, 4, 6, 17, 0x14, 0x2B, 0x2C, 0x3A, 0x3C, 0x40, 0x45, 0x46, 0x4F, 0x50, 0x60, 0x6F, 0x70, 0x84, 0x88, 0xFF]
+_BYTE_VALUES = [0, 1, 2, 3, 4, 6, 17, 0x14, 0x2B, 0x2C, 0x3A, 0x3C, 0x40, 0x45, 0x46, 0x4F, 0x50, 0x60, 0x6F, 0x70,
+                0x84, 0x88, 0xFF]
 
 
 @st.composite
@@ -104,7 +108,8 @@ def common_layout_rewrites(draw):
     """An untagged valid frame with fields the parser's fast paths read set to boundary values
     (lengths around the layout's and the frame's size, flags, versions, protocols), the IPv4
     header checksum kept valid so the rewrite gets past it; sometimes cut or padded."""
-    name = draw(st.sampled_from(["v4", "v4-udp", "v4-options", "v4-short-quote", "v6", "v6-udp", "v6-quoted-ext", "v6-hbh-dst"]))
+    name = draw(st.sampled_from(["v4", "v4-udp", "v4-options", "v4-short-quote", "v6", "v6-udp", "v6-quoted-ext",
+                                 "v6-hbh-dst"]))
     frame = bytearray(CATALOGUE[name])
     l3 = 14
     room = len(frame) - l3
@@ -260,7 +265,8 @@ def test_relay_handle_on_mutated_ptbs_as_unicast(frame):
 @MEDIUM
 @given(st.lists(st.tuples(st.sampled_from(sorted(CATALOGUE)), st.floats(0, 0.5)), max_size=60))
 def test_relay_state_stays_consistent_over_a_stream(events):
-    relay = Relay(RelayConfig(policy=CONFIG.policy, source_burst=3.0, global_burst=5.0, dedup_capacity=4, source_capacity=2))
+    relay = Relay(RelayConfig(policy=CONFIG.policy, source_burst=3.0, global_burst=5.0, dedup_capacity=4,
+                              source_capacity=2))
     now = 0.0
     for name, step in events:
         now += step

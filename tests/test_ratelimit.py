@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from pmtud_relay.core import ratelimit
 from pmtud_relay.core.ratelimit import (
     DEFAULT_GLOBAL_BURST,
     DEFAULT_GLOBAL_RATE,
@@ -16,7 +17,6 @@ from pmtud_relay.core.ratelimit import (
     RateLimiter,
     TokenBucket,
 )
-from pmtud_relay.core import ratelimit
 from pmtud_relay.core.reasons import Reason
 
 A = bytes([198, 51, 100, 1])

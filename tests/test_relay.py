@@ -6,7 +6,6 @@ from collections import Counter
 
 import pytest
 
-import frames as F
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
 from pmtud_relay.core.packet import PTB, parse_frame
 from pmtud_relay.core.policy import (
@@ -21,6 +20,7 @@ from pmtud_relay.core.policy import (
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Decision, Relay, RelayConfig
 from pmtud_relay.report import FIELDS, decision_record, logfmt, to_json
+from tests.support import frames as F
 
 SRC_MAC = F.mac(F.RELAY_MAC)
 VIPS = VipSet([F.VIP4, F.VIP6])
@@ -109,7 +109,8 @@ def test_policy_drop_decision_carries_the_ptb():
 
 @pytest.mark.parametrize(
     "pkttype, reason",
-    [(PACKET_OUTGOING, Reason.OWN_FRAME), (PACKET_OTHERHOST, Reason.OTHER_HOST), (PACKET_BROADCAST, Reason.NOT_UNICAST)],
+    [(PACKET_OUTGOING, Reason.OWN_FRAME), (PACKET_OTHERHOST, Reason.OTHER_HOST),
+     (PACKET_BROADCAST, Reason.NOT_UNICAST)],
 )
 def test_pkttype_is_passed_to_policy(pkttype, reason):
     assert Relay(config()).handle(F.ptb_v4(), 0.0, SRC_MAC, pkttype).reason is reason

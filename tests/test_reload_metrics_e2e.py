@@ -5,7 +5,7 @@ interface cannot be opened), clean stop.
 The daemon is started as ``ip netns exec NS python -m pmtud_relay run --config FILE`` (cli.py
 loads the file through pmtud_relay.config; daemon.py serves pmtud_relay.metrics and reloads on
 SIGHUP); the test injects PTBs and scrapes /metrics from a thread inside that namespace
-(``e2e_support.in_ns``), so nothing is sent or listened on in the host's namespace.
+(``tests.support.netns.in_ns``), so nothing is sent or listened on in the host's namespace.
 Needs root (namespaces, AF_PACKET capture and injection).
 """
 
@@ -16,15 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from e2e_support import in_ns, terminate
 from pmtud_relay import cli
-from test_rules import NetNS
+from tests.support.metrics import http_get, sample, wait
+from tests.support.netns import NetNS, in_ns, terminate
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CAP_NET_RAW) to capture and inject on lo"),
@@ -36,35 +33,6 @@ VIP = "192.0.2.10"
 PORT = 9477  # the namespace is the test's own: no other listener there
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def sample(text: str, name: str, **labels) -> float | None:
-    """The value of one series in Prometheus text format, or None."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return None
-
-
-def wait(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def netns():
     with NetNS() as ns:
@@ -73,13 +41,13 @@ def netns():
 
 @pytest.mark.timeout(90)
 def test_metrics_health_and_sighup_reload(tmp_path, netns):
-    import frames as F
+    from tests.support import frames as F
 
     port = PORT
     base = f"http://127.0.0.1:{port}"
 
     def get(url: str) -> tuple[int, str]:
-        return in_ns(netns.name, lambda: _get(url))
+        return in_ns(netns.name, lambda: http_get(url))
 
     def _ok(url: str) -> bool:
         try:
@@ -108,7 +76,7 @@ def test_metrics_health_and_sighup_reload(tmp_path, netns):
         assert get(base + "/healthz")[0] == 200
 
         in_ns(netns.name, lambda: inject([F.ptb_v4(dst_mac="00:00:00:00:00:00", dport=51000 + i) for i in range(3)]))
-        metric = lambda name, **l: sample(get(base + "/metrics")[1], name, **l)  # noqa: E731
+        metric = lambda name, **labels: sample(get(base + "/metrics")[1], name, **labels)  # noqa: E731
         wait(lambda: metric("pmtud_relay_ptb_relayed_total", interface="lo", family="ipv4") == 3,
              what="3 relayed PTBs in /metrics")
         assert metric("pmtud_relay_vips", family="ipv4") == 1

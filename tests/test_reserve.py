@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import random
 
-import frames as F
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.ratelimit import RateLimiter
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from tests.support import frames as F
 
 GLB = Reason.RATE_LIMITED_GLOBAL
 KNOWN = bytes([198, 51, 100, 1])

@@ -7,190 +7,17 @@ with ``iptables-legacy-save``) through the ``pmtud-relay rules`` command and the
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import secrets
-import shutil
 import signal
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from pmtud_relay import cli
-from pmtud_relay.rules import RuleSpec
+from pmtud_relay.rules import RuleSpec, nft
 from pmtud_relay.rules import iptables as ipt
-from pmtud_relay.rules import nft
-
-REPO = str(Path(__file__).resolve().parents[1])
-CMD_TIMEOUT = 20.0
-READY_TIMEOUT = 15.0
-VIP4 = "192.0.2.10"
-VIP6 = "2001:db8:ffff::10"
-
-
-# --- namespace helpers (also used by test_e2e_nflog) ---------------------------------------------
-def need_root_and(*binaries: str) -> None:
-    """Skip unless root and every binary is installed (names the missing one)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces, nft, iptables)")
-    for name in ("ip", *binaries):
-        if shutil.which(name) is None and not any(os.access(f"{d}/{name}", os.X_OK) for d in ("/usr/sbin", "/sbin")):
-            pytest.skip(f"needs {name}")
-
-
-def need_backend(backend: str) -> None:
-    """Skip only for what the machine lacks (root, a binary); a broken backend fails the test.
-
-    python-iptables is the optional extra ``iptables`` and part of the ``test`` extra: if it cannot
-    be imported (not installed, libiptc/libxtables missing, ...) the test set-up or the iptables
-    backend is broken, and the test must say so."""
-    if backend == "nft":
-        need_root_and("nft")
-    else:
-        need_root_and("iptables-legacy-save", "ip6tables-legacy-save")
-        try:
-            importlib.import_module("iptc")  # python-iptables
-        except Exception as exc:  # noqa: BLE001 - ImportError, or OSError from a missing libxtables
-            broken = f"{type(exc).__name__}: {exc}"
-        else:
-            try:
-                ipt.IptablesBackend()._lib()
-            except ipt.IptcIncompatible as exc:  # the host's libxtables is newer than any python-iptables
-                pytest.skip(str(exc))
-            return
-        pytest.fail(f"python-iptables (in the test extra) cannot be loaded by {sys.executable}: {broken}",
-                    pytrace=False)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin"
-    return env
-
-
-class NetNS:
-    """A namespace with a veth pair: ``v0`` (the wire: inject and sniff here) and ``v1`` (the
-    relay's interface, 198.51.100.2/24 and 2001:db8:5::2/64); VIPs on ``lo``."""
-
-    def __init__(self) -> None:
-        self.name = f"pmr-nf-{os.getpid()}-{secrets.token_hex(3)}"
-        self.procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> "NetNS":
-        subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=CMD_TIMEOUT)
-        try:
-            for args in (
-                ["link", "set", "lo", "up"],
-                ["link", "add", "v0", "address", "02:00:00:00:05:01", "type", "veth", "peer", "name", "v1",
-                 "address", "02:00:00:00:05:02"],
-                ["addr", "add", f"{VIP4}/32", "dev", "lo"],
-                ["addr", "add", f"{VIP6}/128", "dev", "lo", "nodad"],
-                ["addr", "add", "198.51.100.2/24", "dev", "v1"],
-                ["addr", "add", "2001:db8:5::2/64", "dev", "v1", "nodad"],
-                ["link", "set", "v0", "up"],
-                ["link", "set", "v1", "up"],
-            ):
-                subprocess.run(["ip", "-n", self.name, *args], check=True, timeout=CMD_TIMEOUT,
-                               capture_output=True)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(5)
-        subprocess.run(["ip", "netns", "del", self.name], timeout=CMD_TIMEOUT, capture_output=True)
-
-    def run(self, argv: list[str], *, input: str | None = None, check: bool = True,
-            timeout: float = CMD_TIMEOUT) -> subprocess.CompletedProcess:
-        cp = subprocess.run(["ip", "netns", "exec", self.name, *argv], input=input, capture_output=True,
-                            text=True, timeout=timeout, env=_env(),
-                            stdin=None if input is not None else subprocess.DEVNULL)
-        if check and cp.returncode != 0:
-            raise AssertionError(f"{argv} failed rc={cp.returncode}\nstdout:\n{cp.stdout}\nstderr:\n{cp.stderr}")
-        return cp
-
-    def relay(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """``python -m pmtud_relay ARGS`` in the namespace, waited for."""
-        return self.run([sys.executable, "-m", "pmtud_relay", *args], check=check)
-
-    def python(self, code: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-        return self.run([sys.executable, "-c", code, *args], timeout=timeout)
-
-    def spawn(self, argv: list[str], node: str = "proc"):
-        """Start ``argv`` in the namespace as a lab LabProcess (output captured line by line);
-        killed when the namespace goes."""
-        from pmtud_relay.lab import LabProcess
-
-        p = LabProcess(node, self.name, argv, env={"PATH": _env()["PATH"]})
-        self.procs.append(p.popen)
-        return p
-
-    def spawn_relay(self, *args: str):
-        """Start ``python -m pmtud_relay ARGS`` in the namespace."""
-        return self.spawn([sys.executable, "-m", "pmtud_relay", *args], node="relay")
-
-
-def wait_ready(proc) -> None:
-    proc.wait_for(r"event=ready", stream="stderr", timeout=READY_TIMEOUT)
-
-
-# --- what is installed, read independently of the backends ------------------------------------------
-def nft_tables(ns: NetNS) -> list[str]:
-    data = json.loads(ns.run(["nft", "-j", "list", "tables"]).stdout)
-    return [t["table"]["name"] for t in data["nftables"] if "table" in t]
-
-
-def nft_rule_count(ns: NetNS) -> int:
-    data = json.loads(ns.run(["nft", "-j", "list", "ruleset"]).stdout)
-    return sum(1 for item in data["nftables"] if "rule" in item and item["rule"]["table"] == nft.TABLE)
-
-
-def legacy_lines(ns: NetNS, family: int) -> list[str]:
-    prog = "iptables-legacy-save" if family == 4 else "ip6tables-legacy-save"
-    out = ns.run([prog, "-t", "raw"]).stdout
-    return [l for l in out.splitlines() if "PMTUD_RELAY" in l]
-
-
-def installed_state(ns: NetNS, backend: str) -> list[str]:
-    """Everything of ours the kernel holds, as lines: empty when nothing is installed."""
-    if backend == "nft":
-        if nft.TABLE not in nft_tables(ns):
-            return []
-        return nft.canonical_lines(ns.run(["nft", "list", "table", nft.FAMILY, nft.TABLE]).stdout)
-    return legacy_lines(ns, 4) + legacy_lines(ns, 6)
-
-
-def expected_state(backend: str, spec: RuleSpec) -> list[str]:
-    if backend == "nft":
-        return nft.canonical_lines(nft.render(spec))
-    return [l.split(" [", 1)[0] if l.startswith(":") else l for l in ipt.render_family(spec, 4)] + \
-        [l.split(" [", 1)[0] if l.startswith(":") else l for l in ipt.render_family(spec, 6)]
-
-
-def _strip_decl_counters(lines: list[str]) -> list[str]:
-    return [l.split(" [", 1)[0] if l.startswith(":") else l for l in lines]
-
-
-def assert_exactly_one_set(ns: NetNS, backend: str, spec: RuleSpec) -> None:
-    if backend == "nft":
-        assert nft_tables(ns).count(nft.TABLE) == 1
-        assert nft_rule_count(ns) == 8, ns.run(["nft", "list", "ruleset"]).stdout
-        assert installed_state(ns, backend) == expected_state(backend, spec)
-    else:
-        for family in (4, 6):
-            lines = legacy_lines(ns, family)
-            assert sum(1 for l in lines if l.startswith("-A PREROUTING")) == 1, lines
-            assert _strip_decl_counters(lines) == _strip_decl_counters(ipt.render_family(spec, family)), lines
+from tests.support.netns import VIP4, VIP6, NetNS, need_backend, wait_ready
+from tests.support.rules import assert_exactly_one_set, installed_state, nft_tables, strip_decl_counters
 
 
 # --- pure: rendering ----------------------------------------------------------------------------------
@@ -339,8 +166,8 @@ def test_show_install_remove_round_trip(backend: str) -> None:
             # what show printed is exactly what the kernel holds
             assert installed_state(ns, backend) == nft.canonical_lines(shown)
         else:
-            assert _strip_decl_counters(installed_state(ns, backend)) == _strip_decl_counters(
-                [l for l in shown.splitlines() if not l.startswith("#")])
+            assert strip_decl_counters(installed_state(ns, backend)) == strip_decl_counters(
+                [line for line in shown.splitlines() if not line.startswith("#")])
         assert_exactly_one_set(ns, backend, spec)
         # idempotent: a second (and third) install leaves exactly one set
         ns.relay("rules", "install", "--backend", backend, "-i", "v1", "-i", "lo")

@@ -6,7 +6,6 @@ import textwrap
 
 import pytest
 
-import frames as F
 from pmtud_relay.capture import bpf
 from pmtud_relay.capture.afpacket import blocklist_prefix
 from pmtud_relay.core.policy import Policy, VipSet
@@ -14,6 +13,7 @@ from pmtud_relay.core.ratelimit import RateLimiter
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
 from pmtud_relay.core.shun import Shunner
+from tests.support import frames as F
 
 A4, B4 = F.packed("198.51.100.66"), F.packed("198.51.100.67")
 A6 = F.packed("2001:db8:1::66")

@@ -120,7 +120,8 @@ def test_address_families_and_syscall_filter(service):
 def test_config_directory_is_the_default_config_path(service):
     from pmtud_relay import config
 
-    assert pathlib.PurePath(config.DEFAULT_PATH).parent == pathlib.PurePath("/etc") / one(service, "ConfigurationDirectory")
+    config_dir = one(service, "ConfigurationDirectory")
+    assert pathlib.PurePath(config.DEFAULT_PATH).parent == pathlib.PurePath("/etc") / config_dir
 
 
 # -- systemd-analyze -------------------------------------------------------------------------
@@ -155,7 +156,8 @@ def installable_unit(tmp_path) -> pathlib.Path:
 
 @needs_analyze
 def test_systemd_analyze_verify(installable_unit):
-    proc = subprocess.run([ANALYZE, "verify", "--man=no", str(installable_unit)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([ANALYZE, "verify", "--man=no", str(installable_unit)], capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     version = systemd_version()
 

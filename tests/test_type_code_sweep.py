@@ -16,18 +16,14 @@ import pytest
 from scapy.layers.inet import IPOption_NOP
 from scapy.layers.inet6 import IPv6ExtHdrHopByHop
 
-import frames as F
 from pmtud_relay.core.packet import PTB, parse_frame
-from pmtud_relay.peers.wire import Keyring
-from pmtud_relay.peers.wire import PeerDecoder
-from pmtud_relay.peers.wire import PeerReason
-from pmtud_relay.peers.wire import encode
-from pmtud_relay.peers.inbox import InboxConfig
-from pmtud_relay.peers.inbox import PeerInbox
-from pmtud_relay.peers.inbox import parse_packet
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from pmtud_relay.peers.inbox import InboxConfig, PeerInbox, parse_packet
+from pmtud_relay.peers.wire import Keyring, PeerDecoder, PeerReason, encode
+from tests.support import frames as F
+from tests.support.checksum import fold, ones_complement_sum
 
 POLICY = Policy(vips=VipSet([F.VIP4, F.VIP6]))
 RING = Keyring([(1, bytes(range(32)))])
@@ -43,20 +39,8 @@ LAYOUTS = {
 PTB_PAIR = {4: (3, 4), 6: (2, 0)}
 
 
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _sum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    return _fold(sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)))
-
-
 def _offsets(frame: bytes, family: int) -> tuple[int, int]:
-    """(ICMP offset, end of the IP packet) of a frame built by tests/frames.py (no VLAN tag)."""
+    """(ICMP offset, end of the IP packet) of a frame built by tests/support/frames.py (no VLAN tag)."""
     l3 = 14
     if family == 4:
         return l3 + (frame[l3] & 0x0F) * 4, l3 + int.from_bytes(frame[l3 + 2:l3 + 4], "big")
@@ -70,9 +54,9 @@ def _offsets(frame: bytes, family: int) -> tuple[int, int]:
 def checksum_valid(frame: bytes, family: int) -> bool:
     """An independent check (a plain word loop, not core/checksum.py) of the ICMP checksum."""
     icmp, end = _offsets(frame, family)
-    total = _sum16(frame[icmp:end])
+    total = ones_complement_sum(frame[icmp:end])
     if family == 6:
-        total = _fold(total + _sum16(frame[14 + 8:14 + 40]) + (end - icmp) + 58)
+        total = fold(total + ones_complement_sum(frame[14 + 8:14 + 40]) + (end - icmp) + 58)
     return total == 0xFFFF
 
 
@@ -81,7 +65,7 @@ def with_type_code(frame: bytes, family: int, icmp: int, icmp_type: int, code: i
     old_word = frame[icmp] << 8 | frame[icmp + 1]
     new_word = icmp_type << 8 | code
     old_sum = frame[icmp + 2] << 8 | frame[icmp + 3]
-    new_sum = ~_fold((~old_sum & 0xFFFF) + (~old_word & 0xFFFF) + new_word) & 0xFFFF
+    new_sum = ~fold((~old_sum & 0xFFFF) + (~old_word & 0xFFFF) + new_word) & 0xFFFF
     return b"".join((frame[:icmp], bytes((icmp_type, code)), new_sum.to_bytes(2, "big"), frame[icmp + 4:]))
 
 

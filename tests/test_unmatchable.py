@@ -10,7 +10,7 @@
   IPv6 routing header of type 0) and an outer source on loopback (127.0.0.0/8, ::1). Refused as
   ``source_routed`` / ``loopback_source`` instead of being injected.
 
-Every frame is built with correct checksums (tests/frames.py), so each drop is for its reason.
+Every frame is built with correct checksums (tests/support/frames.py), so each drop is for its reason.
 """
 
 from __future__ import annotations
@@ -20,19 +20,14 @@ from scapy.layers.inet import IPOption_LSRR, IPOption_NOP, IPOption_SSRR
 from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrRouting
 from scapy.packet import Packet, raw
 
-import frames as F
-from pmtud_relay.peers import injection
 from pmtud_relay.core.packet import PTB, parse_frame, parse_frame_unverified
-from pmtud_relay.peers.wire import Keyring
-from pmtud_relay.peers.wire import PeerDecoder
-from pmtud_relay.peers.wire import PeerReason
-from pmtud_relay.peers.wire import encode
-from pmtud_relay.peers.inbox import InboxConfig
-from pmtud_relay.peers.inbox import PeerInbox
-from pmtud_relay.peers.inbox import parse_packet
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
+from pmtud_relay.peers import injection
+from pmtud_relay.peers.inbox import InboxConfig, PeerInbox, parse_packet
+from pmtud_relay.peers.wire import Keyring, PeerDecoder, PeerReason, encode
+from tests.support import frames as F
 
 POLICY = Policy(vips=VipSet([F.VIP4, F.VIP6]))
 RING = Keyring([(1, bytes(range(32)))])

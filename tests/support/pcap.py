@@ -5,7 +5,7 @@ from the scenarios described here); ``tests/data/ptb-mixed.pcapng`` is the commi
 of :func:`write_mixed_pcapng`'s output that proves a real file on disk reads the same.
 Regenerate it with::
 
-    .venv/bin/python tests/pcap_fixtures.py
+    .venv/bin/python -m tests.support.pcap
 
 Only documentation addresses are used.
 """
@@ -16,10 +16,12 @@ import sys
 from pathlib import Path
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Ether
 from scapy.packet import Raw
 from scapy.utils import PcapNgWriter, PcapWriter
+
+from tests.support import frames
 
 T0 = 1_700_000_000  # capture start, whole seconds
 
@@ -30,7 +32,7 @@ R1, R2, R3 = "198.51.100.1", "198.51.100.2", "198.51.100.3"
 R6 = "2001:db8:5::1"
 HOST_MAC = "02:00:00:00:0a:01"
 ROUTER_MAC = "02:00:00:00:0b:01"
-COMMITTED_PCAPNG = Path(__file__).parent / "data" / "ptb-mixed.pcapng"
+COMMITTED_PCAPNG = Path(__file__).resolve().parent.parent / "data" / "ptb-mixed.pcapng"
 
 
 def client4(i: int) -> str:
@@ -52,14 +54,13 @@ def quoted6(src: str, dst: str, sport: int, dport: int, length: int = 1500) -> b
 
 
 def ptb4(router: str, dst: str, mtu: int, quote: bytes, dst_mac: str = HOST_MAC, chksum: int | None = None) -> bytes:
-    icmp = ICMP(type=3, code=4, nexthopmtu=mtu)
-    if chksum is not None:
-        icmp.chksum = chksum
-    return bytes(Ether(src=ROUTER_MAC, dst=dst_mac) / IP(src=router, dst=dst) / icmp / Raw(quote))
+    """frames.ptb_v4 with this scenario's MACs; ``chksum`` forces the ICMP checksum."""
+    return frames.ptb_v4(outer_src=router, outer_dst=dst, mtu=mtu, quote=quote, dst_mac=dst_mac, src_mac=ROUTER_MAC,
+                         icmp_fields=None if chksum is None else {"chksum": chksum})
 
 
 def ptb6(router: str, dst: str, mtu: int, quote: bytes, dst_mac: str = HOST_MAC, src_mac: str = ROUTER_MAC) -> bytes:
-    return bytes(Ether(src=src_mac, dst=dst_mac) / IPv6(src=router, dst=dst) / ICMPv6PacketTooBig(mtu=mtu) / Raw(quote))
+    return frames.ptb_v6(outer_src=router, outer_dst=dst, mtu=mtu, quote=quote, dst_mac=dst_mac, src_mac=src_mac)
 
 
 def ip_payload(frame: bytes) -> bytes:
@@ -75,9 +76,13 @@ MIXED4_ARGS = ["--vip", "192.0.2.10/32", "--source-rate", "1", "--source-burst",
 def mixed4_frames() -> list[tuple[float, bytes]]:
     """(offset seconds, frame). 10 PTBs + 5 other frames; see MIXED4_ANSWERS."""
     q = lambda i, mtu_len=1500: quoted4(VIP4, client4(i), 443, 50000 + i, mtu_len)  # noqa: E731
+    syn = Ether(src=ROUTER_MAC, dst=HOST_MAC) / IP(src=client4(9), dst=VIP4) / TCP(sport=40000, dport=443, flags="S")
+    data = (Ether(src=ROUTER_MAC, dst=HOST_MAC) / IP(src=client4(9), dst=VIP4)
+            / TCP(sport=40000, dport=443, flags="A") / Raw(b"x" * 64))
+    v6_tcp = Ether(src=ROUTER_MAC, dst=HOST_MAC) / IPv6(src=client6(9), dst=VIP6) / TCP(sport=40000, dport=443)
     return [
         (0.000, ptb4(R1, VIP4, 1400, q(1))),  # relayed (R1 tokens 2 -> 1)
-        (0.005, bytes(Ether(src=ROUTER_MAC, dst=HOST_MAC) / IP(src=client4(9), dst=VIP4) / TCP(sport=40000, dport=443, flags="S"))),
+        (0.005, bytes(syn)),
         (0.010, ptb4(R1, VIP4, 1400, q(1))),  # duplicate
         (0.020, ptb4(R1, VIP4, 1400, q(1))),  # duplicate
         (0.050, bytes(Ether(src=ROUTER_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=R1, pdst=VIP4))),
@@ -86,11 +91,11 @@ def mixed4_frames() -> list[tuple[float, bytes]]:
         (0.200, ptb4(R1, VIP4, 1400, q(3))),  # relayed (R1 tokens 1.2 -> 0.2)
         (0.300, ptb4(R1, VIP4, 1400, q(4))),  # rate_limited_source (0.3 tokens)
         (0.400, ptb4(R1, VIP4, 1400, q(5))),  # rate_limited_source (0.4 tokens)
-        (0.450, bytes(Ether(src=ROUTER_MAC, dst=HOST_MAC) / IP(src=client4(9), dst=VIP4) / TCP(sport=40000, dport=443, flags="A") / Raw(b"x" * 64))),
+        (0.450, bytes(data)),
         (0.500, ptb4(R2, OTHER4, 1400, quoted4(OTHER4, client4(6), 443, 50006))),  # not_vip
         (0.600, ptb4(R2, VIP4, 1480, q(2))),  # duplicate of 0.100
         (0.700, ptb4(R3, VIP4, 1400, q(7), chksum=0x1234)),  # bad_checksum
-        (0.800, bytes(Ether(src=ROUTER_MAC, dst=HOST_MAC) / IPv6(src=client6(9), dst=VIP6) / TCP(sport=40000, dport=443))),
+        (0.800, bytes(v6_tcp)),
     ]
 
 
@@ -127,12 +132,15 @@ MIXED_PCAPNG_ARGS = ["--vip", "192.0.2.10", "--vip", "2001:db8:ffff::/64"]
 def mixed_pcapng_frames() -> list[tuple[float, bytes, int | None]]:
     """(offset, frame, pcapng direction: 1 inbound, 2 outbound, None unknown)."""
     q = quoted6(VIP6, client6(1), 443, 40001)
+    other_mac = "02:00:00:00:0c:01"
     return [
         (0.000, ptb6(R6, VIP6, 1400, q), 1),  # relayed
         (0.010, ptb6(R6, VIP6, 1400, q), 1),  # duplicate
         (0.020, ptb6(R6, VIP6, 1200, quoted6(VIP6, client6(2), 443, 40002)), 1),  # mtu_below_floor
-        (0.030, ptb6(R6, VIP6, 1400, quoted6(VIP6, client6(3), 443, 40003), dst_mac="33:33:00:00:00:01"), 1),  # not_unicast
-        (0.040, ptb6(R6, VIP6, 1400, quoted6(VIP6, client6(4), 443, 40004), src_mac=HOST_MAC, dst_mac="02:00:00:00:0c:01"), 2),  # own_frame
+        (0.030, ptb6(R6, VIP6, 1400, quoted6(VIP6, client6(3), 443, 40003), dst_mac="33:33:00:00:00:01"),
+         1),  # not_unicast
+        (0.040, ptb6(R6, VIP6, 1400, quoted6(VIP6, client6(4), 443, 40004), src_mac=HOST_MAC, dst_mac=other_mac),
+         2),  # own_frame
         (0.050, ptb6(R6, VIP6, 1500, quoted6(VIP6, client6(5), 443, 40005, length=1500)), 1),  # mtu_not_below_packet
         (0.060, ptb4(R1, VIP4, 1450, quoted4(VIP4, client4(8), 4789, 4789, udp=True)), None),  # relayed
         (0.070, bytes(Ether(src=ROUTER_MAC, dst=HOST_MAC) / IPv6(src=client6(9), dst=VIP6) / ICMPv6EchoRequest()), 1),

@@ -32,6 +32,8 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether  # noqa: E402
 from scapy.layers.sctp import SCTP  # noqa: E402
 from scapy.packet import Packet, Raw, raw  # noqa: E402
 
+from tests.support.checksum import internet_checksum  # noqa: E402
+
 # -- addresses ---------------------------------------------------------------------
 ROUTER_MAC = "00:00:5e:00:53:01"  # the router that sends the PTB
 HOST_MAC = "00:00:5e:00:53:02"  # this host (the relay)
@@ -210,15 +212,18 @@ def arp_frame(dst_mac: str = HOST_MAC) -> bytes:
 
 
 def echo_v4(dst_mac: str = HOST_MAC) -> bytes:
-    return raw(Ether(dst=dst_mac, src=ROUTER_MAC) / IP(src=ROUTER4, dst=VIP4) / ICMP(type=8, id=1, seq=1) / Raw(b"ping" * 8))
+    return raw(Ether(dst=dst_mac, src=ROUTER_MAC) / IP(src=ROUTER4, dst=VIP4) / ICMP(type=8, id=1, seq=1)
+               / Raw(b"ping" * 8))
 
 
 def echo_v6(dst_mac: str = HOST_MAC) -> bytes:
-    return raw(Ether(dst=dst_mac, src=ROUTER_MAC) / IPv6(src=ROUTER6, dst=VIP6) / ICMPv6EchoRequest(id=1, seq=1) / Raw(b"ping" * 8))
+    return raw(Ether(dst=dst_mac, src=ROUTER_MAC) / IPv6(src=ROUTER6, dst=VIP6) / ICMPv6EchoRequest(id=1, seq=1)
+               / Raw(b"ping" * 8))
 
 
 def tcp_v4(dst_mac: str = HOST_MAC) -> bytes:
-    return raw(Ether(dst=dst_mac, src=ROUTER_MAC) / IP(src=CLIENT4, dst=VIP4) / TCP(sport=CLIENT_PORT, dport=SERVICE_PORT))
+    return raw(Ether(dst=dst_mac, src=ROUTER_MAC) / IP(src=CLIENT4, dst=VIP4)
+               / TCP(sport=CLIENT_PORT, dport=SERVICE_PORT))
 
 
 def dest_unreach_v6(dst_mac: str = HOST_MAC) -> bytes:
@@ -242,17 +247,6 @@ def add_one(frame: bytes, offset: int) -> bytes:
     return set_bytes(frame, offset, bytes([(frame[offset] + 1) & 0xFF]))
 
 
-def ones_complement_checksum(data: bytes) -> int:
-    """RFC 1071, word by word (independent of the core's big-integer shortcut)."""
-    if len(data) & 1:
-        data += b"\x00"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += (data[i] << 8) | data[i + 1]
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def refresh_icmp_checksum(frame: bytes, l3: int, icmp: int) -> bytes:
     """Recompute the ICMPv4/ICMPv6 checksum of a frame whose layout is known (lengths intact)."""
     if frame[l3] >> 4 == 4:
@@ -262,7 +256,7 @@ def refresh_icmp_checksum(frame: bytes, l3: int, icmp: int) -> bytes:
         end = l3 + 40 + struct.unpack_from("!H", frame, l3 + 4)[0]
         pseudo = frame[l3 + 8 : l3 + 40] + struct.pack("!IxxxB", end - icmp, 58)
     message = frame[icmp:icmp + 2] + b"\x00\x00" + frame[icmp + 4 : end]
-    return set_bytes(frame, icmp + 2, struct.pack("!H", ones_complement_checksum(pseudo + message)))
+    return set_bytes(frame, icmp + 2, struct.pack("!H", internet_checksum(pseudo + message)))
 
 
 # -- a small catalogue of valid PTB frames (for properties and consistency checks) ------

@@ -1,21 +1,16 @@
-"""Shared by the end-to-end tests: relay daemons started and stopped in lab namespaces, their
-logfmt events, and the check that a relay closed the ECMP black hole.
+"""Relay daemons started and stopped in lab namespaces, their logfmt events, and the check that
+a relay closed the ECMP black hole.
 
-Processes are ``pmtud_relay.lab.LabProcess``es (from a ``Lab`` or ``test_rules.NetNS``); the lab
-or namespace that spawned them kills them on teardown, so a failed assertion here leaves nothing
-running.
+Processes are ``pmtud_relay.lab.LabProcess``es (from a ``Lab`` or ``tests.support.netns.NetNS``);
+the lab or namespace that spawned them kills them on teardown, so a failed assertion here leaves
+nothing running.
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
 import json
-import os
 import re
-import signal
-import subprocess
-import threading
 import time
 from collections.abc import Mapping, Sequence
 
@@ -29,48 +24,6 @@ SIZE = 262144              # bytes per transfer flow
 FLOW_TIMEOUT = 6.0         # with a relay every flow finishes in well under a second
 STALL_TIMEOUT = 3.0        # seconds per flow where a flow must stall: a s1 flow needs ~10 ms,
                            # a black-holed one never ends
-
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-# -- namespaces ------------------------------------------------------------------------------------
-def in_ns(ns: str, fn):
-    """Run ``fn`` in a thread that entered network namespace ``ns``; sockets it makes stay there."""
-    out: dict = {}
-
-    def body() -> None:
-        try:
-            fd = os.open(f"/var/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            out["error"] = exc
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
-
-
-def terminate(proc: subprocess.Popen, timeout: float) -> int | None:
-    """SIGTERM (if still running), then wait up to ``timeout`` seconds; a process that does not
-    stop is killed. Its exit status, or None when it had to be killed."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-        return None
 
 
 # -- relay daemons ---------------------------------------------------------------------------------
