@@ -150,7 +150,7 @@ def relay_config(args: argparse.Namespace) -> tuple[RelayConfig, bool]:
 def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
     from pmtud_relay import hostinfo, metrics
     from pmtud_relay.peers import service as peering
-    from pmtud_relay.daemon import DaemonSettings, RelayDaemon, run_event_loop
+    from pmtud_relay.daemon import RelayDaemon, run_event_loop
 
     try:
         loaded = cfg.load(args)  # flags > PMTUD_RELAY_* > config file > defaults
@@ -176,22 +176,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
     except hostinfo.HostInfoError as exc:
         print(f"pmtud-relay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    settings = DaemonSettings(
-        interfaces=interfaces,
-        relay=cfg.relay_config(s),
-        discover_vips=cfg.discover_vips(s),
-        dry_run=dry_run,
-        json_output=getattr(args, "json", False),
-        vip_refresh=s.vip_refresh,
-        vip_interfaces=tuple(s.vip_interfaces),
-        summary_interval=s.summary_interval,
-        capture=s.capture,
-        nflog_group=s.nflog_group,
-        manage_rules=s.manage_rules,
-        rules_backend=s.rules_backend,
-        peers=cfg.peer_settings(s),  # validated by cfg.load
-        confirm_owner=s.confirm_owner,
-    )
+    settings = cfg.daemon_settings(s, interfaces, dry_run=dry_run, json_output=getattr(args, "json", False))
     from pmtud_relay.nflog.capture import NflogError
     from pmtud_relay.rules import RulesError
 

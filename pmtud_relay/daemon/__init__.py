@@ -17,40 +17,19 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable, TextIO
+from dataclasses import replace
+from typing import Callable, TextIO
 
 from pmtud_relay import hostinfo, logs, metrics
 from pmtud_relay.netlink import linkwatch
 from pmtud_relay.daemon.sdnotify import Notifier
 from pmtud_relay.capture.afpacket import PacketCapture
-from pmtud_relay.nflog.capture import DEFAULT_GROUP as NFLOG_DEFAULT_GROUP
+from pmtud_relay.config.records import DaemonSettings
 from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_L2_COPY, PACKET_MULTICAST, VipSet
 from pmtud_relay.core.reasons import Reason
-from pmtud_relay.core.relay import Decision, Relay, RelayConfig
+from pmtud_relay.core.relay import Decision, Relay
 from pmtud_relay.emit.l2 import L2Emitter
 from pmtud_relay.report import decision_record, logfmt, to_json
-
-if TYPE_CHECKING:
-    from pmtud_relay.peers.service import PeerSettings
-
-
-@dataclass(frozen=True)
-class DaemonSettings:
-    interfaces: tuple[str, ...]
-    relay: RelayConfig
-    discover_vips: bool = True  # False: relay.policy.vips is the configured set
-    dry_run: bool = False
-    json_output: bool = False  # dry-run decision lines as JSON
-    vip_refresh: float = 60.0  # seconds between service-address re-reads besides the address events
-    vip_interfaces: tuple[str, ...] = hostinfo.DEFAULT_VIP_INTERFACES  # where discovery looks
-    summary_interval: float = 60.0
-    capture: str = "afpacket"  # or "nflog"
-    nflog_group: int = NFLOG_DEFAULT_GROUP
-    manage_rules: bool = False  # install the NFLOG rules at start, remove them at stop
-    rules_backend: str = "auto"  # auto, nft or iptables
-    peers: "PeerSettings | None" = None  # peer relay across L3 (pmtud_relay.peers.service); None: off
-    confirm_owner: bool = False  # delivery confirmation (docs/confirmation.md); the config's default is on
 
 
 class _Port:
@@ -594,7 +573,7 @@ class RelayDaemon:
         """Load the configuration again and apply what can change live, between two batches
         (nothing in flight is dropped). An invalid configuration, or an interface that cannot
         be opened, is logged and counted and the running configuration stays. True if applied."""
-        from pmtud_relay import config  # here, not at the top: config imports this module
+        from pmtud_relay import config
 
         if self.reloader is None or self.config is None:
             return False
