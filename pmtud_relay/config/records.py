@@ -97,13 +97,15 @@ def build_peer_settings(values: Mapping[str, Any], check_key_file: bool = True) 
         refresh=values["peers_refresh"],
         acks=values["peer_acks"],
         ack_rate=values["peer_ack_rate"],
+        dedup_window=values.get("dedup_window", KEYS["dedup_window"].default),
+        dedup_capacity=values.get("dedup_capacity", KEYS["dedup_capacity"].default),
         check_key_file=check_key_file,
     )
 
 
 def peer_settings(settings: Any) -> PeerSettings | None:
     """The peering.PeerSettings for ``settings`` (None: the peer relay is off)."""
-    return build_peer_settings({k: getattr(settings, k) for k in PEER_KEYS})
+    return build_peer_settings({k: getattr(settings, k) for k in PEER_KEYS + ("dedup_window", "dedup_capacity")})
 
 
 def daemon_settings(settings: Any, interfaces: tuple[str, ...], *, dry_run: bool = False,
