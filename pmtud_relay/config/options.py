@@ -26,7 +26,12 @@ from pmtud_relay.config.schema import (
 from pmtud_relay.config.sources import FLAGS_USED, UNSET
 
 
-def _note_flag(namespace: argparse.Namespace, dest: str, option_string: str | None) -> None:
+def _note_flag(namespace: argparse.Namespace, action: argparse.Action, option_string: str | None) -> None:
+    """Record the flag a value came from, for the messages that name it: a short option
+    (``-i``) by its first long spelling (``--interface``), which the docs can be searched for."""
+    if option_string and not option_string.startswith("--"):
+        option_string = next((o for o in action.option_strings if o.startswith("--")), option_string)
+    dest = action.dest
     used = getattr(namespace, FLAGS_USED, None)
     if used is None:
         used = {}
@@ -38,7 +43,7 @@ def _note_flag(namespace: argparse.Namespace, dest: str, option_string: str | No
 class _Store(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
         setattr(namespace, self.dest, values)
-        _note_flag(namespace, self.dest, option_string)
+        _note_flag(namespace, self, option_string)
 
 
 class _Append(argparse.Action):
@@ -47,7 +52,7 @@ class _Append(argparse.Action):
         items = [] if current is UNSET or current is None else list(current)
         items.append(values)
         setattr(namespace, self.dest, items)
-        _note_flag(namespace, self.dest, option_string)
+        _note_flag(namespace, self, option_string)
 
 
 class _Bool(argparse.Action):
@@ -57,7 +62,7 @@ class _Bool(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
         setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
-        _note_flag(namespace, self.dest, option_string)
+        _note_flag(namespace, self, option_string)
 
 
 def _flag_type(key: Key) -> Callable[[str], Any]:
@@ -77,9 +82,11 @@ def _flag_type(key: Key) -> Callable[[str], Any]:
     return convert
 
 
-def help_text(key: Key) -> str:
+def help_text(key: Key, env: bool = True) -> str:
+    """The option's help: the schema's text, default and maximum (and environment variable,
+    for commands that read the environment)."""
     limit = f"; at most {num(key.maximum)}" if key.maximum is not None else ""
-    return f"{key.help} (default {default_text(key)}{limit}; env {key.env})"
+    return f"{key.help} (default {default_text(key)}{limit}" + (f"; env {key.env})" if env else ")")
 
 
 def add_key(container: Any, key: Key | str, *, flags: Sequence[str] | None = None,
