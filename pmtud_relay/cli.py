@@ -26,7 +26,7 @@ def _add_relay_options(p: argparse.ArgumentParser) -> None:
 RULES_LIMIT_KEYS = ("source_rate", "source_burst", "global_rate", "global_burst")
 
 
-def _add_rules_parser(sub) -> None:  # type: ignore[no-untyped-def]
+def _add_rules_parser(sub) -> None:
     rules = sub.add_parser("rules", help="show, install or remove the firewall rules for --capture nflog")
     rules.add_argument("action", choices=["show", "install", "remove"],
                        help="show: print the exact rules install would load; install: load them (replacing "
@@ -173,7 +173,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
 
     daemon = RelayDaemon(settings)
     daemon.config = s
-    daemon.reloader = lambda: cfg.reload(args)  # SIGHUP: same flags and environment, file re-read
+    daemon.reloader = lambda: cfg.reload(args)  # type: ignore[assignment]  # RelayDaemon starts it as None; SIGHUP: same flags and environment, file re-read
     try:
         daemon.open()
     except NflogError as exc:
@@ -202,7 +202,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
     serve_metrics = s.metrics_address and (not dry_run or loaded.sources["metrics_address"].startswith("-"))
     if serve_metrics:  # after the capture: its errors (busy NFLOG group, EPERM) come first
         try:
-            daemon.metrics_sock = metrics.bind(s.metrics_address)
+            daemon.metrics_sock = metrics.bind(s.metrics_address)  # type: ignore[assignment]  # None until bound
         except metrics.MetricsError as exc:
             print(f"pmtud-relay: {exc}", file=sys.stderr)
             daemon.close()

@@ -103,15 +103,16 @@ class Analyzer:
         truncated = wirelen is not None and wirelen > len(data)
         if truncated:
             self.truncated += 1
-        if self.start is None:
+        if self.relay is None:
             self.start = self.end = self.now = ts
             self.relay = Relay(self.config, now=ts)
-        if ts < self.now:
+        start, relay = self.start or 0.0, self.relay  # set by the first frame
+        now = self.now if self.now is not None else ts
+        if ts < now:
             self.backwards += 1  # merged or reordered capture: keep the clock monotonic
         else:
-            self.now = ts
-        self.end = max(self.end, ts)
-        now = self.now
+            self.now = now = ts
+        self.end = ts if self.end is None else max(self.end, ts)
         adapted = to_ethernet(data, linktype, self.host_macs)
         if adapted is None:
             self.unsupported[linktype] += 1
@@ -119,7 +120,7 @@ class Analyzer:
         frame, pkttype = adapted
         if direction == 2:  # pcapng: outbound
             pkttype = PACKET_OUTGOING
-        decision = self.relay.handle(frame, now, _COPY_SRC, pkttype)
+        decision = relay.handle(frame, now, _COPY_SRC, pkttype)
         reason = decision.reason
         ptb = decision.ptb
         if ptb is None:
@@ -139,7 +140,7 @@ class Analyzer:
             if self.keep_decisions:
                 rec = decision_record(decision)
                 rec.update(family=family, outer_src=_ip(outer_src), outer_dst=_ip(outer_dst))
-                self.decisions.append({"at": round(now - self.start, 6), **rec})
+                self.decisions.append({"at": round(now - start, 6), **rec})
             return
         if truncated:
             self.truncated_ptbs += 1
@@ -148,7 +149,7 @@ class Analyzer:
         if reason is Reason.NOT_VIP:
             self.not_vip_sources[_ip(ptb.inner_src)] += 1
         if self.keep_decisions:
-            self.decisions.append({"at": round(now - self.start, 6), **decision_record(decision)})
+            self.decisions.append({"at": round(now - start, 6), **decision_record(decision)})
 
     def _count(self, reason, now, family, source, destination, mtu, flow) -> None:
         self.verdicts[reason.value] += 1
@@ -216,7 +217,7 @@ class Analyzer:
                 "unsupported_frames": {str(k): v for k, v in sorted(self.unsupported.items())},
                 "start": iso(self.start),
                 "end": iso(self.end),
-                "duration": round(self.end - self.start, 6) if self.start is not None else 0.0,
+                "duration": 0.0 if self.start is None or self.end is None else round(self.end - self.start, 6),
                 "timestamps_backwards": self.backwards,
             },
             "config": {

@@ -51,7 +51,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_keys(container, names) -> None:  # type: ignore[no-untyped-def]
+def _add_keys(container, names) -> None:
     for name in names:
         key = cfg.KEYS[name]
         # Checked when the settings are loaded, so that a bad value is reported like a bad
@@ -82,7 +82,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``analyze`` on an argparse subparsers object."""
     p = subparsers.add_parser(
         "analyze",
@@ -100,7 +100,7 @@ def relay_config(args: argparse.Namespace) -> RelayConfig:
     return cfg.relay_config(settings, vips=VipSet(ANY_VIP) if args.assume_vips else None)
 
 
-def analyze_file(path: str, config: RelayConfig, host_macs=frozenset(), top: int = 10,  # type: ignore[no-untyped-def]
+def analyze_file(path: str, config: RelayConfig, host_macs=frozenset(), top: int = 10,
                  keep_decisions: bool = False) -> dict:
     """Analyse ``path`` and return the report as a JSON-ready dict (AnalyzeError if unreadable)."""
     info = CaptureInfo(path)

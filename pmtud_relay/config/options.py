@@ -41,13 +41,13 @@ def _note_flag(namespace: argparse.Namespace, action: argparse.Action, option_st
 
 
 class _Store(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
         _note_flag(namespace, self, option_string)
 
 
 class _Append(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(self, parser, namespace, values, option_string=None):
         current = getattr(namespace, self.dest, UNSET)
         items = [] if current is UNSET or current is None else list(current)
         items.append(values)
@@ -56,11 +56,11 @@ class _Append(argparse.Action):
 
 
 class _Bool(argparse.Action):
-    def __init__(self, option_strings, dest, **kw):  # type: ignore[no-untyped-def]
+    def __init__(self, option_strings, dest, **kw):
         kw["nargs"] = 0
         super().__init__(option_strings, dest, **kw)
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
         _note_flag(namespace, self, option_string)
 

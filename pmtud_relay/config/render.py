@@ -63,7 +63,8 @@ def markdown_table() -> str:
     for k in SCHEMA:
         flags = [k.flag] + (["--no-" + k.flag[2:]] if k.kind is bool else []) + list(k.aliases)
         if k.kind is list:
-            kind = {str: "list of strings", int: "list of integers"}.get(k.item, "list of prefixes")
+            item_kinds: dict[type | None, str] = {str: "list of strings", int: "list of integers"}
+            kind = item_kinds.get(k.item, "list of prefixes")
             if k.env_sep is None:
                 kind += " (env: blank-separated)"
         else:

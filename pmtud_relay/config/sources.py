@@ -256,6 +256,7 @@ def load(
     """
     environ = os.environ if environ is None else environ
     named_by = None
+    file_path: str | None
     if path is not None:
         file_path, required = str(path), True
     else:
@@ -325,7 +326,8 @@ def reload(args: argparse.Namespace | None = None, environ: Mapping[str, str] | 
 
 def changes(old, new) -> tuple[list[str], list[str]]:
     """Keys that differ between two Settings: (applied live on reload, needing a restart)."""
-    live, restart = [], []
+    live: list[str] = []
+    restart: list[str] = []
     for key in SCHEMA:
         if getattr(old, key.name) != getattr(new, key.name):
             (restart if key.reload == "restart" else live).append(key.name)
