@@ -51,12 +51,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_keys(container, names) -> None:
+def _add_keys(container, names, help: str | None = None) -> None:
     for name in names:
         key = cfg.KEYS[name]
         # Checked when the settings are loaded, so that a bad value is reported like a bad
         # capture (message on stderr, exit status 2) instead of by argparse.
-        cfg.add_key(container, key, check_at_parse=False, help=help_text(key, env=False))
+        cfg.add_key(container, key, check_at_parse=False, help=help or help_text(key, env=False))
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -68,7 +68,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="also list every PTB decision (text: logfmt lines; JSON: a 'decisions' array)")
     g = p.add_argument_group("service addresses (one of these is required)")
     vg = g.add_mutually_exclusive_group(required=True)
-    _add_keys(vg, ("vips",))
+    _add_keys(vg, ("vips",), help="service address or prefix (repeatable), as for run")
     vg.add_argument("--assume-vips", action="store_true",
                     help="treat every quoted source as a VIP (no not_vip drops: use only to see what the "
                          "other stages would do)")

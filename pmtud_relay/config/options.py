@@ -107,7 +107,8 @@ def add_key(container: Any, key: Key | str, *, flags: Sequence[str] | None = Non
     elif key.kind is list:
         names = list(flags) if flags else [*key.aliases, key.flag]
         container.add_argument(*names, dest=key.name, action=_Append, default=UNSET,
-                               metavar=key.metavar, help=text + "; repeatable", **kind_kw)
+                               metavar=key.metavar, help=text if "repeatable" in text else text + "; repeatable",
+                               **kind_kw)
     else:
         names = list(flags) if flags else [key.flag, *key.aliases]
         container.add_argument(*names, dest=key.name, action=_Store, default=UNSET,
