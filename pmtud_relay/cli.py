@@ -6,10 +6,9 @@ import argparse
 import errno
 import sys
 
-from pmtud_relay import __version__, argtypes, logs
+from pmtud_relay import __version__, logs
 from pmtud_relay import config as cfg
-from pmtud_relay.core import ratelimit as rl
-from pmtud_relay.core.relay import RelayConfig
+from pmtud_relay.config.options import help_text
 
 EXIT_CONFIG = 2
 EXIT_PRIVILEGE = 77  # sysexits EX_NOPERM
@@ -23,68 +22,66 @@ def _add_relay_options(p: argparse.ArgumentParser) -> None:
     cfg.add_arguments(p)
 
 
-def _group(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"NFLOG group must be within 0..65535, got {text}")
-    return value
+#: The schema keys ``rules`` takes: what shapes the rule set (pmtud_relay.rules.RuleSpec).
+RULES_LIMIT_KEYS = ("source_rate", "source_burst", "global_rate", "global_burst")
 
 
 def _add_rules_parser(sub) -> None:
-    from pmtud_relay.nflog.capture import DEFAULT_GROUP
-
     rules = sub.add_parser("rules", help="show, install or remove the firewall rules for --capture nflog")
     rules.add_argument("action", choices=["show", "install", "remove"],
                        help="show: print the exact rules install would load; install: load them (replacing "
                        "earlier ones); remove: delete them")
-    rules.add_argument("--backend", choices=["auto", "nft", "iptables"], default="auto",
-                       help="auto (default): nft if it works, else iptables; remove with auto clears both")
-    rules.add_argument("-i", "--interface", action="append", dest="interfaces", metavar="IFNAME",
-                       help="interface the PTBs arrive on (repeatable; default: the default-route interface)")
-    rules.add_argument("--nflog-group", type=_group, default=DEFAULT_GROUP, metavar="N",
-                       help="NFLOG group (default %(default)s)")
+    # The settings are the schema's (same bounds as for run), read from the command line only;
+    # they are checked when loaded, so that errors are reported like the rules' own (exit 2).
+    cfg.add_key(rules, "rules_backend", flags=("--backend",), check_at_parse=False,
+                help="auto (default): nft if it works, else iptables; remove with auto clears both")
+    cfg.add_key(rules, "interfaces", flags=("-i", "--interface"), check_at_parse=False,
+                help="interface the PTBs arrive on (repeatable; default: the default-route interface)")
+    cfg.add_key(rules, "nflog_group", check_at_parse=False,
+                help=f"NFLOG group (default {cfg.KEYS['nflog_group'].default})")
     g = rules.add_argument_group("limits (the userspace limits; the in-kernel ones are twice these)")
-    g.add_argument("--source-rate", type=argtypes.positive_float, default=rl.DEFAULT_SOURCE_RATE, metavar="PPS")
-    g.add_argument("--source-burst", type=argtypes.burst, default=rl.DEFAULT_SOURCE_BURST, metavar="N")
-    g.add_argument("--global-rate", type=argtypes.positive_float, default=rl.DEFAULT_GLOBAL_RATE, metavar="PPS")
-    g.add_argument("--global-burst", type=argtypes.burst, default=rl.DEFAULT_GLOBAL_BURST, metavar="N")
+    for name in RULES_LIMIT_KEYS:
+        cfg.add_key(g, name, check_at_parse=False, help=help_text(cfg.KEYS[name], env=False))
 
 
 def _rules_command(args: argparse.Namespace) -> int:
     from pmtud_relay import hostinfo, rules
 
-    missing = rules.missing_library(args.backend)
+    try:
+        settings = cfg.load(args, environ={}, use_default_path=False).settings
+    except ConfigError as exc:
+        print(f"pmtud-relay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    backend_name = settings.rules_backend
+    missing = rules.missing_library(backend_name)
     if missing:
         print(f"pmtud-relay: --backend iptables: {missing}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         if args.action == "remove":
-            backends = [rules.resolve(args.backend)]
-            if args.backend == "auto":
+            backends = [rules.resolve(backend_name)]
+            if backend_name == "auto":
                 backends += rules.others(backends[0])
             for backend in backends:
                 removed = backend.remove()
                 print(f"{backend.name}: {'removed' if removed else 'nothing to remove'}")
             return 0
         try:
-            interfaces = tuple(dict.fromkeys(args.interfaces)) if args.interfaces else (hostinfo.default_interface(),)
+            interfaces = settings.interfaces or (hostinfo.default_interface(),)
         except hostinfo.HostInfoError as exc:
             print(f"pmtud-relay: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         try:
-            spec = rules.RuleSpec.from_limits(interfaces, args.nflog_group, args.source_rate, args.source_burst,
-                                              args.global_rate, args.global_burst)
+            spec = rules.RuleSpec.from_limits(interfaces, settings.nflog_group, settings.source_rate,
+                                              settings.source_burst, settings.global_rate, settings.global_burst)
         except ValueError as exc:
             print(f"pmtud-relay: --interface: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         if args.action == "show":  # needs no privilege: falls back to a guess without one
-            backend = rules.get_backend(args.backend if args.backend != "auto" else _guess_backend())
+            backend = rules.get_backend(backend_name if backend_name != "auto" else _guess_backend())
             sys.stdout.write(backend.render(spec))
             return 0
-        backend = rules.resolve(args.backend)
+        backend = rules.resolve(backend_name)
         backend.install(spec)
         print(f"{backend.name}: installed for {', '.join(interfaces)}, NFLOG group {spec.group}")
         return 0
@@ -141,16 +138,10 @@ def build_parser(tools: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def relay_config(args: argparse.Namespace) -> tuple[RelayConfig, bool]:
-    """The core configuration from flags (and --config) only; (config, discover_vips)."""
-    settings = cfg.load(args, environ={}, use_default_path=False).settings
-    return cfg.relay_config(settings), cfg.discover_vips(settings)
-
-
 def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
     from pmtud_relay import hostinfo, metrics
+    from pmtud_relay.daemon import RelayDaemon, run_event_loop
     from pmtud_relay.peers import service as peering
-    from pmtud_relay.daemon import DaemonSettings, RelayDaemon, run_event_loop
 
     try:
         loaded = cfg.load(args)  # flags > PMTUD_RELAY_* > config file > defaults
@@ -176,28 +167,13 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
     except hostinfo.HostInfoError as exc:
         print(f"pmtud-relay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    settings = DaemonSettings(
-        interfaces=interfaces,
-        relay=cfg.relay_config(s),
-        discover_vips=cfg.discover_vips(s),
-        dry_run=dry_run,
-        json_output=getattr(args, "json", False),
-        vip_refresh=s.vip_refresh,
-        vip_interfaces=tuple(s.vip_interfaces),
-        summary_interval=s.summary_interval,
-        capture=s.capture,
-        nflog_group=s.nflog_group,
-        manage_rules=s.manage_rules,
-        rules_backend=s.rules_backend,
-        peers=cfg.peer_settings(s),  # validated by cfg.load
-        confirm_owner=s.confirm_owner,
-    )
+    settings = cfg.daemon_settings(s, interfaces, dry_run=dry_run, json_output=getattr(args, "json", False))
     from pmtud_relay.nflog.capture import NflogError
     from pmtud_relay.rules import RulesError
 
     daemon = RelayDaemon(settings)
     daemon.config = s
-    daemon.reloader = lambda: cfg.reload(args)  # SIGHUP: same flags and environment, file re-read
+    daemon.reloader = lambda: cfg.reload(args)  # type: ignore[assignment]  # RelayDaemon starts it as None; SIGHUP: same flags and environment, file re-read
     try:
         daemon.open()
     except NflogError as exc:
@@ -226,7 +202,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
     serve_metrics = s.metrics_address and (not dry_run or loaded.sources["metrics_address"].startswith("-"))
     if serve_metrics:  # after the capture: its errors (busy NFLOG group, EPERM) come first
         try:
-            daemon.metrics_sock = metrics.bind(s.metrics_address)
+            daemon.metrics_sock = metrics.bind(s.metrics_address)  # type: ignore[assignment]  # None until bound
         except metrics.MetricsError as exc:
             print(f"pmtud-relay: {exc}", file=sys.stderr)
             daemon.close()

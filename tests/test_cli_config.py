@@ -10,7 +10,8 @@ import socket
 import pytest
 
 from pmtud_relay import cli, logs
-from pmtud_relay.cli import ConfigError, build_parser, relay_config
+from pmtud_relay import config as cfg
+from pmtud_relay.cli import ConfigError, build_parser
 from pmtud_relay.core.policy import Policy, VipSet
 from pmtud_relay.core.relay import RelayConfig
 
@@ -29,7 +30,9 @@ def _logging_as_it_was():
 
 
 def config_for(*argv: str, command: str = "run") -> tuple[RelayConfig, bool]:
-    return relay_config(build_parser().parse_args([command, *argv]))
+    """The core's configuration from flags (and --config) only; (config, discover_vips)."""
+    settings = cfg.load(build_parser().parse_args([command, *argv]), environ={}, use_default_path=False).settings
+    return cfg.relay_config(settings), cfg.discover_vips(settings)
 
 
 def parse_error(capsys, *argv: str) -> str:

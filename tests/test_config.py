@@ -78,7 +78,7 @@ def test_defaults_come_from_the_core_modules():
 
 def test_every_default_passes_its_own_validation():
     for key in cfg.SCHEMA:
-        assert cfg._validate(key, key.default) == key.default
+        assert cfg.validate(key, key.default) == key.default
 
 
 def test_settings_are_frozen():
@@ -247,11 +247,11 @@ def test_invalid_toml_names_the_file(tmp_path):
 
 
 def test_default_path_is_read_only_if_it_exists(tmp_path, monkeypatch):
-    monkeypatch.setattr(cfg, "DEFAULT_PATH", str(tmp_path / "absent.toml"))
+    monkeypatch.setattr(cfg.sources, "DEFAULT_PATH", str(tmp_path / "absent.toml"))
     loaded = cfg.load(None, {})
     assert loaded.path is None and loaded.settings == cfg.Settings()
     present = write(tmp_path, "global_rate = 9\n")
-    monkeypatch.setattr(cfg, "DEFAULT_PATH", present)
+    monkeypatch.setattr(cfg.sources, "DEFAULT_PATH", present)
     loaded = cfg.load(None, {})
     assert loaded.path == present and loaded.settings.global_rate == 9.0
 
@@ -264,7 +264,7 @@ def test_named_file_must_exist(tmp_path):
 
 
 def test_empty_config_name_reads_no_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(cfg, "DEFAULT_PATH", write(tmp_path, "global_rate = 9\n"))
+    monkeypatch.setattr(cfg.sources, "DEFAULT_PATH", write(tmp_path, "global_rate = 9\n"))
     assert cfg.load(parser().parse_args(["--config", ""]), {}).path is None
     assert cfg.load(None, {"PMTUD_RELAY_CONFIG": ""}).settings.global_rate == rl.DEFAULT_GLOBAL_RATE
 

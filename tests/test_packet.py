@@ -511,3 +511,25 @@ def test_quoted_icmp_informational_types_are_not_errors(icmp_type):
         ptb = parse_frame(F.ptb_v6(proto=ICMPv6EchoRequest(type=icmp_type)))
         assert isinstance(ptb, PTB) and ptb.proto == 58
 
+
+
+# -- claimed_ptb: what a rejected frame says it is (pmtud-relay analyze) -----------------------
+
+
+def test_claimed_ptb_tells_malformed_ptbs_from_other_traffic():
+    from pmtud_relay.core.packet import claimed_ptb
+
+    v4, v6 = F.ptb_v4(), F.ptb_v6()
+    assert claimed_ptb(v4) == (4, 14) and claimed_ptb(v6) == (6, 14)
+    assert claimed_ptb(F.ptb_v4(vlans=((0x88A8, 5), (0x8100, 6)))) == (4, 22)  # two tags: the parser's limit
+    # malformed PTBs are still PTBs by their type fields: truncated, corrupt checksum, short quote
+    assert claimed_ptb(v4[:14 + 20 + 2]) == (4, 14)
+    assert parse_frame(v4[:14 + 20 + 2]) is Reason.TOO_SHORT
+    assert claimed_ptb(F.add_one(v6, 14 + 40 + 2)) == (6, 14)
+    assert claimed_ptb(F.ptb_v4(quote_len=10)) == (4, 14)
+    # other traffic, and what the parser never reaches
+    for frame in (F.echo_v4(), F.echo_v6(), F.tcp_v4(), F.arp_frame(), F.dest_unreach_v6(),
+                  F.ptb_v4(icmp_code=3), F.set_bytes(v6, 14 + 40, b"\x01"), v4[:14 + 20 + 1], v4[:13], b""):
+        assert claimed_ptb(frame) is None, frame.hex()
+    assert claimed_ptb(F.ptb_v4(vlans=((0x88A8, 5), (0x8100, 6), (0x8100, 7)))) is None  # three tags: not parsed at all
+    assert claimed_ptb(F.set_bytes(v4, 14 + 6, b"\x00\x10")) is None  # a non-first fragment

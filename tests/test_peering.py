@@ -6,6 +6,7 @@ Real UDP sockets on 127.0.0.1 only; raw-socket injection is exercised in tests/t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import io
 import json
@@ -514,3 +515,30 @@ def test_listener_reports_the_local_address_and_replies_from_it(bind):
     finally:
         client.close()
         listener.close()
+
+
+def test_receiver_dedup_follows_dedup_window(key_file):
+    """The same PTB from two peers 2 s apart: injected twice with a 1 s dedup window (the
+    default), once with dedup_window = 5 — the setting reaches the peer inbox."""
+    keyring = Keyring([(1, bytes.fromhex(KEY_HEX))])
+    pkt = F.ptb_v4()[14:]
+    first = encode(pkt, keyring, 1_700_000_000.0, b"\x03" * 12)
+    second = encode(pkt, keyring, 1_700_000_002.0, b"\x04" * 12)  # another peer's copy: new nonce
+
+    def reasons(*flags):
+        settings = peer_settings("--peer-listen", "127.0.0.1:2106", "--peer-key-file", key_file, *flags)
+        settings = dataclasses.replace(settings, listen=(("127.0.0.1", 0),))  # any free port
+        svc = PeerService(settings, lambda: POLICY, dry_run=True, out=io.StringIO(),
+                          clock=lambda: 0.0, wall=lambda: 1_700_000_000.0, own_addresses=frozenset)
+        svc.open()
+        try:
+            assert svc.inbox.config.dedup_window == settings.dedup_window
+            return [svc.handle_datagram(data, src, 40000, now, 1_700_000_000.0 + now, POLICY).reason.value
+                    for data, src, now in ((first, "198.51.100.18", 0.0), (second, "198.51.100.34", 2.0))]
+        finally:
+            svc.close()
+
+    assert reasons() == ["accepted", "accepted"]
+    assert reasons("--dedup-window", "5", "--dedup-capacity", "16") == ["accepted", "duplicate"]
+    assert peer_settings("--peer-listen", "127.0.0.1:2106", "--peer-key-file", key_file,
+                         "--dedup-capacity", "16").dedup_capacity == 16

@@ -13,7 +13,9 @@ PTB came in on. The modules, by concern:
 - confirmation.py: owner lookups after the copies left (docs/confirmation.md);
 - vips.py: service addresses, discovered and re-read; reload.py: SIGHUP;
 - summary.py: the summary line and systemd status; loop.py: the event loop (uvloop);
-- settings.py: :class:`DaemonSettings`; faults.py: errors counted and logged, never fatal.
+- faults.py: errors counted and logged, never fatal.
+
+Its settings, :class:`DaemonSettings`, are built by pmtud_relay.config (config/records.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 from pmtud_relay.daemon.loop import run_event_loop
 from pmtud_relay.daemon.ports import Interfaces, Port
 from pmtud_relay.daemon.service import RelayDaemon
-from pmtud_relay.daemon.settings import DaemonSettings
+from pmtud_relay.config.records import DaemonSettings
 from pmtud_relay.daemon.vips import parse_vips
 
 __all__ = ["DaemonSettings", "Interfaces", "Port", "RelayDaemon", "parse_vips", "run_event_loop"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from pmtud_relay import logs
+from pmtud_relay import config, logs
 
 if TYPE_CHECKING:
     from pmtud_relay.daemon.service import RelayDaemon
@@ -15,8 +15,6 @@ if TYPE_CHECKING:
 
 def reload(d: RelayDaemon) -> bool:
     """True if the new configuration was applied."""
-    from pmtud_relay import config  # here, not at the top: config imports the daemon
-
     if d.reloader is None or d.config is None:
         return False
     try:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from pmtud_relay.config import Loaded
     from pmtud_relay.confirm.lookup import KernelLookup
     from pmtud_relay.confirm.service import Confirmer
-    from pmtud_relay.daemon.settings import DaemonSettings
+    from pmtud_relay.config.records import DaemonSettings
     from pmtud_relay.peers.service import PeerService
     from pmtud_relay.rules import RuleManager
 

@@ -426,7 +426,7 @@ def build_registry(stats: Stats, relay: Callable[[], object] | None = None,
 def bind(address: str) -> socket.socket:
     """Open the listening socket for ``metrics_address`` (``HOST:PORT``, ``[V6]:PORT`` or
     ``:PORT`` for every address). Raises :class:`MetricsError` naming the address."""
-    from pmtud_relay.config import split_address
+    from pmtud_relay.hostport import split_address
 
     try:
         host, port = split_address(address, allow_zero=True)

@@ -49,6 +49,7 @@ from pmtud_relay.peers.inbox import (
     DEFAULT_PEER_BURST, DEFAULT_PEER_RATE, DEFAULT_PORT, InboxConfig, InboxDecision, PeerInbox, PeerSpec,
     PeerTable, parse_peer_spec,
 )
+from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core.policy import Policy
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Decision
@@ -95,6 +96,8 @@ class PeerSettings:
     refresh: float = DEFAULT_REFRESH
     acks: bool = True  # acknowledge owned PTBs received; track acks for PTBs sent
     ack_rate: float = DEFAULT_ACK_RATE  # acks per second this host sends at most (burst: 2x)
+    dedup_window: float = _dedup.DEFAULT_WINDOW  # the receiver's dedup: the relay's dedup_window
+    dedup_capacity: int = _dedup.DEFAULT_CAPACITY
 
     @property
     def sends(self) -> bool:
@@ -120,6 +123,8 @@ def build_settings(
     check_key_file: bool = True,
     acks: bool = True,
     ack_rate: float = DEFAULT_ACK_RATE,
+    dedup_window: float = _dedup.DEFAULT_WINDOW,
+    dedup_capacity: int = _dedup.DEFAULT_CAPACITY,
 ) -> PeerSettings | None:
     """Validate peer options (strings as typed); None when the peer relay is off entirely.
     PeerConfigError names the option at fault. The flags, environment variables and TOML keys
@@ -174,7 +179,7 @@ def build_settings(
         except KeyFileError as exc:
             raise PeerConfigError(f"--peer-key-file: {exc}") from None
     return PeerSettings(fanout, static, files, dns, dns_interval, addresses, key_file, rate, burst, max_age, refresh,
-                        bool(acks), ack_rate)
+                        bool(acks), ack_rate, dedup_window, dedup_capacity)
 
 
 # -- the service ---------------------------------------------------------------------------------
@@ -258,6 +263,7 @@ class PeerService:
             if s.listen:
                 self.decoder = PeerDecoder(self.keyring, s.max_age)
                 self.inbox = PeerInbox(self.decoder, InboxConfig(
+                    dedup_window=s.dedup_window, dedup_capacity=s.dedup_capacity,
                     sender_rate=2 * s.rate, sender_burst=2 * s.burst), now=self.clock())
                 if not self.dry_run:
                     self.injector = LoopbackInjector()

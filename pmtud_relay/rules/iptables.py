@@ -32,7 +32,8 @@ import shutil
 import subprocess
 import zlib
 
-from pmtud_relay.rules import IPTABLES_INSTALL_HINT, RuleSpec, RulesError, iptc_compat
+from pmtud_relay.rules import iptc_compat
+from pmtud_relay.rules.spec import IPTABLES_INSTALL_HINT, RulesError, RuleSpec
 
 CHAIN = "PMTUD_RELAY"
 LOG_CHAIN = "PMTUD_RELAY_LOG"

@@ -24,7 +24,7 @@ import re
 import shutil
 import subprocess
 
-from pmtud_relay.rules import RuleSpec, RulesError
+from pmtud_relay.rules.spec import RulesError, RuleSpec
 
 FAMILY = "inet"
 TABLE = "pmtud_relay"
