@@ -17,9 +17,9 @@ from pmtud_relay import metrics
 from pmtud_relay.capture.base import Capture
 
 if TYPE_CHECKING:
-    from pmtud_relay.daemon import DaemonSettings
+    from pmtud_relay.config.records import DaemonSettings
     from pmtud_relay.daemon.faults import Faults
-    from pmtud_relay.daemon.ports import Port
+    from pmtud_relay.daemon.port import Port
     from pmtud_relay.nflog.capture import NflogCapture
 
 OnReadable = Callable[["Port"], None]

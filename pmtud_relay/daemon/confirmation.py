@@ -20,8 +20,8 @@ from pmtud_relay.report import decision_record
 if TYPE_CHECKING:
     from pmtud_relay.confirm.lookup import KernelLookup
     from pmtud_relay.confirm.service import Confirmer
-    from pmtud_relay.daemon.packet_path import Reporter
-    from pmtud_relay.daemon.ports import Port
+    from pmtud_relay.daemon.port import Port
+    from pmtud_relay.daemon.reporter import Reporter
 
 
 def open_owner_lookup(log: logging.Logger) -> KernelLookup | None:

@@ -14,7 +14,7 @@ from pmtud_relay.core.relay import Relay
 
 if TYPE_CHECKING:
     from pmtud_relay.daemon.faults import Faults
-    from pmtud_relay.daemon.ports import Port
+    from pmtud_relay.daemon.port import Port
 
 
 def _ip(source: bytes) -> str:

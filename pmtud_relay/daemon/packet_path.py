@@ -12,41 +12,22 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, TextIO
+from typing import TYPE_CHECKING, Callable
 
 from pmtud_relay import metrics
 from pmtud_relay.core.policy import PACKET_BROADCAST, PACKET_MULTICAST
 from pmtud_relay.core.relay import Decision, Relay
-from pmtud_relay.report import decision_record, logfmt, to_json
+from pmtud_relay.report import decision_record
 
 if TYPE_CHECKING:
     from pmtud_relay.daemon.confirmation import Confirmation
     from pmtud_relay.daemon.faults import Faults
     from pmtud_relay.daemon.holds import KernelHolds
-    from pmtud_relay.daemon.ports import Port
+    from pmtud_relay.daemon.port import Port
+    from pmtud_relay.daemon.reporter import Reporter
     from pmtud_relay.peers.service import PeerService
 
 DEBUG = logging.DEBUG
-
-
-class Reporter:
-    """Dry-run decision lines (logfmt, or JSON) on ``out``."""
-
-    def __init__(self, out: TextIO, json_output: bool):
-        self.out = out
-        self.json_output = json_output
-
-    def report(self, decision: Decision, ifname: str, **extra: Any) -> None:
-        rec = decision_record(decision, ifname)
-        if extra:
-            if extra.get("origin") == "l2_copy":  # another relay's copy: looked up, never relayed
-                rec["verdict"] = "look_up" if decision.relay else "drop"
-                if decision.relay:
-                    rec["reason"] = "l2_copy"
-            rec.update(extra)
-        line = to_json(rec) if self.json_output else logfmt(rec)
-        self.out.write(line + "\n")
-        self.out.flush()
 
 
 class PacketPath:

@@ -16,21 +16,13 @@ import errno
 import logging
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from pmtud_relay.capture.base import Capture, HeldSources
+from pmtud_relay.capture.base import HeldSources
+from pmtud_relay.daemon.port import Emitter, Port
 
 if TYPE_CHECKING:
     from pmtud_relay.daemon.capture_modes import CaptureMode, OnReadable
     from pmtud_relay.daemon.faults import Faults
     from pmtud_relay.netlink.linkwatch import LinkEvent
-
-
-class Emitter(Protocol):
-    """What a port needs of its L2 emitter (pmtud_relay.emit.l2.L2Emitter)."""
-
-    def queue(self, frame: bytes) -> int: ...
-    def flush(self) -> int: ...
-    def refresh_mtu(self) -> None: ...
-    def close(self) -> None: ...
 
 
 class Links(Protocol):
@@ -42,23 +34,6 @@ class Links(Protocol):
     def read(self) -> tuple[list[LinkEvent], bool]: ...
     def state(self, name: str) -> tuple[int, bool] | None: ...
     def close(self) -> None: ...
-
-
-class Port:
-    """One interface: its capture and (unless no L2 copy is sent) its emitter."""
-
-    __slots__ = ("ifname", "capture", "emitter", "mac")
-
-    def __init__(self, ifname: str, capture: Capture, emitter: Emitter | None = None):
-        self.ifname = ifname
-        self.capture = capture
-        self.emitter = emitter
-        self.mac = capture.mac
-
-    def close(self) -> None:
-        self.capture.close()
-        if self.emitter is not None:
-            self.emitter.close()
 
 
 ABSENT = (errno.ENODEV, errno.ENXIO)  # no interface of that name (yet)

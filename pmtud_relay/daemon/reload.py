@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 from pmtud_relay import config, logs
 
 if TYPE_CHECKING:
-    from pmtud_relay.daemon.service import RelayDaemon
+    from pmtud_relay.daemon.parts import DaemonParts
 
 
-def reload(d: RelayDaemon) -> bool:
+def reload(d: DaemonParts) -> bool:
     """True if the new configuration was applied."""
     if d.reloader is None or d.config is None:
         return False
@@ -56,7 +56,7 @@ def reload(d: RelayDaemon) -> bool:
     return True
 
 
-def _failed(d: RelayDaemon, error: str) -> bool:
+def _failed(d: DaemonParts, error: str) -> bool:
     d.stats.reloaded(False)
     d.log.error("config_reload_failed", extra={"kv": {"error": error}})
     return False

@@ -26,17 +26,18 @@ from pmtud_relay.daemon.capture_modes import capture_mode
 from pmtud_relay.daemon.confirmation import Confirmation, log_owner_verdict, open_owner_lookup
 from pmtud_relay.daemon.faults import Faults
 from pmtud_relay.daemon.holds import KernelHolds
-from pmtud_relay.daemon.packet_path import PacketPath, Reporter
+from pmtud_relay.daemon.packet_path import PacketPath
 from pmtud_relay.daemon.ports import WAITING_HINT, Interfaces
+from pmtud_relay.daemon.reporter import Reporter
 from pmtud_relay.daemon.sdnotify import Notifier
 from pmtud_relay.daemon.vips import Vips, vip_text
 from pmtud_relay.emit.l2 import L2Emitter
 
 if TYPE_CHECKING:
     from pmtud_relay.config import Loaded
+    from pmtud_relay.config.records import DaemonSettings
     from pmtud_relay.confirm.lookup import KernelLookup
     from pmtud_relay.confirm.service import Confirmer
-    from pmtud_relay.config.records import DaemonSettings
     from pmtud_relay.peers.service import PeerService
     from pmtud_relay.rules import RuleManager
 

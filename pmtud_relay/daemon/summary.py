@@ -11,7 +11,7 @@ from pmtud_relay import metrics
 from pmtud_relay.core.reasons import Reason
 
 if TYPE_CHECKING:
-    from pmtud_relay.daemon.service import RelayDaemon
+    from pmtud_relay.daemon.parts import DaemonParts
 
 
 def capture_faults(stats: metrics.Stats) -> dict[str, int]:
@@ -23,7 +23,7 @@ def capture_faults(stats: metrics.Stats) -> dict[str, int]:
     return {f"capture_{kind}": n for kind, n in sorted(faults.items()) if n}
 
 
-async def summary_loop(d: RelayDaemon, stop: asyncio.Event) -> None:
+async def summary_loop(d: DaemonParts, stop: asyncio.Event) -> None:
     relay = d.relay
     last = dict(relay.counts)
     last_owner: dict[str, int] = {}
@@ -58,7 +58,7 @@ async def summary_loop(d: RelayDaemon, stop: asyncio.Event) -> None:
                           "PTBs since start")
 
 
-async def watchdog_loop(d: RelayDaemon, stop: asyncio.Event, interval: float) -> None:
+async def watchdog_loop(d: DaemonParts, stop: asyncio.Event, interval: float) -> None:
     while not stop.is_set():
         d.notifier.notify("WATCHDOG=1")
         try:
@@ -67,7 +67,7 @@ async def watchdog_loop(d: RelayDaemon, stop: asyncio.Event, interval: float) ->
             pass
 
 
-def stopped_counts(d: RelayDaemon) -> dict[str, int]:
+def stopped_counts(d: DaemonParts) -> dict[str, int]:
     """The stopped line: every decision since start, the capture events, the peers' counts."""
     counts = {r.value: n for r, n in d.relay.counts.items() if n}
     if d.relay.limiter.reserve_relayed:  # of "relayed", those with a reserve token

@@ -17,8 +17,8 @@ from pmtud_relay.core.policy import VipSet
 from pmtud_relay.core.relay import Relay
 
 if TYPE_CHECKING:
-    from pmtud_relay.daemon.faults import Faults
     from pmtud_relay.config.records import DaemonSettings
+    from pmtud_relay.daemon.faults import Faults
 
 EVENT_DELAY = 0.05  # seconds from an address event to the re-read (a burst gives one)
 LOG_MAX = 32  # addresses named in a log line (kube-ipvs0 may hold thousands)
