@@ -37,9 +37,21 @@ def final_stage(text: str) -> list[tuple[str, str]]:
     return ins[last_from:]
 
 
+def test_containerfile_base_is_one_arg_pinned_by_digest():
+    """Both stages build FROM ${BASE}, an ARG declared before the first FROM (so FROM can use it)
+    whose default names the image by a sha256 digest: a tag alone can move under the build."""
+    ins = instructions(CONTAINERFILE.read_text())
+    first_from = min(i for i, (k, _) in enumerate(ins) if k == "FROM")
+    args = dict(v.partition("=")[::2] for k, v in ins[:first_from] if k == "ARG")
+    assert "BASE" in args, "no ARG BASE=... before the first FROM"
+    assert re.fullmatch(r"[a-z0-9.-]+(/[a-z0-9._-]+)+:[\w.-]+@sha256:[0-9a-f]{64}", args["BASE"]), args["BASE"]
+    froms = [v.split() for k, v in ins if k == "FROM"]
+    assert froms == [["${BASE}", "AS", "build"], ["${BASE}"]], froms
+
+
 def test_containerfile_base_user_entrypoint_and_capabilities():
     stage = final_stage(CONTAINERFILE.read_text())
-    assert stage[0] == ("FROM", "python:3.11-slim")
+    assert stage[0] == ("FROM", "${BASE}")
     users = [v for k, v in stage if k == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     entry = json.loads([v for k, v in stage if k == "ENTRYPOINT"][-1])
