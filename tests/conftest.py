@@ -37,6 +37,24 @@ def lab(netns_ok):
         yield the_lab
 
 
+@pytest.fixture
+def routed_lab(netns_ok):
+    """A fresh routed (L3) ECMP lab (client, router, s1..s3 each in its own subnet), always torn down."""
+    from pmtud_relay.lab.routed import RoutedLab
+
+    with RoutedLab(servers=3) as the_lab:
+        yield the_lab
+
+
+@pytest.fixture
+def key_file(tmp_path) -> str:
+    """A peer key file (key id 1, a random 32-byte key, mode 0600), for the peer-mode tests."""
+    path = tmp_path / "peer.key"
+    path.write_text(f"1:{secrets.token_hex(32)}\n")
+    os.chmod(path, 0o600)
+    return str(path)
+
+
 def _ip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
 

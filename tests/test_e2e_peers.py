@@ -33,21 +33,6 @@ SEND_PY = (
 )
 
 
-@pytest.fixture
-def routed_lab(netns_ok):
-    with RoutedLab(servers=3) as lab:
-        yield lab
-
-
-@pytest.fixture
-def key_file(tmp_path):
-    path = tmp_path / "peer.key"
-    key = secrets.token_hex(32)
-    path.write_text(f"1:{key}\n")
-    os.chmod(path, 0o600)
-    return str(path)
-
-
 def key_bytes(key_file: str) -> bytes:
     return bytes.fromhex(open(key_file).read().split(":", 1)[1].strip())
 
