@@ -4,7 +4,10 @@ The routed lab (client — ECMP router — s1..s3, each server in its own subnet
 the VIP all goes to s1), ``run --fanout peers`` on every server. s1 captures the router's PTBs and
 sends each to s2 and s3; the one that owns the quoted TCP flow (a real transfer, found by the owner
 lookup over sock_diag) answers s1 with one signed ack; the other stays silent. A PTB quoting a flow
-nobody has gets no ack and counts as not delivered once its wait expires.
+nobody has gets no ack and counts as not delivered once its wait expires. A UDP socket on s2 is
+found the same way (``applied``, s2's route towards the client drops to 1400); a PTB quoting a held
+TCP connection's flow with a sequence number out of its window is owned but ``not_applied`` (the
+kernel ignores it), and its owner acks it as such.
 """
 
 from __future__ import annotations
