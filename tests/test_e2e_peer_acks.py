@@ -4,7 +4,10 @@ The routed lab (client — ECMP router — s1..s3, each server in its own subnet
 the VIP all goes to s1), ``run --fanout peers`` on every server. s1 captures the router's PTBs and
 sends each to s2 and s3; the one that owns the quoted TCP flow (a real transfer, found by the owner
 lookup over sock_diag) answers s1 with one signed ack; the other stays silent. A PTB quoting a flow
-nobody has gets no ack and counts as not delivered once its wait expires.
+nobody has gets no ack and counts as not delivered once its wait expires. A UDP socket on s2 is
+found the same way (``applied``, s2's route towards the client drops to 1400); a PTB quoting a held
+TCP connection's flow with a sequence number out of its window is owned but ``not_applied`` (the
+kernel ignores it), and its owner acks it as such.
 """
 
 from __future__ import annotations
@@ -144,3 +147,125 @@ def test_ack_leaves_from_the_address_the_datagram_was_sent_to(routed_lab: Routed
     assert known and all(owner_of[int(r["dport"])] == "s2" for r in known), (known, describe(flows))
     final = stop_relays(procs)
     assert int(final["s1"]["peer_ack_drops"]) == 0, final["s1"]
+
+
+# -- a UDP owner, and an owner that did not apply the PTB (issue 17) ----------------------------------
+UDP_PORT, UDP_CLIENT_PORT = 5353, 40053
+OUT_OF_WINDOW_SEQ = 0x6E000000  # never within a send window of a few bytes from a random ISN
+
+
+def ptb_to_s1(lab: RoutedLab, family: int, l4, sport: int, dport: int) -> None:
+    """Send a PTB (MTU 1400) from the router's port towards s1 straight to s1's MAC, quoting
+    ``l4`` (a scapy TCP/UDP header) from VIP:sport to client:dport: s1 captures it and sends it
+    to its peers, whatever ECMP would do."""
+    from pmtud_relay.lab.routed import router_port_mac
+
+    common = dict(outer_src=lab.router_addr(family), outer_dst=lab.vip(family), src=lab.vip(family),
+                  dst=lab.client_addr(family), proto=l4, sport=sport, dport=dport, mtu=1400, length=1500,
+                  dst_mac=lab.server("s1").mac, src_mac=router_port_mac(1))
+    frame = F.ptb_v4(flags="DF", **common) if family == 4 else F.ptb_v6(**common)
+    lab.inject(frame, node="router", iface=lab.server("s1").bridge_port)
+
+
+def flow_events(p, event: str, proto: int, dport: int) -> list[dict[str, str]]:
+    return [r for r in log_events(p, event) if r.get("proto") == str(proto) and r.get("dport") == str(dport)]
+
+
+def peer_verdicts(procs, proto: int, dport: int) -> dict[str, set[str]]:
+    """{server: {owner verdicts of PTBs it received from a peer}} for the flow to client:dport."""
+    return {n: {r["owner"] for r in flow_events(p, "owner_verdict", proto, dport) if r.get("origin") == "peer"}
+            for n, p in procs.items()}
+
+
+def counter(text: str, sample: str) -> float:
+    found = re.search("^" + re.escape(sample) + r" ([0-9.eE+-]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_udp_owner_across_l3_applies_and_acks(routed_lab: RoutedLab, key_file: str, family: int) -> None:
+    """A UDP socket bound to VIP:5353 on s2 only; a PTB quoting VIP:5353 -> client reaches s1,
+    which sends it to s2 and s3. s2's kernel lowers the PMTU towards the client (its route
+    exception: UDP sockets keep none of their own), s2 says ``applied`` and acks; s3 says
+    ``orphan`` and stays silent; s1 counts one delivered fan-out."""
+    from scapy.layers.inet import UDP
+
+    lab = routed_lab
+    lab.flush_pmtu()
+    udp = lab.spawn("s2", program("sockets", "bind-udp", lab.vip(family), UDP_PORT), env=PROGRAM_ENV)
+    udp.wait_for(r"^bound", stream="stdout", timeout=10)
+    procs = start_relays(lab, {n: peer_argv(lab, n, key_file, family, "--log-level", "debug")
+                               for n in lab.server_names})
+    ptb_to_s1(lab, family, UDP(sport=UDP_PORT, dport=UDP_CLIENT_PORT), UDP_PORT, UDP_CLIENT_PORT)
+    s1 = procs["s1"]
+    wait_for(lambda: all(peer_verdicts(procs, 17, UDP_CLIENT_PORT)[n] for n in ("s2", "s3"))
+             and flow_events(s1, "peer_ack", 17, UDP_CLIENT_PORT), 10, "the UDP PTB's verdicts and ack", procs)
+    assert [r["owner"] for r in flow_events(s1, "owner_verdict", 17, UDP_CLIENT_PORT)] == ["orphan"], dump(procs)
+    assert peer_verdicts(procs, 17, UDP_CLIENT_PORT) == {"s1": set(), "s2": {"applied"}, "s3": {"orphan"}}, dump(procs)
+    assert lab.learned_pmtu("s2", family=family) == 1400
+    time.sleep(0.5)  # room for a wrong second ack to arrive
+    acks = flow_events(s1, "peer_ack", 17, UDP_CLIENT_PORT)
+    assert [(r["peer"], r["owner_verdict"]) for r in acks] == [(lab.server("s2").addr(family), "applied")], acks
+    assert float(acks[0]["rtt_ms"]) < ACK_EXPIRY * 1000, acks
+    owner_text, text = scrape(lab, "s2"), scrape(lab, "s1")
+    assert counter(owner_text, 'pmtud_relay_owner_verdicts_total{origin="peer",verdict="applied"}') == 1, owner_text
+    assert counter(text, 'pmtud_relay_peer_acks_total{result="applied"}') == 1, text
+    assert counter(text, 'pmtud_relay_peer_fanouts_total{result="delivered"}') == 1, text
+    udp.stop(5)
+    final = stop_relays(procs)
+    assert int(final["s1"]["peer_acked"]) == int(final["s1"]["peer_acks_applied"]) == 1, final["s1"]
+    assert int(final["s1"]["peer_ack_drops"]) == 0, final["s1"]
+    assert int(final["s2"]["peer_acks_sent"]) == 1 and int(final["s3"]["peer_acks_sent"]) == 0, final
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_out_of_window_tcp_across_l3_is_owned_not_applied(routed_lab: RoutedLab, key_file: str,
+                                                           family: int) -> None:
+    """TCP connections held open (the server sent its name and waits); a PTB quoting one on s2 or
+    s3 with a sequence number outside its send window reaches s1, which sends it to s2 and s3.
+    The owner's kernel ignores it (the PMTU stays), the owner says ``not_applied`` and acks with
+    verdict 2 (``not_applied``: the design acknowledges every owned flow, so the relaying host
+    tells "delivered, not taken" from "never delivered"); the other says ``orphan`` and stays
+    silent."""
+    from scapy.layers.inet import TCP
+
+    lab = routed_lab
+    lab.flush_pmtu()
+    lab.start_transfer_servers()
+    held = lab.spawn("client", program("sockets", "hold-idle", lab.vip(family), lab.port, 8), env=PROGRAM_ENV)
+    held.wait_for(r"^held", stream="stdout", timeout=15)
+    conns = [line.split() for line in held.lines("stdout") if line.startswith("s")]
+    remote = [(name, int(port)) for name, port in conns if name != "s1"]
+    assert remote, conns
+    owner, cport = remote[0]
+    other = ({"s2", "s3"} - {owner}).pop()
+    procs = start_relays(lab, {n: peer_argv(lab, n, key_file, family, "--log-level", "debug")
+                               for n in lab.server_names})
+    tcp = TCP(sport=lab.port, dport=cport, flags="PA", seq=OUT_OF_WINDOW_SEQ, ack=1)
+    ptb_to_s1(lab, family, tcp, lab.port, cport)
+    s1 = procs["s1"]
+    wait_for(lambda: all(peer_verdicts(procs, 6, cport)[n] for n in ("s2", "s3"))
+             and flow_events(s1, "peer_ack", 6, cport), 10, "the TCP PTB's verdicts and ack", procs)
+    assert [r["owner"] for r in flow_events(s1, "owner_verdict", 6, cport)] == ["orphan"], dump(procs)
+    assert peer_verdicts(procs, 6, cport) == {"s1": set(), owner: {"not_applied"}, other: {"orphan"}}, \
+        f"owner {owner}\n{dump(procs)}"
+    assert lab.learned_pmtu(owner, family=family) is None  # the kernel did not take it
+    time.sleep(0.5)
+    acks = flow_events(s1, "peer_ack", 6, cport)
+    assert [(r["peer"], r["owner_verdict"]) for r in acks] == [(lab.server(owner).addr(family), "not_applied")], acks
+    # the owner kept polling for its settle time (50 ms) before saying not_applied
+    assert 40 <= float(acks[0]["owner_delay_ms"]) < ACK_EXPIRY * 1000, acks
+    text = scrape(lab, "s1")
+    assert counter(scrape(lab, owner), 'pmtud_relay_owner_verdicts_total{origin="peer",verdict="not_applied"}') == 1
+    assert counter(text, 'pmtud_relay_peer_acks_total{result="not_applied"}') == 1, text
+    assert counter(text, 'pmtud_relay_peer_acks_total{result="applied"}') == 0, text
+    assert counter(text, 'pmtud_relay_peer_fanouts_total{result="delivered"}') == 1, text
+    held.stop(5)
+    final = stop_relays(procs)
+    assert int(final["s1"]["peer_acks_not_applied"]) == int(final["s1"]["peer_acked"]) == 1, final["s1"]
+    assert int(final["s1"]["peer_acks_applied"]) == 0 and int(final["s1"]["peer_ack_drops"]) == 0, final["s1"]
+    assert int(final[owner]["peer_acks_sent"]) == 1 and int(final[other]["peer_acks_sent"]) == 0, final

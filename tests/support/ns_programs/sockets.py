@@ -7,6 +7,8 @@
     hold-flows HOST PORT N           N TCP connections to a lab transfer server, each asking for
                                      1 MB and reading none; prints "SERVER PORT" per connection,
                                      then "held", and holds them (30 s)
+    hold-idle HOST PORT N            N such connections asking for nothing (idle flows); prints
+                                     "SERVER PORT" per connection, then "held" (60 s)
     hold-one HOST PORT               one such connection, idle (60 s)
     bind-udp HOST PORT               a UDP socket bound to HOST:PORT; prints "bound" (60 s)
     send-ptb 4|6 DST SRC MTU QSRC QDST
@@ -80,6 +82,16 @@ def hold_flows(host: str, port: str, n: str) -> None:
     time.sleep(30)
 
 
+def hold_idle(host: str, port: str, n: str) -> None:
+    conns = []
+    for _ in range(int(n)):
+        s, name = _connect(host, port)  # and ask for nothing: the flow stays open and idle
+        conns.append(s)
+        print(name, s.getsockname()[1], flush=True)
+    print("held", flush=True)
+    time.sleep(60)
+
+
 def hold_one(host: str, port: str) -> None:
     s, name = _connect(host, port)
     print(name, s.getsockname()[1], flush=True)
@@ -121,7 +133,7 @@ def send_big(dst: str, seconds: str) -> None:
 
 COMMANDS: dict[str, Callable[..., None]] = {
     "send-udp": send_udp, "junk-udp": junk_udp, "raw-icmp": raw_icmp, "scrape": scrape,
-    "hold-flows": hold_flows, "hold-one": hold_one, "bind-udp": bind_udp, "send-ptb": send_ptb,
+    "hold-flows": hold_flows, "hold-idle": hold_idle, "hold-one": hold_one, "bind-udp": bind_udp, "send-ptb": send_ptb,
     "send-big": send_big,
 }
 
