@@ -149,8 +149,8 @@ def relay_config(args: argparse.Namespace) -> tuple[RelayConfig, bool]:
 
 def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
     from pmtud_relay import hostinfo, metrics
-    from pmtud_relay.daemon import DaemonSettings, RelayDaemon, run_event_loop
     from pmtud_relay.peers import service as peering
+    from pmtud_relay.daemon import DaemonSettings, RelayDaemon, run_event_loop
 
     try:
         loaded = cfg.load(args)  # flags > PMTUD_RELAY_* > config file > defaults
@@ -247,27 +247,15 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
     return 0
 
 
-def _end(code: int, as_program: bool) -> int:
-    """As the program itself (``argv`` None), a command that loaded python-iptables ends here,
-    skipping interpreter finalization: it crashed there on Debian 11 (issue #14, see
-    pmtud_relay.rules.iptc_exit). Called in-process (tests), it just returns ``code``."""
-    if as_program:
-        from pmtud_relay.rules import iptc_exit
-
-        iptc_exit.exit_if_loaded(code)
-    return code
-
-
 def main(argv: list[str] | None = None) -> int:
-    as_program = argv is None  # the console script and ``python -m pmtud_relay``
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(tools=not (argv and argv[0] in DAEMON_COMMANDS)).parse_args(argv)
     if args.command == "run":
-        return _end(_run_daemon(args, dry_run=False), as_program)
+        return _run_daemon(args, dry_run=False)
     if args.command == "dry-run":
-        return _end(_run_daemon(args, dry_run=True), as_program)
+        return _run_daemon(args, dry_run=True)
     if args.command == "rules":
-        return _end(_rules_command(args), as_program)
+        return _rules_command(args)
     if args.command == "config":
         ok, text = cfg.check(args.file)
         if ok:
