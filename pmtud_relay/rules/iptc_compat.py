@@ -25,8 +25,8 @@ Extension scratch data (every libxtables with ``udata``)
 --------------------------------------------------------
 Some extensions keep state between the parsing of their options in a buffer the caller
 provides, ``udata`` (``udata_size`` bytes; hashlimit stores the unit multiplier of
-``--hashlimit-above`` there, written by its option parser and read by its final check).
-python-iptables (1.2.0 measured; 1.0.1 has the same code) allocates that buffer as a ctypes
+``--hashlimit-above`` there, written and read back by its option parser).
+python-iptables (1.2.0 measured, on Debian 11, 12 and 13) allocates that buffer as a ctypes
 array local to ``Match.reset``/``Target.reset`` and stores only its address in the
 extension's global struct: the array is freed when ``reset`` returns, and every later option
 of that extension is parsed with libxtables writing 4 bytes into freed memory that CPython
@@ -37,8 +37,8 @@ has handed to another object. Measured with valgrind on Debian 11 (Python 3.9.2,
 the damage is intermittent: on Debian 11 it showed as a SIGSEGV at interpreter shutdown after
 "Exception ignored deletion of interned string failed: KeyError" (issue #14).
 :func:`keep_udata` makes ``reset`` point ``udata`` at a zeroed buffer that lives as long as
-the process, one per extension struct: what iptables itself does (it keeps one ``udata`` per
-extension and clears it for each rule).
+the process, one per extension struct, zeroed at each reset: what iptables itself does
+(``xs_init_match`` gives each extension one fresh, zeroed ``udata`` per use).
 """
 
 from __future__ import annotations
