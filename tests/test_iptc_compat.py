@@ -108,3 +108,79 @@ def test_this_hosts_python_iptables_parses_every_hashlimit_option():
         setattr(match, key, value)
     params = match.get_all_parameters()
     assert params["hashlimit-above"] == ["10/sec"] and params["hashlimit-htable-expire"] == ["60000"], params
+
+
+# --- udata: extension scratch data python-iptables frees too early -----------------------------------------
+_EXTS: list = []  # real extension structs are static and never move: keep the fakes' addresses unique
+
+
+def _fake_ip4tc(udata_size: int):
+    """Match/Target classes whose reset does what python-iptables' does with ``udata``."""
+
+    class Ext(ct.Structure):  # the fields of struct xtables_match that matter here
+        _fields_ = [("udata_size", ct.c_size_t), ("udata", ct.c_void_p)]
+
+    def reset(self):
+        buf = (ct.c_ubyte * self._module.udata_size)()  # local: freed when reset returns
+        self._module.udata = ct.cast(ct.byref(buf), ct.c_void_p)
+
+    class Match:
+        def __init__(self, module):
+            self._module = module
+            self.reset()
+
+    Match.reset = reset
+
+    class Target(Match):
+        pass
+
+    Target.reset = reset
+
+    class Mod:
+        pass
+
+    mod = Mod()
+    mod.Match, mod.Target = Match, Target
+    _EXTS.append(Ext(udata_size=udata_size))
+    return mod, _EXTS[-1]
+
+
+def test_keep_udata_points_udata_at_a_buffer_that_outlives_the_match():
+    mod, ext = _fake_ip4tc(4)
+    assert iptc_compat.keep_udata(mod) == "adapted"
+    assert iptc_compat.keep_udata(mod) == "already"
+    match = mod.Match(ext)
+    buf = iptc_compat.udata_buffer(ext)
+    assert buf is not None and len(buf) == 4 and ext.udata == ct.addressof(buf)
+    ct.c_uint32.from_address(ext.udata).value = 7  # what an extension's parser does
+    del match
+    assert bytes(buf) == b"\x07\x00\x00\x00"  # still allocated (and still ours)
+    mod.Target(ext)  # the next reset clears it, as iptables does per rule
+    assert ext.udata == ct.addressof(buf) and bytes(buf) == bytes(4)
+
+
+def test_keep_udata_leaves_extensions_without_udata_alone():
+    mod, ext = _fake_ip4tc(0)
+    iptc_compat.keep_udata(mod)
+    mod.Match(ext)
+    assert iptc_compat.udata_buffer(ext) is None
+
+
+def test_this_hosts_hashlimit_writes_its_udata_into_a_live_buffer():
+    """Unfixed, python-iptables leaves hashlimit's ``udata`` pointing at a freed ctypes array
+    and its option parser writes 4 bytes there (valgrind on Debian 11: "Invalid write of
+    size 4" in libxt_hashlimit.so; issue #14's crash at exit). After the backend loaded it,
+    the parser writes into the buffer kept for the process."""
+    pytest.importorskip("iptc")
+    from pmtud_relay.rules.iptables import IptablesBackend
+
+    iptc = IptablesBackend()._lib()
+    for rule_cls in (iptc.Rule, iptc.Rule6):
+        match = rule_cls().create_match("hashlimit")
+        module = match._module
+        assert module.udata_size > 0  # hashlimit keeps its rate multiplier there
+        buf = iptc_compat.udata_buffer(module)
+        assert buf is not None and module.udata == ct.addressof(buf)
+        assert not any(buf)
+        match.hashlimit_above = "7/sec"
+        assert any(buf), "the parser wrote nowhere we can see"

@@ -21,8 +21,9 @@ python-iptables quirks found on iptables 1.8.9 (avoided here): setting ``nflog_p
 corrupts memory (segfault on the next rule), ``nflog_size`` is stored as the obsolete
 ``--nflog-range``, hashlimit's default ``htable-expire`` is left 0 (the kernel answers
 EINVAL), and ``Rule6.protocol`` does not know the name ``ipv6-icmp`` (58 works). With
-iptables >= 1.8.11 (Debian 13) python-iptables misreads libxtables' option tables; the backend
-adapts it on first use (:mod:`pmtud_relay.rules.iptc_compat`).
+iptables >= 1.8.11 (Debian 13) python-iptables misreads libxtables' option tables, and on every
+version it leaves libxtables writing hashlimit's scratch data into freed memory; the backend
+fixes both on first use (:mod:`pmtud_relay.rules.iptc_compat`).
 """
 
 from __future__ import annotations
@@ -216,6 +217,13 @@ class IptablesBackend:
                     "this python-iptables cannot be adapted to the option layout of libxtables >= 1.8.11"
                     f" ({exc}); use the nft backend"
                 ) from None
+            try:
+                iptc_compat.keep_udata(iptc.ip4tc)  # before the probe: it parses a hashlimit option
+            except AttributeError as exc:
+                raise RulesError(
+                    f"this python-iptables cannot be fixed to keep extension data allocated ({exc});"
+                    " use the nft backend"
+                ) from None
             check_iptc_abi(iptc)  # and refuse clearly if the options still read wrong
             self._iptc = iptc
         return self._iptc
@@ -225,7 +233,8 @@ class IptablesBackend:
         try:
             table = iptc.Table(TABLE) if family == 4 else iptc.Table6(TABLE)
         except Exception as exc:  # iptc.IPTCError: the kernel has no legacy raw table
-            raise RulesError(f"the legacy {'ip6' if family == 6 else 'ip'}tables raw table is not available: {exc}") from None
+            which = "ip6" if family == 6 else "ip"
+            raise RulesError(f"the legacy {which}tables raw table is not available: {exc}") from None
         table.autocommit = False
         table.refresh()
         return table

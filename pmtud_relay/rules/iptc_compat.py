@@ -1,4 +1,10 @@
-"""Make python-iptables parse match/target options with libxtables 1.8.11 and later.
+"""Adapt python-iptables to the libxtables it runs with: two fixes, applied once at load.
+
+1. Option tables of libxtables 1.8.11 and later (:func:`adapt`).
+2. Extension scratch data freed while libxtables still writes to it (:func:`keep_udata`).
+
+Option tables (1.8.11 and later)
+--------------------------------
 
 iptables 1.8.11 added a member to ``struct xt_option_entry`` (``unsigned int base``, the
 number base of integer options) without changing the library's soname (still
@@ -14,6 +20,25 @@ is the whole fix; the entry it returns starts at the right address.
 The new layout is recognised by the symbol that came with it in the same patch series:
 ``xtables_strtoul_base``, which the option parser of such a libxtables calls with
 ``entry->base``. A python-iptables that already declares the new layout is left alone.
+
+Extension scratch data (every libxtables with ``udata``)
+--------------------------------------------------------
+Some extensions keep state between the parsing of their options in a buffer the caller
+provides, ``udata`` (``udata_size`` bytes; hashlimit stores the unit multiplier of
+``--hashlimit-above`` there, written and read back by its option parser).
+python-iptables (1.2.0 measured, on Debian 11, 12 and 13) allocates that buffer as a ctypes
+array local to ``Match.reset``/``Target.reset`` and stores only its address in the
+extension's global struct: the array is freed when ``reset`` returns, and every later option
+of that extension is parsed with libxtables writing 4 bytes into freed memory that CPython
+has handed to another object. Measured with valgrind on Debian 11 (Python 3.9.2, iptables
+1.8.7): "Invalid write of size 4" in libxt_hashlimit.so into "a block of size 128 free'd" that
+``_ctypes`` had allocated, in every ``rules install`` and ``rules remove`` (the ABI probe sets
+``hashlimit_above`` too). Which object gets the stray write depends on allocation order, so
+the damage is intermittent: on Debian 11 it showed as a SIGSEGV at interpreter shutdown after
+"Exception ignored deletion of interned string failed: KeyError" (issue #14).
+:func:`keep_udata` makes ``reset`` point ``udata`` at a zeroed buffer that lives as long as
+the process, one per extension struct, zeroed at each reset: what iptables itself does
+(``xs_init_match`` gives each extension one fresh, zeroed ``udata`` per use).
 """
 
 from __future__ import annotations
@@ -76,3 +101,46 @@ def adapt(xtables_module: Any) -> str:
     _option_lookup._pmtud_relay_stride = stride  # type: ignore[attr-defined]
     xt_class._option_lookup = _option_lookup
     return "adapted"
+
+
+#: udata buffers by address of the extension struct; never freed (libxtables keeps the pointer).
+_UDATA: dict[int, Any] = {}
+
+
+def _udata_for(module: Any) -> None:
+    """Point ``module.udata`` at this process's zeroed buffer for that extension struct."""
+    size = getattr(module, "udata_size", 0)
+    if size <= 0:
+        return
+    key = ct.addressof(module)
+    buf = _UDATA.get(key)
+    if buf is None or len(buf) < size:
+        buf = _UDATA[key] = (ct.c_ubyte * size)()
+    else:
+        ct.memset(buf, 0, len(buf))
+    module.udata = ct.addressof(buf)
+
+
+def udata_buffer(module: Any) -> Any:
+    """The buffer :func:`keep_udata` gave extension struct ``module``, or None."""
+    return _UDATA.get(ct.addressof(module))
+
+
+def keep_udata(ip4tc_module: Any) -> str:
+    """Make python-iptables' ``Match.reset`` and ``Target.reset`` (module ``iptc.ip4tc``; ip6tc
+    uses the same classes) leave ``udata`` pointing at memory that stays allocated. Returns
+    ``"adapted"`` or ``"already"``. Raises ``AttributeError`` if the classes lack ``reset``."""
+    done = "already"
+    for cls in (ip4tc_module.Match, ip4tc_module.Target):
+        original = cls.reset
+        if getattr(original, "_pmtud_relay_udata", False):
+            continue
+
+        def reset(self: Any, _original: Any = original) -> None:
+            _original(self)  # sets udata to a ctypes array that is freed when it returns ...
+            _udata_for(self._module)  # ... so replace it before anything parses an option
+
+        reset._pmtud_relay_udata = True  # type: ignore[attr-defined]
+        cls.reset = reset
+        done = "adapted"
+    return done
