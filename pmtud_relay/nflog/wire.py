@@ -18,24 +18,29 @@ import enum
 import operator
 import struct
 import sys
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
-# --- netlink ----------------------------------------------------------------------------
-NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_NO_ENOBUFS = 5
-
-NLMSG_NOOP = 1
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLMSG_OVERRUN = 4
-
-NLM_F_REQUEST = 0x01
-NLM_F_ACK = 0x04
-
-NLA_F_NESTED = 0x8000
-NLA_F_NET_BYTEORDER = 0x4000
-NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
+# --- netlink: the shared walker and builder, and the names this module's users read here ----
+from pmtud_relay.netlink.messages import NETLINK_NETFILTER as NETLINK_NETFILTER
+from pmtud_relay.netlink.messages import NETLINK_NO_ENOBUFS as NETLINK_NO_ENOBUFS
+from pmtud_relay.netlink.messages import NLA_F_NESTED as NLA_F_NESTED
+from pmtud_relay.netlink.messages import NLA_F_NET_BYTEORDER as NLA_F_NET_BYTEORDER
+from pmtud_relay.netlink.messages import (
+    NLA_TYPE_MASK,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NLMSG_OVERRUN,
+    echoed_seq,
+    error_code,
+    split_messages,
+)
+from pmtud_relay.netlink.messages import NLATTR as _NLATTR
+from pmtud_relay.netlink.messages import NLMSGHDR_LEN as _NLMSGHDR_LEN
+from pmtud_relay.netlink.messages import SOL_NETLINK as SOL_NETLINK
+from pmtud_relay.netlink.messages import align as _align
+from pmtud_relay.netlink.messages import attr as _attr
+from pmtud_relay.netlink.messages import message as _message
 
 # --- nfnetlink_log ----------------------------------------------------------------------
 NFNL_SUBSYS_ULOG = 4
@@ -102,30 +107,17 @@ AF_INET6 = 10
 #: attribute header; larger values are clamped, never refused).
 COPY_RANGE_MAX = 0xFFFF
 
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (group)
-_NLATTR = struct.Struct("=HH")  # len, type
-_NLMSGERR = struct.Struct("=i")  # error (negative errno or 0) + the offending header
 _U16 = struct.Struct("!H").unpack_from
 _U32 = struct.Struct("!I").unpack_from
 _PKT_HDR = struct.Struct("!HBx").unpack_from  # hw_protocol, hook
 _TIMESTAMP = struct.Struct("!QQ").unpack_from  # sec, usec
 _HWADDR_LEN = struct.Struct("!H").unpack_from
-_NLMSGHDR_LEN = _NLMSGHDR.size  # 16
-_HDR_LEN = _NLMSGHDR.size + _NFGENMSG.size  # 20
+_HDR_LEN = _NLMSGHDR_LEN + _NFGENMSG.size  # 20
 _new_tuple = tuple.__new__  # a NamedTuple from a tuple, without the generated __new__'s cost
 
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
 # --- requests (pure builders) --------------------------------------------------------------
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = _NLATTR.size + len(payload)
-    return _NLATTR.pack(length, kind) + payload + b"\0" * (_align(length) - length)
-
-
 def config_message(group: int, attrs: bytes, seq: int, family: int = 0, pid: int = 0) -> bytes:
     """One NFULNL_MSG_CONFIG request (NLM_F_REQUEST|NLM_F_ACK) for ``group``.
 
@@ -133,7 +125,7 @@ def config_message(group: int, attrs: bytes, seq: int, family: int = 0, pid: int
     for everything else.
     """
     body = _NFGENMSG.pack(family & 0xFF, 0, group & 0xFFFF) + attrs
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, pid) + body
+    return _message(NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, body, pid)
 
 
 def cmd_attr(command: int) -> bytes:
@@ -204,40 +196,30 @@ def _parse_datagram(data: bytes, parse_packet) -> Batch:
     malformed = 0
     overrun = False
     try:
-        n = len(data)
-        off = 0
-        unpack_header = _NLMSGHDR.unpack_from
+        messages, clean = split_messages(data)
+        if not clean:
+            malformed += 1  # a message cut short, or trailing garbage shorter than a header
         append = packets.append
-        while n - off >= _NLMSGHDR_LEN:
-            length, kind, _flags, seq, _pid = unpack_header(data, off)
-            if length < _NLMSGHDR_LEN or length > n - off:
-                malformed += 1
-                break
-            end = off + length
+        for kind, seq, start, end in messages:
             if kind == NFULNL_MSG_PACKET:
-                pkt = parse_packet(data, off, end)
+                pkt = parse_packet(data, start, end)
                 if pkt is None:
                     malformed += 1
                 else:
                     append(pkt)
             elif kind == NLMSG_ERROR:
-                if length >= _NLMSGHDR.size + _NLMSGERR.size:
-                    (err,) = _NLMSGERR.unpack_from(data, off + _NLMSGHDR.size)
-                    # The echoed request header carries the request's sequence number.
-                    req_seq = seq
-                    if length >= _NLMSGHDR.size + _NLMSGERR.size + _NLMSGHDR.size:
-                        req_seq = _NLMSGHDR.unpack_from(data, off + _NLMSGHDR.size + _NLMSGERR.size)[3]
-                    acks.append((req_seq, -err if err <= 0 else err))
-                else:
+                body = start + _NLMSGHDR_LEN
+                err = error_code(data, body, end)
+                if err is None:
                     malformed += 1
+                else:
+                    # The echoed request header carries the request's sequence number.
+                    req_seq = echoed_seq(data, body, end)
+                    acks.append((seq if req_seq is None else req_seq, err))
             elif kind == NLMSG_OVERRUN:
                 overrun = True
             # NLMSG_NOOP, NLMSG_DONE and anything else: skip.
-            off += (length + 3) & ~3
-        else:
-            if off < n and n - off < _NLMSGHDR.size and any(data[off:]):
-                malformed += 1  # trailing garbage shorter than a header
-    except Exception:  # pragma: no cover - the walk above is bounds-checked
+    except Exception:  # pragma: no cover - the walk is bounds-checked
         malformed += 1
     return _new_tuple(Batch, (packets, acks, malformed, overrun))  # Batch(...) without its Python __new__
 
@@ -246,7 +228,7 @@ def parse_packet_message(data: bytes, start: int, end: int) -> NflogPacket | Non
     """Parse one NFULNL_MSG_PACKET spanning ``data[start:end]``; None if malformed."""
     if end - start < _HDR_LEN or end > len(data):
         return None
-    family, _version, group = _NFGENMSG.unpack_from(data, start + _NLMSGHDR.size)
+    family, _version, group = _NFGENMSG.unpack_from(data, start + _NLMSGHDR_LEN)
     hw_protocol = hook = -1
     payload = hwaddr = hwheader = prefix = l2hdr = None
     indev = outdev = physindev = hwtype = hwlen = seq = seq_global = mark = -1
@@ -553,13 +535,13 @@ class PacketParser:
                 self._learn_at = self.walked + self._backoff
                 self._backoff = min(self._backoff * 2, LEARN_BACKOFF_MAX)
             if key is not None:
-                layout = self._kept.get(key)
-                if layout is None:
+                known = self._kept.get(key)
+                if known is None:
                     if len(self._kept) >= LAYOUTS_KEPT:
                         self._kept.clear()
-                    layout = self._kept[key] = _Layout(key)
+                    known = self._kept[key] = _Layout(key)
                     self.learned += 1
-                self._use(layout)
+                self._use(known)
         return pkt
 
     def _use(self, layout: _Layout) -> None:
@@ -602,7 +584,7 @@ def ethertype_of(pkt: NflogPacket) -> int:
     return pkt.hw_protocol if pkt.hw_protocol > 0 else 0
 
 
-def rebuild_frame(pkt: NflogPacket, dev_mac: bytes | None = None) -> Union[bytes, NflogDrop]:
+def rebuild_frame(pkt: NflogPacket, dev_mac: bytes | None = None) -> bytes | NflogDrop:
     """The Ethernet frame the input device received, or why it cannot be rebuilt.
 
     On an Ethernet device NFULA_HWHEADER is the MAC header the packet arrived with
