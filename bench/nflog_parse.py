@@ -62,13 +62,14 @@ LAYOUTS = {"kernel (nft log group)": _kernel_msg, "hand-built v4/v6": _short_msg
 
 
 def load_capture_at(ref: str):
-    """capture/nflog.py and core/nflog_wire.py as of git ``ref``, imported under other names."""
+    """nflog/capture.py and nflog/wire.py as of git ``ref``, imported under other names."""
     mods = {}
     for name, path in (("nflog_wire", "pmtud_relay/nflog/wire.py"), ("nflog", "pmtud_relay/nflog/capture.py")):
         src = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{path}"], capture_output=True, text=True,
                              check=True).stdout
         if name == "nflog":
-            src = src.replace("from pmtud_relay.core import nflog_wire as w", "import _bench_old_nflog_wire as w")
+            for current in ("from pmtud_relay.core import nflog_wire as w", "from pmtud_relay.nflog import wire as w"):
+                src = src.replace(current, "import _bench_old_nflog_wire as w")
         spec = importlib.util.spec_from_loader(f"_bench_old_{name}", loader=None)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
