@@ -8,16 +8,18 @@ lookup (:mod:`pmtud_relay.confirm.wire`) and nfnetlink_log (:mod:`pmtud_relay.nf
 all read and build them with the functions here.
 
 :func:`split_messages` is the walk: one pass, one header unpack per message, the messages
-returned as a list, which is also the fast path for NFLOG's batches of up to a hundred
-packet messages a datagram (the caller loops over a list instead of resuming a generator;
-``bench/nflog_parse.py``). :func:`parse_messages` and :func:`attributes` are the iterator
-forms. Everything here is total: any bytes give what could be read, never an exception.
+returned as a list. :func:`parse_batch` is the same walk with the messages of one type
+parsed on the way, the fast path for NFLOG's batches of up to a hundred packet messages a
+datagram (no tuple and no second loop per packet message; ``bench/nflog_parse.py``).
+:func:`parse_messages` and :func:`attributes` are the iterator forms. Everything here is
+total: any bytes give what could be read, never an exception.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 # --- netlink (include/uapi/linux/netlink.h) ------------------------------------------------
 NETLINK_ROUTE = 0
@@ -66,6 +68,7 @@ NLMSGHDR_LEN = NLMSGHDR.size  # 16
 #: One message of :func:`split_messages`: (type, sequence number, start, end); ``start`` is
 #: the message's own start (its header), its body starts NLMSGHDR_LEN later.
 Message = tuple[int, int, int, int]
+_T = TypeVar("_T")
 
 
 def align(n: int) -> int:
@@ -93,6 +96,41 @@ def split_messages(data: bytes) -> tuple[list[Message], bool]:
         append((kind, seq, off, end))
         off = (end + 3) & ~3
     return out, not (off < n and any(data[off:]))
+
+
+def parse_batch(data: bytes, kind: int, parse: Callable[[bytes, int, int], _T | None]
+                ) -> tuple[list[_T], int, list[Message], bool]:
+    """The walk of :func:`split_messages` with the messages of one type parsed on the way:
+    (parsed, failed, others, clean).
+
+    Every message of type ``kind`` goes to ``parse(data, start, end)`` (``start``: the
+    message's header); what it returns is appended to ``parsed``, a None counted in
+    ``failed``. Every other message is listed in ``others`` as (type, seq, start, end), and
+    ``clean`` is :func:`split_messages`'. The fast path for a datagram that is mostly one
+    type (NFLOG's batches of packet messages): no tuple per message of that type, no
+    second loop over them."""
+    parsed: list[_T] = []
+    others: list[Message] = []
+    append = parsed.append
+    unpack = NLMSGHDR.unpack_from
+    failed = 0
+    n = len(data)
+    off = 0
+    while n - off >= NLMSGHDR_LEN:
+        length, mkind, _flags, seq, _pid = unpack(data, off)
+        if length < NLMSGHDR_LEN or length > n - off:
+            return parsed, failed, others, False
+        end = off + length
+        if mkind == kind:
+            item = parse(data, off, end)
+            if item is None:
+                failed += 1
+            else:
+                append(item)
+        else:
+            others.append((mkind, seq, off, end))
+        off = (end + 3) & ~3
+    return parsed, failed, others, not (off < n and any(data[off:]))
 
 
 def parse_messages(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
