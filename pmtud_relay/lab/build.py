@@ -42,7 +42,7 @@ class LabBuild:
     ns_client: str
     ns_router: str
     ns_injector: str | None
-    _nodes: list[str]
+    _nodes: dict[str, str]  # node name -> namespace
     _created: list[str]
     ip: Callable[..., subprocess.CompletedProcess]
     run: Callable[..., subprocess.CompletedProcess]

@@ -224,7 +224,7 @@ class LabProcess:
         for t in self._readers:
             t.join(2.0)
         self.returncode = self.popen.returncode
-        return self.returncode  # type: ignore[return-value]
+        return self.returncode
 
     def __repr__(self) -> str:
         return f"<LabProcess {self.node} pid={self.pid} rc={self.popen.returncode} {self.argv!r}>"
