@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import ROOT, table, write_result  # noqa: E402
 
 from pmtud_relay.nflog import capture as capture_now
+from pmtud_relay.nflog import fastpath as fp
 from pmtud_relay.nflog import wire as w
 
 IFINDEX = 2
@@ -62,13 +63,23 @@ LAYOUTS = {"kernel (nft log group)": _kernel_msg, "hand-built v4/v6": _short_msg
 
 
 def load_capture_at(ref: str):
-    """capture/nflog.py and core/nflog_wire.py as of git ``ref``, imported under other names."""
+    """nflog/capture.py, nflog/wire.py and (where ``ref`` has it) nflog/fastpath.py as of git
+    ``ref``, imported under other names. Modules they import from elsewhere in the package
+    (the netlink walker of netlink/messages.py, batching) are this tree's."""
     mods = {}
-    for name, path in (("nflog_wire", "pmtud_relay/nflog/wire.py"), ("nflog", "pmtud_relay/nflog/capture.py")):
-        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{path}"], capture_output=True, text=True,
-                             check=True).stdout
-        if name == "nflog":
-            src = src.replace("from pmtud_relay.core import nflog_wire as w", "import _bench_old_nflog_wire as w")
+    files = [("nflog_wire", "pmtud_relay/nflog/wire.py"), ("nflog_fastpath", "pmtud_relay/nflog/fastpath.py"),
+             ("nflog", "pmtud_relay/nflog/capture.py")]
+    for name, path in files:
+        got = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{path}"], capture_output=True, text=True)
+        if got.returncode != 0 and name == "nflog_fastpath":
+            continue  # before the fast path had a module of its own
+        got.check_returncode()
+        src = got.stdout
+        for current, old in (("from pmtud_relay.core import nflog_wire as w", "import _bench_old_nflog_wire as w"),
+                             ("from pmtud_relay.nflog import wire as w", "import _bench_old_nflog_wire as w"),
+                             ("from pmtud_relay.nflog.wire import", "from _bench_old_nflog_wire import"),
+                             ("from pmtud_relay.nflog.fastpath import", "from _bench_old_nflog_fastpath import")):
+            src = src.replace(current, old)
         spec = importlib.util.spec_from_loader(f"_bench_old_{name}", loader=None)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
@@ -110,7 +121,7 @@ def main(argv=None) -> int:
     for layout, make in LAYOUTS.items():
         for packets in (1, 100):
             data = b"".join(make(i) for i in range(packets))
-            parser = w.PacketParser()
+            parser = fp.PacketParser()
             assert parser.parse_datagram(data) == w.parse_datagram(data)
             got = best_ns({"walk": w.parse_datagram, "layout": parser.parse_datagram}, data, packets, args.repeats)
             row = {"layout": layout, "packets": packets, "parse walk ns": got["walk"],

@@ -22,6 +22,7 @@ import _common
 
 with atheris.instrument_imports(include=["pmtud_relay"]):
     from pmtud_relay.nflog.capture import NflogDemux
+    from pmtud_relay.nflog import fastpath as fp
     from pmtud_relay.nflog import wire as w
     from pmtud_relay.core.relay import Relay
 
@@ -29,7 +30,7 @@ GROUP = 2105
 HOST_MAC = bytes.fromhex("00005e005302")
 PORTS = [("eth0", 7, HOST_MAC), ("eth1", 8, HOST_MAC)]
 DEMUX = NflogDemux(GROUP, PORTS)
-PARSER = w.PacketParser()
+PARSER = fp.PacketParser()
 RELAY = Relay(_common.relay_config())
 _clock = [0.0]
 

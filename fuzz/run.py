@@ -43,8 +43,9 @@ SCOPE = {
     ],
     "nflog": [
         ("pmtud_relay.nflog.wire", ["_parse_datagram", "parse_packet_message", "_parse_vlan", "ethertype_of",
-                                         "rebuild_frame", "_layout_key", "_Layout.__init__",
-                                         "PacketParser._parse_packet"]),
+                                         "rebuild_frame"]),
+        ("pmtud_relay.nflog.fastpath", ["_layout_key", "_Layout.__init__", "PacketParser._parse_packet"]),
+        ("pmtud_relay.netlink.messages", ["parse_batch"]),
         ("pmtud_relay.nflog.capture", ["NflogDemux.feed"]),
     ],
     "peer": [

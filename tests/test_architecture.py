@@ -19,8 +19,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pmtud_relay"
 PURE = sorted(
     [p for p in (PACKAGE / "core").glob("*.py")]
     + [PACKAGE / "peers" / n for n in ("wire.py", "ack.py", "inbox.py", "injection.py")]
-    + [PACKAGE / "nflog" / n for n in ("wire.py", "batching.py")]
+    + [PACKAGE / "nflog" / n for n in ("wire.py", "fastpath.py", "batching.py")]
     + [PACKAGE / "confirm" / n for n in ("verdict.py", "wire.py")]
+    + [PACKAGE / "netlink" / "messages.py"]
 )
 
 FORBIDDEN = {

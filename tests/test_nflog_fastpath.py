@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pmtud_relay.nflog import fastpath as fp
 from pmtud_relay.nflog import wire as w
 from pmtud_relay.nflog.capture import NflogDemux
 from tests.support.nflog import (
@@ -43,10 +44,10 @@ def with_seq(msg: bytes, seq: int) -> bytes:
     return msg[:120] + struct.pack("!I", seq) + msg[124:]
 
 
-def both(data: bytes, parser: w.PacketParser | None = None) -> w.Batch:
+def both(data: bytes, parser: fp.PacketParser | None = None) -> w.Batch:
     """The general walk's batch, after checking that ``parser`` (a fresh one by default) agrees."""
     general = w.parse_datagram(data)
-    fast = (parser or w.PacketParser()).parse_datagram(data)
+    fast = (parser or fp.PacketParser()).parse_datagram(data)
     assert fast == general
     for a, b in zip(fast.packets, general.packets):
         assert [type(x) for x in a] == [type(x) for x in b]
@@ -72,7 +73,7 @@ REALISTIC = {
 @pytest.mark.parametrize("name", sorted(REALISTIC))
 def test_realistic_messages_take_the_fast_path_with_equal_records(name: str) -> None:
     make = REALISTIC[name]
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     batch = both(b"".join(make(i) for i in range(7)), parser)
     assert len(batch.packets) == 7 and batch.malformed == 0
     assert parser.walked == 1 and parser.learned == 1  # the first taught the layout, six fitted it
@@ -81,7 +82,7 @@ def test_realistic_messages_take_the_fast_path_with_equal_records(name: str) -> 
 
 
 def test_the_kernel_datagram_parses_as_logged() -> None:
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     (pkt,) = both(KERNEL_MSG, parser).packets
     (again,) = parser.parse_datagram(with_seq(KERNEL_MSG, 1)).packets
     assert parser.walked == 1
@@ -96,25 +97,25 @@ def test_layouts_that_change_mid_datagram() -> None:
     # Runs of each layout, then all of them taking turns, then back to the first.
     data = b"".join(make(i) for make in makers for i in range(3))
     data += b"".join(makers[i % len(makers)](i) for i in range(40)) + makers[0](7) * 3
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     for _ in range(3):  # the same parser again: it remembers, and still agrees
         assert len(both(data, parser).packets) == 3 * len(makers) + 43
-    assert parser.learned == len(set(w._layout_key(m(0), 0, len(m(0))) for m in makers))
+    assert parser.learned == len(set(fp._layout_key(m(0), 0, len(m(0))) for m in makers))
 
 
 def test_two_layouts_taking_turns_both_stay_fast() -> None:
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     data = b"".join(ptb4_msg(seq=i, prefix=b"v4" if i % 2 else b"ipv6-ptb") for i in range(50))
     both(data, parser)
     assert parser.walked == 2
 
 
 def test_more_layouts_than_tried_still_agree_and_stay_bounded() -> None:
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     for rnd in range(3):
         data = b"".join(ptb4_msg(seq=i, prefix=b"p" * (i % 50)) for i in range(200))
         both(data, parser)
-        assert len(parser._tried) <= w.LAYOUTS_TRIED and len(parser._kept) <= w.LAYOUTS_KEPT
+        assert len(parser._tried) <= fp.LAYOUTS_TRIED and len(parser._kept) <= fp.LAYOUTS_KEPT
     # 50 layouts taking turns: none stays tried, and learning pauses rather than compiling each.
     assert parser.walked > 500 and parser.learned < 60
 
@@ -122,7 +123,7 @@ def test_more_layouts_than_tried_still_agree_and_stay_bounded() -> None:
 def test_other_messages_in_the_datagram() -> None:
     req = nlmsg(0x0401, struct.pack("!BBH", 0, 0, 2105), seq=7, flags=5)
     ack = nlmsg(2, struct.pack("=i", 0) + req[:16], seq=7)
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     data = ptb4_msg(seq=1) + ack + nlmsg(3, b"\0" * 4) + ptb4_msg(seq=2) + nlmsg(4, b"") + ptb4_msg(seq=3)
     batch = both(data, parser)
     assert batch.acks == [(7, 0)] and batch.overrun and len(batch.packets) == 3
@@ -156,7 +157,7 @@ def test_every_truncation(name: str) -> None:
     """Cut datagrams (nlmsg_len beyond the end) and cut messages (nlmsg_len saying so), alone
     and after the message that taught the layout."""
     msg = MESSAGES[name]
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     both(msg, parser)
     for cut in range(len(msg) + 1):
         short = msg[:cut]
@@ -172,21 +173,21 @@ def test_every_truncation(name: str) -> None:
 def test_every_single_byte_change_of_the_header_region(name: str) -> None:
     """Each byte of the nlmsghdr, the nfgenmsg and every attribute header set to each value."""
     msg = MESSAGES[name]
-    shared = w.PacketParser()  # sees every mutant, so it learns, forgets and pauses
+    shared = fp.PacketParser()  # sees every mutant, so it learns, forgets and pauses
     for at in _attr_header_offsets(msg):
         for value in range(256):
             if value == msg[at]:
                 continue
             mutant = msg[:at] + bytes((value,)) + msg[at + 1 :]
             data = msg + mutant + msg
-            fresh = w.PacketParser()
+            fresh = fp.PacketParser()
             both(data, fresh)
             both(data, shared)
 
 
 def test_every_single_byte_change_of_a_small_message() -> None:
     """Exhaustive over SMALL: every byte (values and payload too) set to every other value."""
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     for at in range(len(SMALL)):
         for value in range(256):
             if value != SMALL[at]:
@@ -196,7 +197,7 @@ def test_every_single_byte_change_of_a_small_message() -> None:
 
 def test_payload_not_last_is_left_to_the_walk() -> None:
     trailing = packet_msg(attrs_for(ptb4_packet(), seq=1) + [nla(2, struct.pack("!I", 7))])
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     both(ptb4_msg(seq=0) + trailing + trailing + ptb4_msg(seq=2), parser)
     assert parser.walked == 3 and parser.learned == 1
 
@@ -205,7 +206,7 @@ def test_padding_after_the_payload_fits_but_an_attribute_there_does_not() -> Non
     base = ptb4_msg(seq=0, payload=ptb4_packet() + b"\x01")  # nla_len 61: 3 bytes of padding, counted
     unpadded = relabel(base[:-3])
     trailing = relabel(base + struct.pack("=HH", 4, 2))  # an empty NFULA_MARK after the payload
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     batch = both(unpadded + b"\0" * 3 + base + trailing + base, parser)
     assert len(batch.packets) == 4 and batch.malformed == 0
     assert parser.walked == 2  # unpadded taught the layout; trailing does not fit it
@@ -216,7 +217,7 @@ def test_attributes_repeated_in_a_layout_last_one_wins() -> None:
              nla(4, struct.pack("!I", 3)), nla(10, b"a\0b"), nla(10, b"cd"), nla(8, struct.pack("!HH", 2, 0) + b"xyz"),
              nla(8, b"\0"), nla(16, b"h1"), nla(16, b""), nla(9, b"early"), nla(3, struct.pack("!QQ", 5, 6)),
              nla(21, b"l2"), nla(20 | w.NLA_F_NESTED, nla(1, struct.pack("!H", 0x88A8)) + nla(2, struct.pack("!H", 7)))]
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     data = b"".join(packet_msg(attrs + [nla(9, b"p" * i)], family=socket.AF_INET6) for i in range(1, 6))
     batch = both(data, parser)
     assert parser.walked == 1
@@ -229,14 +230,14 @@ def test_attributes_repeated_in_a_layout_last_one_wins() -> None:
 def test_flag_bits_are_part_of_the_layout() -> None:
     plain = packet_msg([nla(4, struct.pack("!I", 3)), nla(9, b"xy")])
     flagged = packet_msg([nla(4 | w.NLA_F_NET_BYTEORDER, struct.pack("!I", 3)), nla(9 | w.NLA_F_NESTED, b"xy")])
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     batch = both(plain + flagged + plain + flagged, parser)
     assert parser.learned == 2 and parser.walked == 2
     assert batch.packets[0] == batch.packets[1]
 
 
 def test_inputs_other_than_bytes_take_the_walk() -> None:
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     data = ptb4_msg(seq=0) + ptb4_msg(seq=1)
     for other in (bytearray(data), memoryview(data)):
         fast, general = parser.parse_datagram(other), w.parse_datagram(other)
@@ -245,7 +246,7 @@ def test_inputs_other_than_bytes_take_the_walk() -> None:
 
 
 def test_parse_packet_message_of_the_parser() -> None:
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     data = b"\0" * 8 + ptb4_msg(seq=1) + ptb4_msg(seq=2)
     m = len(ptb4_msg(seq=1))
     for start, end in [(8, 8 + m), (8 + m, 8 + 2 * m)]:
@@ -258,7 +259,7 @@ def test_parse_packet_message_of_the_parser() -> None:
 
 # --- random attribute lists ---------------------------------------------------------------------------
 PROPS = settings(max_examples=1500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-LONG_LIVED = w.PacketParser()  # across examples: many layouts, eviction, pauses
+LONG_LIVED = fp.PacketParser()  # across examples: many layouts, eviction, pauses
 
 
 @st.composite
@@ -305,9 +306,9 @@ def test_random_attribute_lists(case: tuple[list[bytes], bytes]) -> None:
 @given(st.lists(attribute(), max_size=10), st.lists(st.binary(max_size=30), min_size=2, max_size=5))
 def test_random_learnable_layouts_are_read_fast(attrs: list[bytes], payloads: list[bytes]) -> None:
     data = b"".join(packet_msg(attrs + [nla(9, p)]) for p in payloads)
-    parser = w.PacketParser()
+    parser = fp.PacketParser()
     batch = both(data, parser)
-    if len(batch.packets) == len(payloads) and w._layout_key(data, 0, struct.unpack_from("=I", data)[0]):
+    if len(batch.packets) == len(payloads) and fp._layout_key(data, 0, struct.unpack_from("=I", data)[0]):
         assert parser.walked == 1  # well formed, payload last: every later message fitted
 
 

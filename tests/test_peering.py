@@ -542,3 +542,37 @@ def test_receiver_dedup_follows_dedup_window(key_file):
     assert reasons("--dedup-window", "5", "--dedup-capacity", "16") == ["accepted", "duplicate"]
     assert peer_settings("--peer-listen", "127.0.0.1:2106", "--peer-key-file", key_file,
                          "--dedup-capacity", "16").dedup_capacity == 16
+
+
+def test_reload_carries_a_new_dedup_window_to_the_peer_inbox(key_file, tmp_path):
+    """SIGHUP with a new dedup_window/dedup_capacity: the relay's dedup and the peer receiver's
+    both follow it (the receiver is the same PTB-level dedup, for PTBs from peers)."""
+    from pmtud_relay.daemon import RelayDaemon
+
+    keyring = Keyring([(1, bytes.fromhex(KEY_HEX))])
+    pkt = F.ptb_v4()[14:]
+    first = encode(pkt, keyring, 1_700_000_000.0, b"\x05" * 12)
+    second = encode(pkt, keyring, 1_700_000_002.0, b"\x06" * 12)  # another peer's copy, 2 s later
+    path = tmp_path / "relay.toml"
+    path.write_text('vips = ["192.0.2.10"]\n')
+    argv = ["--config", str(path), "--peer-listen", "127.0.0.1:2106",
+            "--peer-key-file", key_file]
+    loaded = cfg.load(args(*argv), environ={}, use_default_path=False)
+    settings = cfg.daemon_settings(loaded.settings, ("lo",), dry_run=True)
+    d = RelayDaemon(settings, out=io.StringIO(), clock=lambda: 0.0)
+    peers = dataclasses.replace(settings.peers, listen=(("127.0.0.1", 0),))
+    d.peering = svc = PeerService(peers, lambda: POLICY, dry_run=True, out=io.StringIO(), clock=lambda: 0.0,
+                                  wall=lambda: 1_700_000_000.0, own_addresses=frozenset)
+    svc.open()
+    try:
+        d.config = loaded.settings
+        path.write_text('vips = ["192.0.2.10"]\ndedup_window = 5\ndedup_capacity = 16\n')
+        d.reloader = lambda: cfg.reload(args(*argv), {})
+        assert d.reload()
+        assert d.relay.dedup.window == 5.0
+        assert (svc.inbox.config.dedup_window, svc.inbox.config.dedup_capacity) == (5.0, 16)
+        got = [svc.handle_datagram(data, src, 40000, now, 1_700_000_000.0 + now, POLICY).reason.value
+               for data, src, now in ((first, "198.51.100.18", 0.0), (second, "198.51.100.34", 2.0))]
+        assert got == ["accepted", "duplicate"]
+    finally:
+        svc.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
-import platform
 import socket
 import struct
 import time
@@ -30,9 +29,9 @@ from collections.abc import Mapping
 from pmtud_relay.capture import bpf
 from pmtud_relay.core.frame import insert_vlan_tag
 from pmtud_relay.core.shun import SAMPLE
+from pmtud_relay.packetsocket import PACKET_RX_RING, SOL_PACKET, ring_slots, ring_supported, setup_ring
 
 ETH_P_ALL = 0x0003
-SOL_PACKET = 263
 PACKET_AUXDATA = 8
 PACKET_IGNORE_OUTGOING = 23
 SO_ATTACH_FILTER = 26
@@ -40,9 +39,6 @@ SO_RCVBUFFORCE = 33
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 
-PACKET_RX_RING = 5
-PACKET_VERSION = 10
-TPACKET_V2 = 1
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 0x1
 
@@ -54,7 +50,6 @@ DEFAULT_RCVBUF = 4 << 20
 #: struct tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec, vlan_tci, vlan_tpid.
 _TP2_HDR = struct.Struct("=IIIHHIIHH")
 _TP2_PKTTYPE = 32 + 10  # sockaddr_ll follows at TPACKET_ALIGN(32); sll_pkttype is at +10
-_TPACKET_REQ = struct.Struct("=IIII")  # struct tpacket_req: block size, blocks, frame size, frames
 #: Ring geometry: 2 KiB slots hold any PTB (an ICMPv6 error is at most 1280 bytes of IP, an
 #: ICMPv4 one 576 by RFC 1812; larger frames are counted as truncated), 1 MiB in all: 512
 #: frames of burst between two reads, a whole default global_burst (500). The ring is mapped
@@ -64,7 +59,6 @@ RING_BLOCK_SIZE = 1 << 16
 RING_BLOCKS = 16
 #: Seconds of wake-ups that find no frame at the reader's slot before it resynchronises.
 RESYNC_AFTER = 0.01
-_RING_ARCHES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
 
 class _SockFprog(ctypes.Structure):
@@ -97,7 +91,7 @@ class PacketCapture:
         self.ifname = ifname
         self.sample = sample  # 1 in this many frames of a held source still passes (None: none)
         if ring is None:
-            ring = platform.machine().lower() in _RING_ARCHES
+            ring = ring_supported()
         self.ring: mmap.mmap | None = None
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
@@ -131,7 +125,7 @@ class PacketCapture:
         self.resyncs = 0
         self._idle_since: float | None = None
         self._slot = 0  # the next ring slot to look at
-        self._slots = RING_BLOCK_SIZE // RING_FRAME_SIZE * RING_BLOCKS
+        self._slots = ring_slots(RING_BLOCK_SIZE, RING_BLOCKS, RING_FRAME_SIZE)
         if self.ring is not None:
             self.drain = self._drain_ring
 
@@ -334,7 +328,4 @@ def blocklist_prefix(sources, sample: int | None = SAMPLE) -> list[bpf.Insn]:
 
 def _setup_ring(sock: socket.socket) -> mmap.mmap:
     """TPACKET_V2 receive ring of RING_BLOCKS blocks; returns the mapping."""
-    sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-    frames = RING_BLOCK_SIZE // RING_FRAME_SIZE * RING_BLOCKS
-    sock.setsockopt(SOL_PACKET, PACKET_RX_RING, _TPACKET_REQ.pack(RING_BLOCK_SIZE, RING_BLOCKS, RING_FRAME_SIZE, frames))
-    return mmap.mmap(sock.fileno(), RING_BLOCK_SIZE * RING_BLOCKS, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    return setup_ring(sock, PACKET_RX_RING, RING_BLOCK_SIZE, RING_BLOCKS, RING_FRAME_SIZE)

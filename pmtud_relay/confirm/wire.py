@@ -25,27 +25,29 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from ..netlink.rtnl import attributes, parse_messages  # the project's netlink message/attribute walker
+from pmtud_relay.netlink.messages import AF_INET as AF_INET
+from pmtud_relay.netlink.messages import AF_INET6 as AF_INET6
+from pmtud_relay.netlink.messages import NETLINK_ROUTE as NETLINK_ROUTE
+from pmtud_relay.netlink.messages import NETLINK_SOCK_DIAG as NETLINK_SOCK_DIAG
+from pmtud_relay.netlink.messages import NLM_F_REQUEST as NLM_F_REQUEST
+from pmtud_relay.netlink.messages import NLMSG_DONE as NLMSG_DONE
+from pmtud_relay.netlink.messages import NLMSG_ERROR as NLMSG_ERROR
+from pmtud_relay.netlink.messages import NLMSGHDR_LEN, attributes, error_code, message, split_messages
+from pmtud_relay.netlink.messages import RTA_DST as RTA_DST
+from pmtud_relay.netlink.messages import RTA_SRC as RTA_SRC
+from pmtud_relay.netlink.messages import RTM_GETROUTE as RTM_GETROUTE
+from pmtud_relay.netlink.messages import RTM_NEWROUTE as RTM_NEWROUTE
+from pmtud_relay.netlink.messages import RTMSG as _RTMSG
+from pmtud_relay.netlink.messages import attr as _rtattr
 
-NETLINK_ROUTE = 0
-NETLINK_SOCK_DIAG = 4
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
 SOCK_DIAG_BY_FAMILY = 20
-RTM_NEWROUTE = 24
-RTM_GETROUTE = 26
 INET_DIAG_INFO = 2
 INET_DIAG_NOCOOKIE = 0xFFFFFFFF
-RTA_DST = 1
-RTA_SRC = 2
 RTA_METRICS = 8
 RTAX_MTU = 2
 RTM_F_LOOKUP_TABLE = 0x1000
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
-AF_INET = 2
-AF_INET6 = 10
 
 #: TCP states (include/net/tcp_states.h) that matter here.
 TCP_ESTABLISHED = 1
@@ -59,16 +61,12 @@ TCP_NEW_SYN_RECV = 12
 #: route of a TIME_WAIT one).
 NOT_AN_OWNER = frozenset({TCP_LISTEN, TCP_TIME_WAIT, TCP_CLOSE})
 
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _DIAG_REQ = struct.Struct("=BBBxI")  # family, protocol, ext, pad, states
 _SOCKID_PORTS = struct.Struct("!HH")  # sport, dport (network order)
 _SOCKID_TAIL = struct.Struct("=III")  # if, cookie[2]
 _DIAG_MSG = struct.Struct("=BBBB")  # family, state, timer, retrans
 _DIAG_MSG_TAIL = struct.Struct("=IIIII")  # expires, rqueue, wqueue, uid, inode (after the 48-byte id)
 _DIAG_MSG_LEN = 4 + 48 + 20
-_ERRNO = struct.Struct("=i")
-_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-_RTATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 #: tcp_info: eight one-byte fields, then u32 rto, ato, snd_mss, rcv_mss, unacked, sacked,
 #: lost, retrans, fackets, last_data_sent, last_ack_sent, last_data_recv, last_ack_recv, pmtu.
@@ -103,34 +101,27 @@ def diag_request(family: int, proto: int, local: bytes, lport: int, remote: byte
         + _pad16(src) + _pad16(dst)
         + _SOCKID_TAIL.pack(0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
     )
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + body
+    return message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, body)
 
 
 def parse_diag_answer(data: bytes, seq: int) -> DiagAnswer | int | None:
     """The answer to request ``seq`` in ``data``: a :class:`DiagAnswer`, a positive errno
     (ENOENT: no socket), or None if ``data`` holds neither."""
-    for kind, buf, body, end in parse_messages(data):
-        if _NLMSGHDR.unpack_from(buf, body - _NLMSGHDR.size)[3] != seq:
+    for kind, mseq, start, end in split_messages(data)[0]:
+        if mseq != seq:
             continue
+        body = start + NLMSGHDR_LEN
         if kind == NLMSG_ERROR:
-            if end - body < _ERRNO.size:
-                return None
-            (err,) = _ERRNO.unpack_from(buf, body)
-            return -err if err < 0 else err  # 0 would be an ack, which an exact lookup never sends
+            return error_code(data, body, end)  # 0 would be an ack, which an exact lookup never sends
         if kind == SOCK_DIAG_BY_FAMILY and end - body >= _DIAG_MSG_LEN:
-            _family, state, _timer, _retrans = _DIAG_MSG.unpack_from(buf, body)
-            _expires, _rq, _wq, uid, inode = _DIAG_MSG_TAIL.unpack_from(buf, body + 4 + 48)
+            _family, state, _timer, _retrans = _DIAG_MSG.unpack_from(data, body)
+            _expires, _rq, _wq, uid, inode = _DIAG_MSG_TAIL.unpack_from(data, body + 4 + 48)
             pmtu = None
-            for akind, s, e in attributes(buf, body + _DIAG_MSG_LEN, end):
+            for akind, s, e in attributes(data, body + _DIAG_MSG_LEN, end):
                 if akind == INET_DIAG_INFO and e - s >= TCPI_PMTU_OFFSET + 4:
-                    (pmtu,) = _U32.unpack_from(buf, s + TCPI_PMTU_OFFSET)
+                    (pmtu,) = _U32.unpack_from(data, s + TCPI_PMTU_OFFSET)
             return DiagAnswer(state, uid, inode, pmtu)
     return None
-
-
-def _rtattr(kind: int, value: bytes) -> bytes:
-    length = _RTATTR.size + len(value)
-    return _RTATTR.pack(length, kind) + value + b"\0" * (((length + 3) & ~3) - length)
 
 
 def route_request(family: int, src: bytes, dst: bytes, seq: int) -> bytes:
@@ -140,22 +131,23 @@ def route_request(family: int, src: bytes, dst: bytes, seq: int) -> bytes:
         _RTMSG.pack(AF_INET if family == 4 else AF_INET6, bits, bits, 0, 0, 0, 0, 0, 0)
         + _rtattr(RTA_DST, dst) + _rtattr(RTA_SRC, src)
     )
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST, seq, 0) + body
+    return message(RTM_GETROUTE, NLM_F_REQUEST, seq, body)
 
 
 def parse_route_mtu(data: bytes, seq: int) -> int | None:
     """The path MTU in the answer to route request ``seq``: RTAX_MTU of RTA_METRICS, 0 when the
     route carries none (no PMTU learnt), None when ``data`` holds no answer or an error."""
-    for kind, buf, body, end in parse_messages(data):
-        if _NLMSGHDR.unpack_from(buf, body - _NLMSGHDR.size)[3] != seq:
+    for kind, mseq, start, end in split_messages(data)[0]:
+        if mseq != seq:
             continue
+        body = start + NLMSGHDR_LEN
         if kind == RTM_NEWROUTE and end - body >= _RTMSG.size:
             mtu = 0
-            for akind, s, e in attributes(buf, body + _RTMSG.size, end):
+            for akind, s, e in attributes(data, body + _RTMSG.size, end):
                 if akind == RTA_METRICS:
-                    for mkind, ms, me in attributes(buf, s, e):
+                    for mkind, ms, me in attributes(data, s, e):
                         if mkind == RTAX_MTU and me - ms >= 4:
-                            (mtu,) = _U32.unpack_from(buf, ms)
+                            (mtu,) = _U32.unpack_from(data, ms)
             return mtu
         if kind == NLMSG_ERROR:
             return None

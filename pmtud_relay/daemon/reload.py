@@ -36,6 +36,8 @@ def reload(d: DaemonParts) -> bool:
     discover = config.discover_vips(new)
     relay_config = config.relay_config(new, vips=d.relay.policy.vips if discover else None)
     d.relay.reconfigure(relay_config, d.clock())
+    if d.peering is not None:  # the peer receiver dedups over the same window and capacity
+        d.peering.set_dedup(relay_config.dedup_window, relay_config.dedup_capacity)
     d.settings = replace(d.settings, relay=relay_config, discover_vips=discover,
                          vip_refresh=new.vip_refresh, summary_interval=new.summary_interval,
                          vip_interfaces=tuple(new.vip_interfaces),

@@ -25,15 +25,11 @@ from __future__ import annotations
 import errno
 import fcntl
 import mmap
-import platform
 import socket
 import struct
 
-SOL_PACKET = 263
-PACKET_TX_RING = 13
-PACKET_LOSS = 14
-PACKET_VERSION = 10
-TPACKET_V2 = 1
+from pmtud_relay.packetsocket import PACKET_TX_RING, ring_slots, ring_supported, setup_ring
+
 TP_STATUS_AVAILABLE = 0
 TP_STATUS_SEND_REQUEST = 1
 TP_STATUS_SENDING = 2
@@ -48,10 +44,8 @@ MAX_RING_FRAME = RING_FRAME_SIZE - _DATA
 #: Copies queued before ``queue`` flushes on its own (bounds the wait of the first one).
 FLUSH_EVERY = 32
 
-_TPACKET_REQ = struct.Struct("=IIII")
 _STATUS = struct.Struct("=I")
 _LENS = struct.Struct("=II")  # tp_len, tp_snaplen
-_RING_ARCHES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 _IFREQ_MTU = struct.Struct("16si20x")  # struct ifreq: name, ifr_mtu; 40 bytes in all
 _VLAN_TPIDS = (b"\x81\x00", b"\x88\xa8")
 
@@ -60,19 +54,15 @@ class L2Emitter:
     def __init__(self, ifname: str, ring: bool | None = None):
         self.ifname = ifname
         if ring is None:
-            ring = platform.machine().lower() in _RING_ARCHES
+            ring = ring_supported()
         self.ring: mmap.mmap | None = None
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             if ring:
                 try:
-                    sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-                    sock.setsockopt(SOL_PACKET, PACKET_LOSS, 1)  # skip, never stall on, a slot the kernel rejects
-                    frames = RING_BLOCK_SIZE // RING_FRAME_SIZE * RING_BLOCKS
-                    sock.setsockopt(SOL_PACKET, PACKET_TX_RING,
-                                    _TPACKET_REQ.pack(RING_BLOCK_SIZE, RING_BLOCKS, RING_FRAME_SIZE, frames))
-                    self.ring = mmap.mmap(sock.fileno(), RING_BLOCK_SIZE * RING_BLOCKS, mmap.MAP_SHARED,
-                                          mmap.PROT_READ | mmap.PROT_WRITE)
+                    # PACKET_LOSS: skip, never stall on, a slot the kernel rejects
+                    self.ring = setup_ring(sock, PACKET_TX_RING, RING_BLOCK_SIZE, RING_BLOCKS, RING_FRAME_SIZE,
+                                           loss=True)
                 except OSError:
                     sock.close()
                     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -86,7 +76,7 @@ class L2Emitter:
             raise
         self.sock = sock
         self.mac: bytes = sock.getsockname()[4]
-        self._slots = RING_BLOCK_SIZE // RING_FRAME_SIZE * RING_BLOCKS
+        self._slots = ring_slots(RING_BLOCK_SIZE, RING_BLOCKS, RING_FRAME_SIZE)
         self._slot = 0
         self._pending = 0
         self._direct: socket.socket | None = None  # for frames larger than a ring slot

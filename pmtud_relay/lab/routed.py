@@ -30,7 +30,9 @@ from __future__ import annotations
 import json
 import time
 
-from .topology import SERVER_MTU, VIP4, VIP6, Lab, LabError, Server, family_of, server_mac
+from .addressing import SERVER_MTU, VIP4, VIP6, Server, family_of, server_mac
+from .netns import LabError
+from .topology import Lab
 
 MAX_ROUTED_SERVERS = 15  # /28s of 198.51.100.0/24, the last one kept spare
 

@@ -25,18 +25,21 @@ import socket
 import struct
 from typing import NamedTuple
 
-from pmtud_relay.netlink import rtnl
-from pmtud_relay.netlink.rtnl import _IFINFOMSG
-from pmtud_relay.netlink.rtnl import IFLA_IFNAME
-from pmtud_relay.netlink.rtnl import NETLINK_ROUTE
-from pmtud_relay.netlink.rtnl import RTM_NEWADDR
-from pmtud_relay.netlink.rtnl import RTM_NEWLINK
+from pmtud_relay.netlink.messages import IFINFOMSG as _IFINFOMSG
+from pmtud_relay.netlink.messages import (
+    IFLA_IFNAME,
+    NETLINK_ROUTE,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    attributes,
+    parse_messages,
+)
 
 RTMGRP_LINK = 1
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
-RTM_DELLINK = 17
-RTM_DELADDR = 21
 IFF_UP = 0x1
 IFNAMSIZ = 16
 SIOCGIFFLAGS = 0x8913
@@ -49,26 +52,26 @@ RCVBUF = 1 << 20
 
 class LinkEvent(NamedTuple):
     deleted: bool  # RTM_DELLINK
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, as it always has
     name: str | None  # IFLA_IFNAME, None when absent or not text
     up: bool  # IFF_UP (administratively up)
 
 
 def has_address_messages(data: bytes) -> bool:
     """True if the datagram holds an RTM_NEWADDR/RTM_DELADDR (an address came or went). Never raises."""
-    return any(kind in (RTM_NEWADDR, RTM_DELADDR) for kind, _, _, _ in rtnl.parse_messages(data))
+    return any(kind in (RTM_NEWADDR, RTM_DELADDR) for kind, _, _, _ in parse_messages(data))
 
 
 def parse_link_messages(data: bytes) -> list[LinkEvent]:
     """The RTM_NEWLINK/RTM_DELLINK events in one datagram. Never raises; stops at the first
     message whose length is inconsistent."""
     events: list[LinkEvent] = []
-    for kind, _, body, end in rtnl.parse_messages(data):
+    for kind, _, body, end in parse_messages(data):
         if kind not in (RTM_NEWLINK, RTM_DELLINK) or end - body < _IFINFOMSG.size:
             continue
         _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, body)
         name = None
-        for akind, s, e in rtnl.attributes(data, body + _IFINFOMSG.size, end):
+        for akind, s, e in attributes(data, body + _IFINFOMSG.size, end):
             if akind == IFLA_IFNAME:
                 raw = bytes(data[s:e]).split(b"\0", 1)[0]
                 if 0 < len(raw) < IFNAMSIZ:
@@ -141,12 +144,11 @@ def link_state(name: str, sock: socket.socket | None = None) -> tuple[int, bool]
     if not 0 < len(raw) < IFNAMSIZ:
         return None
     own = sock is None
-    if own:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) if sock is None else sock
     try:
         try:
-            index = _IFREQ_INDEX.unpack(fcntl.ioctl(sock, SIOCGIFINDEX, _IFREQ_INDEX.pack(raw, 0)))[1]
-            flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(sock, SIOCGIFFLAGS, _IFREQ_FLAGS.pack(raw, 0)))[1]
+            index = _IFREQ_INDEX.unpack(fcntl.ioctl(s, SIOCGIFINDEX, _IFREQ_INDEX.pack(raw, 0)))[1]
+            flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(s, SIOCGIFFLAGS, _IFREQ_FLAGS.pack(raw, 0)))[1]
         except OSError as exc:
             if exc.errno in (errno.ENODEV, errno.ENXIO):
                 return None
@@ -154,4 +156,4 @@ def link_state(name: str, sock: socket.socket | None = None) -> tuple[int, bool]
         return index, bool(flags & IFF_UP)
     finally:
         if own:
-            sock.close()
+            s.close()

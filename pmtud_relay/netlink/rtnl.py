@@ -5,7 +5,9 @@ and a handful of attributes each; this reads them with ``struct``, like ``linkwa
 link events, so the daemon does not load pyroute2 (about 11 MiB of resident memory on Debian
 12's Python 3.11, see docs/performance.md). Dumps need no privilege.
 
-:func:`parse_messages` is total: any bytes give the messages it could read, never an exception.
+:func:`parse_link`, :func:`parse_address` and :func:`parse_route` are total, like the message and
+attribute walk they use (:mod:`pmtud_relay.netlink.messages`): any bytes give what could be read,
+never an exception.
 """
 
 from __future__ import annotations
@@ -14,25 +16,36 @@ import errno
 import os
 import socket
 import struct
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
-NETLINK_ROUTE = 0
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
-RTM_NEWLINK = 16
-RTM_GETLINK = 18
-RTM_NEWADDR = 20
-RTM_GETADDR = 22
-RTM_NEWROUTE = 24
-RTM_GETROUTE = 26
-IFLA_IFNAME = 3
+from pmtud_relay.netlink.messages import IFINFOMSG as _IFINFOMSG
+from pmtud_relay.netlink.messages import (
+    IFLA_IFNAME,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    attributes,
+    message,
+    split_messages,
+)
+from pmtud_relay.netlink.messages import NETLINK_ROUTE as NETLINK_ROUTE  # hostinfo.py opens its socket with it
+from pmtud_relay.netlink.messages import NLMSGERR as _ERRNO
+from pmtud_relay.netlink.messages import NLMSGHDR as _NLMSGHDR
+from pmtud_relay.netlink.messages import RTMSG as _RTMSG
+from pmtud_relay.netlink.messages import align as _align
+from pmtud_relay.netlink.messages import parse_messages as parse_messages  # tests/test_hostinfo.py fuzzes it here
+
 IFLA_LINKINFO = 18
 IFLA_INFO_KIND = 1
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
-RTA_DST = 1
 RTA_OIF = 4
 RTA_PRIORITY = 6
 RTA_MULTIPATH = 9
@@ -40,13 +53,8 @@ RTA_TABLE = 15
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
-_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
-_RTATTR = struct.Struct("=HH")  # len, type
 _RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops, ifindex
-_ERRNO = struct.Struct("=i")
 
 
 class NetlinkError(OSError):
@@ -54,13 +62,13 @@ class NetlinkError(OSError):
 
 
 class Link(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, as it always has
     name: str | None
     kind: str | None  # IFLA_INFO_KIND: "dummy", "veth", "vlan", … (None: a plain device)
 
 
 class Address(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # as Link.index
     family: int
     prefixlen: int
     address: bytes  # IFA_LOCAL, else IFA_ADDRESS (4 or 16 bytes)
@@ -75,39 +83,12 @@ class Route(NamedTuple):
     oifs: tuple[int, ...]  # RTA_OIF, or every next hop's of RTA_MULTIPATH
 
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def attributes(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(type without NLA flags, value start, value end) of each attribute in data[start:end]."""
-    a = start
-    while end - a >= _RTATTR.size:
-        alen, akind = _RTATTR.unpack_from(data, a)
-        if alen < _RTATTR.size or alen > end - a:
-            return
-        yield akind & 0x3FFF, a + _RTATTR.size, a + alen
-        a += _align(alen)
-
-
 def _text(data: bytes, start: int, end: int) -> str | None:
     raw = bytes(data[start:end]).split(b"\0", 1)[0]
     try:
         return raw.decode("ascii") or None
     except UnicodeDecodeError:
         return None
-
-
-def parse_messages(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
-    """(type, data, body start, end) of each netlink message; stops at the first inconsistent length."""
-    n = len(data)
-    off = 0
-    while n - off >= _NLMSGHDR.size:
-        length, kind = _NLMSGHDR.unpack_from(data, off)[:2]
-        if length < _NLMSGHDR.size or length > n - off:
-            return
-        yield kind, data, off + _NLMSGHDR.size, off + length
-        off += _align(length)
 
 
 def parse_link(data: bytes, body: int, end: int) -> Link | None:
@@ -170,32 +151,32 @@ def dump(kind: int, body: bytes, sock: socket.socket | None = None) -> list[tupl
     """One NLM_F_DUMP request; every reply message (type, data, body start, end) until NLMSG_DONE.
     Raises NetlinkError (an OSError) on a netlink error reply."""
     own = sock is None
-    if own:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) if sock is None else sock
     try:
         if own:
-            sock.bind((0, 0))
+            s.bind((0, 0))
         seq = int.from_bytes(os.urandom(4), "little") or 1
-        sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-        out = []
+        s.send(message(kind, NLM_F_REQUEST | NLM_F_DUMP, seq, body))
+        out: list[tuple[int, bytes, int, int]] = []
         while True:
-            data = sock.recv(1 << 16)
+            data = s.recv(1 << 16)
             if not data:
                 raise NetlinkError(errno.EIO, "netlink: empty read during a dump")
-            for mtype, buf, start, end in parse_messages(data):
-                if _NLMSGHDR.unpack_from(buf, start - _NLMSGHDR.size)[3] != seq:
+            for mtype, mseq, mstart, end in split_messages(data)[0]:
+                if mseq != seq:
                     continue  # not ours (an event on a shared socket)
                 if mtype == NLMSG_DONE:
                     return out
+                start = mstart + _NLMSGHDR.size
                 if mtype == NLMSG_ERROR:
-                    err = -_ERRNO.unpack_from(buf, start)[0] if end - start >= 4 else errno.EIO
+                    err = -_ERRNO.unpack_from(data, start)[0] if end - start >= 4 else errno.EIO
                     if err:
                         raise NetlinkError(err, os.strerror(err))
                     continue
-                out.append((mtype, buf, start, end))
+                out.append((mtype, data, start, end))
     finally:
         if own:
-            sock.close()
+            s.close()
 
 
 def links(sock: socket.socket | None = None) -> list[Link]:
@@ -211,6 +192,6 @@ def addresses(sock: socket.socket | None = None) -> list[Address]:
 
 
 def routes(family: int, sock: socket.socket | None = None) -> list[Route]:
-    found = (parse_route(d, s, e) for t, d, s, e in dump(RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), sock)
-             if t == RTM_NEWROUTE)
+    request = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+    found = (parse_route(d, s, e) for t, d, s, e in dump(RTM_GETROUTE, request, sock) if t == RTM_NEWROUTE)
     return [r for r in found if r is not None]

@@ -37,6 +37,7 @@ from collections import Counter, deque
 from typing import Iterable
 
 from pmtud_relay.nflog import wire as w
+from pmtud_relay.nflog.fastpath import PacketParser
 from pmtud_relay.nflog.batching import BatchTuner
 from pmtud_relay.core.policy import PACKET_HOST
 
@@ -115,7 +116,7 @@ class NflogDemux:
         self.drops: Counter[w.NflogDrop] = Counter()
         self._next_seq: int | None = None
         # The socket's messages share one attribute layout (per rule): parse them by it.
-        self.parser = w.PacketParser()
+        self.parser = PacketParser()
         self.closed = False
 
     def port(self, ifname: str) -> "NflogPort":

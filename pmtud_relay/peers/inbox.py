@@ -10,18 +10,18 @@ cannot starve the others, and an unreachable peer costs only its own send.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Union
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Union
 
 from pmtud_relay.core import dedup as _dedup
-from pmtud_relay.peers import injection as _injection
 from pmtud_relay.core.packet import PTB, parse_ipv4, parse_ipv6, quoted_tag
-from pmtud_relay.peers.wire import PeerDecoder
-from pmtud_relay.peers.wire import PeerReason
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.ratelimit import RateLimiter, TokenBucket
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.slots import slotted
+from pmtud_relay.peers import injection as _injection
+from pmtud_relay.peers.wire import PeerDecoder, PeerReason
 
 DEFAULT_PORT = 2106  # UDP; this project's choice, not an IANA assignment (docs/peers.md, "Port")
 DEFAULT_PEER_RATE = 20.0  # datagrams per second to one peer
@@ -304,6 +304,14 @@ class PeerInbox:
         self.limiter = RateLimiter(c.sender_rate, c.sender_burst, c.global_rate, c.global_burst,
                                    c.sender_capacity, now)
         self.counts: dict[InboxReason, int] = {}
+
+    def set_dedup(self, window: float, capacity: int) -> None:
+        """Reload: follow a new dedup window or capacity (a fresh table, as the relay's own dedup
+        gets on such a change); nothing happens when neither changed."""
+        c = self.config
+        if (c.dedup_window, c.dedup_capacity) != (window, capacity):
+            self.config = replace(c, dedup_window=window, dedup_capacity=capacity)
+            self.dedup = _dedup.Deduplicator(window, capacity)
 
     def _count(self, reason: InboxReason) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1

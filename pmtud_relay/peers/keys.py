@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import stat
 
-from pmtud_relay.peers.wire import Keyring
-from pmtud_relay.peers.wire import parse_keyring
+from pmtud_relay.peers.wire import Keyring, parse_keyring
 from pmtud_relay.safefile import FileRefused, open_regular, read_bounded
 
 MAX_FILE = 4096  # bytes; two keys and comments fit many times over

@@ -13,10 +13,9 @@ from typing import Callable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from pmtud_relay.peers.ack import AckDrop
-from pmtud_relay.peers.ack import AckVerdict
-from pmtud_relay.peers.wire import PeerReason
 from pmtud_relay.core.reasons import Reason
+from pmtud_relay.peers.ack import AckDrop, AckVerdict
+from pmtud_relay.peers.wire import PeerReason
 
 PREFIX = "pmtud_relay_peer"
 

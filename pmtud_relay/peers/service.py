@@ -17,60 +17,55 @@ asks the confirmation service (:mod:`pmtud_relay.confirm`) whether this host own
 injected PTB quotes and, if so, answers the datagram's sender (its address and port) with one
 signed ack, rate-limited. The sender reads acks on its send sockets and counts, per PTB it sent,
 whether an owner acknowledged it within ``ACK_EXPIRY`` seconds.
+
+One concern a module: :mod:`~pmtud_relay.peers.settings` (the options and their check),
+:mod:`~pmtud_relay.peers.inbound` (the receive path: inbox, injection, the owner's ack),
+:mod:`~pmtud_relay.peers.acktrack` (acks for the PTBs this host sent) and this one (the
+service's sockets, lifecycle, peer and key refresh, fan-out, counters). The settings names
+stay importable from here. About 420 lines: what is left is the one object whose state the
+parts above read (opened, refreshed and closed together), so it is not cut further.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from pmtud_relay import logs
-from pmtud_relay.peers import ack as peerack
-from pmtud_relay.peers import wire as peerproto
-from pmtud_relay.peers.ack import AckDecoder
-from pmtud_relay.peers.ack import AckEvent
-from pmtud_relay.peers.ack import AckGate
-from pmtud_relay.peers.ack import AckTracker
-from pmtud_relay.peers.ack import AckVerdict
-from pmtud_relay.peers.ack import encode_ack
-from pmtud_relay.peers.wire import Keyring
-from pmtud_relay.peers.wire import PeerDecoder
-from pmtud_relay.peers.wire import PeerReason
-from pmtud_relay.peers.wire import encode
-from pmtud_relay.peers.wire import ptb_packet
-from pmtud_relay.peers.inbox import (
-    DEFAULT_PEER_BURST, DEFAULT_PEER_RATE, DEFAULT_PORT, InboxConfig, InboxDecision, PeerInbox, PeerSpec,
-    PeerTable, parse_peer_spec,
-)
-from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core.policy import Policy
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Decision
-from pmtud_relay.peers.keys import KeyFileError
-from pmtud_relay.peers.keys import file_stamp
-from pmtud_relay.peers.keys import load_keyring
-from pmtud_relay.peers.sources import DEFAULT_DNS_INTERVAL
-from pmtud_relay.peers.sources import PeerDirectory
-from pmtud_relay.peers.sources import local_addresses
+from pmtud_relay.peers import wire as peerproto
+from pmtud_relay.peers.ack import AckDecoder, AckGate, AckTracker
+from pmtud_relay.peers.acktrack import ACK_EXPIRY as ACK_EXPIRY
+from pmtud_relay.peers.acktrack import AckTrackingMixin, _flow
+from pmtud_relay.peers.inbound import InboundMixin
+from pmtud_relay.peers.inbox import (
+    InboxConfig,
+    PeerInbox,
+    PeerTable,
+)
+from pmtud_relay.peers.keys import KeyFileError, file_stamp, load_keyring
+from pmtud_relay.peers.settings import DEFAULT_ACK_RATE as DEFAULT_ACK_RATE
+from pmtud_relay.peers.settings import DEFAULT_LISTEN as DEFAULT_LISTEN
+from pmtud_relay.peers.settings import DEFAULT_REFRESH as DEFAULT_REFRESH
+from pmtud_relay.peers.settings import FANOUT_MODES as FANOUT_MODES
+from pmtud_relay.peers.settings import PeerConfigError as PeerConfigError
+from pmtud_relay.peers.settings import PeerSettings as PeerSettings
+from pmtud_relay.peers.settings import build_settings as build_settings
+from pmtud_relay.peers.sources import DEFAULT_DNS_INTERVAL as DEFAULT_DNS_INTERVAL
+from pmtud_relay.peers.sources import PeerDirectory, local_addresses
+from pmtud_relay.peers.wire import Keyring, PeerDecoder, PeerReason, encode, ptb_packet
 from pmtud_relay.report import decision_record, logfmt, to_json
 
-FANOUT_MODES = ("l2", "peers", "both")
-DEFAULT_REFRESH = 2.0  # seconds between polls of the peers file and the key file
-DEFAULT_LISTEN = ("", DEFAULT_PORT)  # every address, dual-stack
-_OFF = ("none", "off", "")
-#: Acks per second a host sends at most: what one sender may send it (docs/peers.md, "Acknowledgements").
-DEFAULT_ACK_RATE = 2 * DEFAULT_PEER_RATE
-
-
-class PeerConfigError(ValueError):
-    """A bad peer option; the message names the option."""
+if TYPE_CHECKING:
+    from pmtud_relay.peers.receiver import LoopbackInjector, PeerListener
+    from pmtud_relay.peers.sender import PeerEmitter
 
 
 class PeerError(RuntimeError):
@@ -81,109 +76,8 @@ class PeerError(RuntimeError):
         self.exit_code = exit_code
 
 
-@dataclass(frozen=True)
-class PeerSettings:
-    fanout: str = "l2"
-    peers: tuple[PeerSpec, ...] = ()
-    peers_files: tuple[str, ...] = ()
-    peers_dns: tuple[PeerSpec, ...] = ()
-    dns_interval: float = DEFAULT_DNS_INTERVAL
-    listen: tuple[tuple[str, int], ...] = ()
-    key_file: str | None = None
-    rate: float = DEFAULT_PEER_RATE
-    burst: float = DEFAULT_PEER_BURST
-    max_age: float = peerproto.DEFAULT_MAX_AGE
-    refresh: float = DEFAULT_REFRESH
-    acks: bool = True  # acknowledge owned PTBs received; track acks for PTBs sent
-    ack_rate: float = DEFAULT_ACK_RATE  # acks per second this host sends at most (burst: 2x)
-    dedup_window: float = _dedup.DEFAULT_WINDOW  # the receiver's dedup: the relay's dedup_window
-    dedup_capacity: int = _dedup.DEFAULT_CAPACITY
-
-    @property
-    def sends(self) -> bool:
-        return self.fanout in ("peers", "both")
-
-    @property
-    def l2(self) -> bool:
-        return self.fanout in ("l2", "both")
-
-
-def build_settings(
-    fanout: str = "l2",
-    peers=(),
-    peers_files=(),
-    peers_dns=(),
-    listen=None,
-    key_file: str | None = None,
-    rate: float = DEFAULT_PEER_RATE,
-    burst: float = DEFAULT_PEER_BURST,
-    max_age: float = peerproto.DEFAULT_MAX_AGE,
-    dns_interval: float = DEFAULT_DNS_INTERVAL,
-    refresh: float = DEFAULT_REFRESH,
-    check_key_file: bool = True,
-    acks: bool = True,
-    ack_rate: float = DEFAULT_ACK_RATE,
-    dedup_window: float = _dedup.DEFAULT_WINDOW,
-    dedup_capacity: int = _dedup.DEFAULT_CAPACITY,
-) -> PeerSettings | None:
-    """Validate peer options (strings as typed); None when the peer relay is off entirely.
-    PeerConfigError names the option at fault. The flags, environment variables and TOML keys
-    that feed it are generated from pmtud_relay.config.SCHEMA (``config.peer_settings``)."""
-    from pmtud_relay.peers.receiver import parse_listen
-
-    if fanout not in FANOUT_MODES:
-        raise PeerConfigError(f"--fanout: must be one of {', '.join(FANOUT_MODES)}, got {fanout!r}")
-    try:
-        static = tuple(parse_peer_spec(p) for p in peers or ())
-    except ValueError as exc:
-        raise PeerConfigError(f"--peer: {exc}") from None
-    try:
-        dns = tuple(parse_peer_spec(p) for p in peers_dns or ())
-    except ValueError as exc:
-        raise PeerConfigError(f"--peers-dns: {exc}") from None
-    for spec in dns:
-        if spec.is_address:
-            raise PeerConfigError(f"--peers-dns: {spec.host} is an address, not a name (use --peer)")
-    files = tuple(peers_files or ())
-    for name, value in (("--peer-rate", rate), ("--peers-dns-interval", dns_interval),
-                        ("--peer-max-age", max_age), ("--peers-refresh", refresh),
-                        ("--peer-ack-rate", ack_rate)):
-        if not value > 0:
-            raise PeerConfigError(f"{name}: must be > 0, got {value}")
-    if burst < 1:
-        raise PeerConfigError(f"--peer-burst: must be >= 1, got {burst}")
-    sends = fanout in ("peers", "both")
-    has_sources = bool(static or dns or files)
-    if sends and not has_sources:
-        raise PeerConfigError(f"--fanout {fanout}: name the peers with --peer, --peers-file or --peers-dns")
-    if not sends and has_sources:
-        raise PeerConfigError("--peer/--peers-file/--peers-dns: peers are only sent to with --fanout peers or both")
-    if listen is None or list(listen) == []:
-        addresses = (DEFAULT_LISTEN,) if sends else ()
-    elif any(str(v).strip().lower() in _OFF for v in listen):
-        if len(listen) > 1:
-            raise PeerConfigError("--peer-listen: 'none' cannot be combined with addresses")
-        addresses = ()
-    else:
-        try:
-            addresses = tuple(dict.fromkeys(parse_listen(v) for v in listen))
-        except ValueError as exc:
-            raise PeerConfigError(f"--peer-listen: {exc}") from None
-    if not sends and not addresses:
-        return None
-    if not key_file:
-        raise PeerConfigError("--peer-key-file: required for the peer relay (one or two KEYID:HEXKEY lines)")
-    if check_key_file:
-        try:
-            load_keyring(key_file)
-        except KeyFileError as exc:
-            raise PeerConfigError(f"--peer-key-file: {exc}") from None
-    return PeerSettings(fanout, static, files, dns, dns_interval, addresses, key_file, rate, burst, max_age, refresh,
-                        bool(acks), ack_rate, dedup_window, dedup_capacity)
-
-
 # -- the service ---------------------------------------------------------------------------------
-class PeerService:
+class PeerService(InboundMixin, AckTrackingMixin):
     """Sender (fan-out), receiver (listen → verify → policy → inject) and the refresh loop.
 
     ``policy`` returns the host's current relay policy (its VIPs change with discovery).
@@ -219,12 +113,12 @@ class PeerService:
         self.directory = PeerDirectory(settings.peers, settings.peers_files, settings.peers_dns,
                                        settings.dns_interval, resolver)
         self.keyring: Keyring | None = None
-        self._key_stamp = None
+        self._key_stamp: tuple[int, int, int, int] | None = None
         self.decoder: PeerDecoder | None = None
         self.inbox: PeerInbox | None = None
-        self.emitter = None
-        self.listener = None
-        self.injector = None
+        self.emitter: PeerEmitter | None = None
+        self.listener: PeerListener | None = None
+        self.injector: LoopbackInjector | None = None
         self.tx = 0  # datagrams sent (or, in dry-run, that would have been)
         self.tx_errors: Counter[str] = Counter()
         self.injected = 0
@@ -246,11 +140,15 @@ class PeerService:
         self._emitter_filter_for: frozenset[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
+    def set_dedup(self, window: float, capacity: int) -> None:
+        """Reload (SIGHUP): the receiver's dedup follows ``dedup_window``/``dedup_capacity``."""
+        if self.inbox is not None:
+            self.inbox.set_dedup(window, capacity)
+
     def open(self) -> None:
         """Load the keys, open the sockets. PeerError (with an exit code) on failure."""
         from pmtud_relay.peers.filter import program_for
-        from pmtud_relay.peers.receiver import LoopbackInjector
-        from pmtud_relay.peers.receiver import PeerListener
+        from pmtud_relay.peers.receiver import LoopbackInjector, PeerListener
         from pmtud_relay.peers.sender import PeerEmitter
 
         s = self.settings
@@ -480,146 +378,6 @@ class PeerService:
             self.internal_errors += 1
             self._warn("peer_fanout_error", {}, exc_info=True)
 
-    # -- receiving ---------------------------------------------------------------------------------
-    def _on_readable(self, sock) -> None:
-        try:
-            listener = self.listener
-            batch = listener.drain(sock) if self.ack_gate is None else listener.drain_from(sock)
-            if not batch:
-                return
-            now, wall = self.clock(), self.wall()
-            policy = self.policy()
-            if self.ack_gate is None:
-                for data, host, port in batch:
-                    self.handle_datagram(data, host, port, now, wall, policy)
-            else:
-                for data, host, port, local in batch:
-                    self.handle_datagram(data, host, port, now, wall, policy, reply=(sock, local))
-        except Exception:  # noqa: BLE001
-            self.internal_errors += 1
-            self._warn("peer_receive_error", {}, exc_info=True)
-
-    def handle_datagram(self, data: bytes, host: str, port: int, now: float, wall: float,
-                        policy: Policy, reply=None) -> InboxDecision:
-        """One datagram from ``host``:``port``; ``reply``: (the socket it came in on, the local
-        address it was sent to), where an acknowledgement goes back through."""
-        decision = self.inbox.handle(data, now, wall, host, policy)
-        sender = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if decision.inject and self.injector is not None:
-            ptb = decision.ptb
-            err = self.injector.inject(decision.packet, ptb.family, str(ipaddress.ip_address(ptb.outer_dst)))
-            if err:
-                name = errno.errorcode.get(err, str(err))
-                self.inject_errors[name] += 1
-                self._warn("peer_inject_failed", {"peer": sender, "errno": name})
-            else:
-                self.injected += 1
-                if self.ack_gate is not None and self.confirmer is not None and reply is not None:
-                    self._confirm(decision.packet, data, host, port, now, reply)
-        if self.dry_run:
-            rec = decision_record(Decision(decision.inject, decision.reason, decision.ptb, None), "peer")
-            rec["verdict"] = "inject" if decision.inject else "drop"
-            rec["peer"] = sender
-            rec["key_id"] = decision.key_id
-            self._write(rec)
-        elif decision.inject:
-            if self.log.isEnabledFor(10):
-                rec = decision_record(Decision(True, decision.reason, decision.ptb, None), "peer")
-                rec["peer"] = sender
-                self.log.debug("peer_injected", extra={"kv": rec})
-        else:
-            self._warn(f"peer_rejected:{decision.reason.value}", {"peer": sender})
-        return decision
-
-    # -- acknowledgements: receiving side -----------------------------------------------------------
-    def _confirm(self, packet: bytes, data: bytes, host: str, port: int, now: float, reply) -> None:
-        """Ask who owns the flow; if this host does, answer the datagram's sender once."""
-        from pmtud_relay.confirm.verdict import Origin
-
-        acked = bytes(data[peerproto.NONCE_OFFSET:peerproto.NONCE_OFFSET + peerproto.NONCE_LEN])
-        size = len(data)
-
-        def on_verdict(verdict, seconds: float) -> None:
-            self._answer(verdict, seconds, acked, size, host, port, reply)
-
-        self.confirmer.submit(packet, Origin.PEER, now, on_verdict)
-
-    def _answer(self, verdict, seconds: float, acked: bytes, size: int, host: str, port: int, reply) -> None:
-        """Called once per injected datagram, on the loop, with the owner verdict."""
-        ack_verdict = _ACKED_VERDICTS.get(getattr(verdict, "value", None))
-        if self.log.isEnabledFor(10):
-            self.log.debug("peer_owner_verdict", extra={"kv": {
-                "peer": host, "owner_verdict": getattr(verdict, "value", verdict),
-                "verdict_ms": round(seconds * 1000, 3), "ack": ack_verdict is not None}})
-        if ack_verdict is None or self.ack_gate is None or self.keyring is None:
-            return  # no owner here (or no answer): only the owner acknowledges
-        try:
-            ack = encode_ack(acked, ack_verdict, seconds, self.keyring, self.wall(), self.nonce(peerproto.NONCE_LEN))
-            refused = self.ack_gate.allow(acked, len(ack), size, self.clock())
-            if refused is not None:
-                self._warn(f"peer_ack_not_sent:{refused}", {"peer": host})
-                return
-            from pmtud_relay.peers.receiver import PeerListener
-
-            sock, local = reply
-            err = PeerListener.reply(sock, ack, host, port, local)
-            if err:
-                name = errno.errorcode.get(err, str(err))
-                self.ack_send_errors[name] += 1
-                self._warn("peer_ack_send_failed", {"peer": host, "errno": name})
-                return
-            self.acks_sent[ack_verdict.label] += 1
-        except Exception:  # noqa: BLE001
-            self.internal_errors += 1
-            self._warn("peer_ack_error", {}, exc_info=True)
-
-    # -- acknowledgements: sending side -------------------------------------------------------------
-    def _on_ack_readable(self, sock) -> None:
-        from pmtud_relay.peers.receiver import PeerListener
-
-        try:
-            batch = PeerListener.drain(sock)
-            if not batch:
-                return
-            now, wall = self.clock(), self.wall()
-            for data, host, _port in batch:
-                self.handle_ack(data, host, now, wall)
-        except Exception:  # noqa: BLE001
-            self.internal_errors += 1
-            self._warn("peer_ack_receive_error", {}, exc_info=True)
-
-    def handle_ack(self, data: bytes, host: str, now: float, wall: float):
-        tracker = self.ack_tracker
-        if tracker is None:
-            return None
-        host = host.partition("%")[0]
-        try:
-            host = str(ipaddress.ip_address(host))
-        except ValueError:
-            pass
-        result = tracker.handle(data, host, now, wall)
-        if result.__class__ is AckEvent:
-            if self.log.isEnabledFor(10):
-                kv = _flow_kv(result.info)
-                kv.update(peer=host, owner_verdict=result.verdict.label, rtt_ms=round(result.rtt * 1000, 3),
-                          owner_delay_ms=round(result.delay * 1000, 3), first=result.first)
-                self.log.debug("peer_ack", extra={"kv": kv})
-        else:
-            self._warn(f"peer_ack_dropped:{result.value}", {"peer": host})
-        return result
-
-    def expire_acks(self, now: float) -> None:
-        """End the fan-outs whose wait is over (each unacknowledged one: a debug line)."""
-        tracker = self.ack_tracker
-        if tracker is None:
-            return
-        unacked = tracker.expire(now)
-        if unacked and self.log.isEnabledFor(10):
-            for entry in unacked:
-                kv = _flow_kv(entry.info)
-                kv.update(peers=",".join(sorted(entry.peers)), waited_s=tracker.expiry)
-                self.log.debug("peer_no_owner_ack", extra={"kv": kv})
-
     # -- reporting ---------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         """Totals since start, for the summary line (``peer_rx_<reason>`` for every outcome)."""
@@ -664,25 +422,6 @@ class PeerService:
         if reason:
             kv = dict(kv, reason=reason)
         self.log.warning(name, exc_info=exc_info, extra={"kv": kv})
-
-
-#: Owner verdicts (pmtud_relay.confirm.verdict.OwnerVerdict values) a receiver acknowledges.
-_ACKED_VERDICTS = {"applied": AckVerdict.APPLIED, "not_applied": AckVerdict.NOT_APPLIED}
-ACK_EXPIRY = peerack.DEFAULT_EXPIRY
-
-
-def _flow(ptb) -> tuple:
-    """The PTB's flow, kept while its acks are awaited (raw: formatted only for a log line)."""
-    return (ptb.inner_src, ptb.inner_dst, ptb.proto, ptb.sport, ptb.dport, ptb.mtu)
-
-
-def _flow_kv(info) -> dict:
-    if not info:
-        return {}
-    src, dst, proto, sport, dport, mtu = info
-    return {"inner_src": str(ipaddress.ip_address(src)), "inner_dst": str(ipaddress.ip_address(dst)),
-            "proto": proto, "sport": sport if sport >= 0 else None, "dport": dport if dport >= 0 else None,
-            "mtu": mtu}
 
 
 def _peer_text(peer) -> str:
