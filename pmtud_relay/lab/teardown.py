@@ -11,10 +11,14 @@ from __future__ import annotations
 import atexit
 import signal
 import threading
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .topology import Lab
+
+class Lab(Protocol):
+    """What the safety net needs of a lab (pmtud_relay.lab.topology.Lab): that it can be torn
+    down. A protocol, so that this module does not import the topology that imports it."""
+
+    def down(self) -> None: ...
 
 
 _LIVE: set[Lab] = set()
