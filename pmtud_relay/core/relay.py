@@ -74,7 +74,7 @@ class RelayConfig:
     shun_max_sources: int = _shun.DEFAULT_MAX_SOURCES
     v6_broadcast: bool = False  # send IPv6 copies to ff:ff:ff:ff:ff:ff instead of 33:33:00:00:00:01
 
-    def with_policy(self, policy: Policy) -> "RelayConfig":
+    def with_policy(self, policy: Policy) -> RelayConfig:
         return replace(self, policy=policy)
 
 

@@ -132,7 +132,8 @@ def _totals(c: dict[str, int]) -> list[Finding]:
         f"IPv6: Packet Too Big received {g('Icmp6InPktTooBigs', 0)}, sent {g('Icmp6OutPktTooBigs', 0)}",
     ]
     if "TcpExt.TCPMTUPSuccess" in c:
-        lines.append(f"TCP RFC 4821 probing: {g('TcpExt.TCPMTUPSuccess', 0)} succeeded, {g('TcpExt.TCPMTUPFail', 0)} failed")
+        lines.append(f"TCP RFC 4821 probing: {g('TcpExt.TCPMTUPSuccess', 0)} succeeded, "
+                     f"{g('TcpExt.TCPMTUPFail', 0)} failed")
     return [Finding(
         "counters",
         Severity.INFO,

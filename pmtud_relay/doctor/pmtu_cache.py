@@ -17,8 +17,8 @@ import os
 import socket
 import struct
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable
 
 from pmtud_relay.doctor.findings import Finding, Severity
 from pmtud_relay.doctor.hints import FLOOR_V4, FLOOR_V6, mtu_hint
@@ -144,7 +144,8 @@ def _mtu_counts(entries: list[CacheEntry]) -> dict[str, int]:
     return dict(sorted(c.items(), key=lambda kv: -kv[1]))
 
 
-def check(entries: list[CacheEntry], min_pmtu: int = FLOOR_V4, device_mtus: dict[str, int] | None = None) -> list[Finding]:
+def check(entries: list[CacheEntry], min_pmtu: int = FLOOR_V4,
+          device_mtus: dict[str, int] | None = None) -> list[Finding]:
     """Findings about learned exceptions. ``device_mtus`` maps interface name to MTU."""
     if not entries:
         return [Finding("pmtu_cache", Severity.OK, "no learned PMTU exceptions (route cache is empty)",

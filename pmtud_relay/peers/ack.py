@@ -33,13 +33,21 @@ from __future__ import annotations
 import enum
 import struct
 from collections import OrderedDict
-from typing import Any, Iterable, NamedTuple, Union
+from collections.abc import Iterable
+from typing import Any, NamedTuple, Union
 
+from pmtud_relay.core.ratelimit import TokenBucket
 from pmtud_relay.peers import wire as peerproto
 from pmtud_relay.peers.wire import (
-    FLAG_ACK, HEADER_LEN, MAGIC, NONCE_LEN, OVERHEAD, Keyring, PeerDecoder, PeerReason,
+    FLAG_ACK,
+    HEADER_LEN,
+    MAGIC,
+    NONCE_LEN,
+    OVERHEAD,
+    Keyring,
+    PeerDecoder,
+    PeerReason,
 )
-from pmtud_relay.core.ratelimit import TokenBucket
 
 ACK_BODY = struct.Struct("!12sBBH")  # acked nonce, verdict, reserved, delay (ms)
 ACK_LEN = OVERHEAD + ACK_BODY.size  # 80

@@ -23,7 +23,8 @@ falls back to the magic alone, and says so.
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from pmtud_relay.capture import bpf
 from pmtud_relay.peers.wire import MAGIC

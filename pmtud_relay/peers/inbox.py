@@ -10,18 +10,18 @@ cannot starve the others, and an unreachable peer costs only its own send.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Union
+from typing import NamedTuple, Union
 
 from pmtud_relay.core import dedup as _dedup
-from pmtud_relay.peers import injection as _injection
 from pmtud_relay.core.packet import PTB, parse_ipv4, parse_ipv6, quoted_tag
-from pmtud_relay.peers.wire import PeerDecoder
-from pmtud_relay.peers.wire import PeerReason
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.ratelimit import RateLimiter, TokenBucket
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.slots import slotted
+from pmtud_relay.peers import injection as _injection
+from pmtud_relay.peers.wire import PeerDecoder, PeerReason
 
 DEFAULT_PORT = 2106  # UDP; this project's choice, not an IANA assignment (docs/peers.md, "Port")
 DEFAULT_PEER_RATE = 20.0  # datagrams per second to one peer

@@ -26,17 +26,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
-from pmtud_relay.peers.inbox import DEFAULT_PORT
-from pmtud_relay.peers.inbox import Peer
-from pmtud_relay.peers.inbox import PeerSpec
-from pmtud_relay.peers.inbox import merge_peers
-from pmtud_relay.peers.inbox import parse_peer_spec
-from pmtud_relay.peers.inbox import peer_from_spec
-from pmtud_relay.peers.dns import DnsClient
-from pmtud_relay.peers.dns import DnsError
+from pmtud_relay.peers.dns import DnsClient, DnsError
+from pmtud_relay.peers.inbox import DEFAULT_PORT, Peer, PeerSpec, merge_peers, parse_peer_spec, peer_from_spec
 from pmtud_relay.peers.keys import file_stamp
 from pmtud_relay.safefile import FileRefused, read_regular
 

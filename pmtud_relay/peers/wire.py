@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
 import heapq
+import hmac
 import struct
-from typing import Iterable, NamedTuple, Union
+from collections.abc import Iterable
+from typing import NamedTuple, Union
 
 from pmtud_relay.core.packet import PTB
 
