@@ -92,7 +92,7 @@ def read_counters(proc_root: str | Path = "/proc") -> dict[str, int]:
         if source == "snmp6":
             if name in snmp6:
                 out[name] = snmp6[name]
-        else:
+        elif section is not None:  # snmp and netstat rows name their section
             table = (snmp if source == "snmp" else netstat).get(section, {})
             if name in table:
                 out[f"{section}.{name}"] = table[name]

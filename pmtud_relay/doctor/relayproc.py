@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +199,7 @@ def _default_group() -> int | None:
     return DEFAULT_GROUP
 
 
-def check_rules(which=shutil.which, run=_run, relays: list[RelayProcess] = ()) -> Finding:
+def check_rules(which=shutil.which, run=_run, relays: Sequence[RelayProcess] = ()) -> Finding:
     found: list[str] = []
     notes: list[str] = []
     groups: set[int] = set()
@@ -245,9 +246,9 @@ def check_rules(which=shutil.which, run=_run, relays: list[RelayProcess] = ()) -
     nflog = [p for p in relays if p.same_netns is not False and p.capture == "nflog"]
     if nflog and found and groups:
         default = _default_group()
-        wanted = {p.nflog_group if p.nflog_group is not None else default for p in nflog if not
-                  (p.nflog_group is None and p.config_file)}
-        wanted.discard(None)
+        asked = {p.nflog_group if p.nflog_group is not None else default for p in nflog if not
+                 (p.nflog_group is None and p.config_file)}
+        wanted = {g for g in asked if g is not None}
         missing = sorted(wanted - groups)
         if missing:
             return Finding(

@@ -149,7 +149,7 @@ def check_rp_filter(proc_root, interfaces: Iterable[str] | None = None) -> Findi
     all_v = read_int(proc_root, "net", "ipv4", "conf", "all", "rp_filter")
     if all_v is None:
         return Finding("sysctl.rp_filter", Severity.INFO, "net.ipv4.conf.all.rp_filter not readable")
-    values = {"net.ipv4.conf.all.rp_filter": all_v}
+    values: dict[str, int | None] = {"net.ipv4.conf.all.rp_filter": all_v}
     strict: list[str] = []
     loose: list[str] = []
     for name in _interfaces(proc_root, "ipv4", interfaces):
