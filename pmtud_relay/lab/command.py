@@ -70,14 +70,15 @@ def owner_verdicts(lines_by_server: dict, vip: str, client: str) -> dict:
     that relayed a PTB quoting the flow (origin captured or peer-sent), the server(s) that own it
     and the PMTU the owner's kernel holds. Lines about other addresses are ignored."""
     out: dict = {}
-    vip, client = ipaddress.ip_address(vip), ipaddress.ip_address(client)
+    vip_ip, client_ip = ipaddress.ip_address(vip), ipaddress.ip_address(client)
     for server, lines in lines_by_server.items():
         for line in lines:
             if "event=owner_verdict" not in line:
                 continue
             rec = {k: v.strip('"') for k, v in _PAIR.findall(line)}
             try:
-                if ipaddress.ip_address(rec["inner_src"]) != vip or ipaddress.ip_address(rec["inner_dst"]) != client:
+                if (ipaddress.ip_address(rec["inner_src"]) != vip_ip
+                        or ipaddress.ip_address(rec["inner_dst"]) != client_ip):
                     continue
                 port = int(rec["dport"])
             except (KeyError, ValueError):
@@ -108,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     if args.flows < 1 or args.size < 1 or args.timeout <= 0:
         print("pmtud-relay lab: --flows, --size and --timeout must be positive", file=sys.stderr)
         return 2
-    results = []
+    results: list[dict] = []
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     with contextlib.ExitStack() as stack:
         if args.topology == "l3":
