@@ -159,7 +159,8 @@ def main(argv=None) -> int:
     print(table(rows, ["case", "p50 µs", "p90 µs", "p99 µs", "mean µs"],
                 f"Owner lookup cost ({args.flows} established TCP flows in the namespace, {args.lookups} lookups per "
                 f"case, median of {args.rounds} rounds; wall-clock per call on this thread)"))
-    print(f"written {write_result('confirm_lookup', {'rows': rows, 'rounds': rounds, 'flows': args.flows, 'lookups': args.lookups})}")
+    result = {"rows": rows, "rounds": rounds, "flows": args.flows, "lookups": args.lookups}
+    print(f"written {write_result('confirm_lookup', result)}")
     return 0
 
 

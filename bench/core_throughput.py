@@ -269,8 +269,10 @@ def main(argv=None) -> int:
                     f"Core throughput, median of {args.repeat} ({n} frames each, batches of {BATCH})"))
         print(f"mix decisions (lifted): {counts_seen['mix, limits lifted']}")
         if speedup is not None:
-            print(f"speed-up of the mix over the core at {args.compare_with}: {speedup:.2f}x (median of per-round ratios)")
-            print(f"  interleaved every {20 * BATCH} frames, paired runs, GC off, limits {args.compare_limits}: {median(interleaved):.2f}x (median; rounds "
+            print(f"speed-up of the mix over the core at {args.compare_with}: {speedup:.2f}x "
+                  "(median of per-round ratios)")
+            print(f"  interleaved every {20 * BATCH} frames, paired runs, GC off, limits {args.compare_limits}: "
+                  f"{median(interleaved):.2f}x (median; rounds "
                   + ", ".join(f"{r:.2f}" for r in interleaved) + ")")
         print(f"target >= 300,000 frames/s: {'met' if head >= 300_000 else 'NOT met'} ({head:,.0f}); written {path}")
     return 0

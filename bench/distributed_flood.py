@@ -6,8 +6,8 @@ rate, ``--sources`` spoofed outer sources take turns, so each stays far inside i
 (rate / sources PTB/s, burst 50): every flood PTB is well formed, quotes a VIP and a flow of its
 own, has correct checksums. Meanwhile ``--legit`` routers (198.51.100.0/24) each send one PTB
 about a flow of their own, at random times after the flood's first second (the global burst of
-500 is spent by then); the flood arrives as a Poisson stream. Reports legitimate PTBs relayed, flood PTBs relayed, and the global
-bucket's drops.
+500 is spent by then); the flood arrives as a Poisson stream. Reports legitimate PTBs relayed, flood
+PTBs relayed, and the global bucket's drops.
 
 With ``--warmup S`` the same routers each send one PTB (about another flow) at random times
 during the S seconds before the flood starts, as routers in service do: they are then known to

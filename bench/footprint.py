@@ -96,7 +96,8 @@ def bytecode_env(python: str, copy_dir: str | None) -> tuple[dict[str, str], str
     shutil.copytree(ROOT / "pmtud_relay", Path(copy_dir) / "pmtud_relay",
                     ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([python, "-m", "compileall", "-q", str(Path(copy_dir) / "pmtud_relay")], check=True,
-                   capture_output=True, timeout=300, env={k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"})
+                   capture_output=True, timeout=300,
+                   env={k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"})
     env["PYTHONPATH"] = copy_dir
     return env, copy_dir
 
@@ -215,13 +216,15 @@ def alone(python: str, env: dict[str, str], cwd: str) -> list[dict]:
     rows = []
     for label, code in ALONE:
         rss, anon, file = run(code)
-        rows.append({"alone": label, "added_kib": rss - bare[0], "anon_kib": anon - bare[1], "file_kib": file - bare[2]})
+        rows.append({"alone": label, "added_kib": rss - bare[0], "anon_kib": anon - bare[1],
+                     "file_kib": file - bare[2]})
     return rows
 
 
 _IMPORTS_CODE = r"""
 import importlib, importlib.util, json, sys
-assert importlib.util.find_spec("pmtud_relay").origin.startswith(sys.argv[2]), importlib.util.find_spec("pmtud_relay").origin
+_origin = importlib.util.find_spec("pmtud_relay").origin
+assert _origin.startswith(sys.argv[2]), _origin
 def status():
     out = {}
     for line in open("/proc/self/status"):
@@ -241,11 +244,12 @@ print(json.dumps(rows))
 def imports(python: str, env: dict[str, str], cwd: str) -> list[dict]:
     import json
 
-    done = subprocess.run([python, "-c", _IMPORTS_CODE, json.dumps(IMPORT_STEPS), env["PYTHONPATH"]], capture_output=True, text=True,
-                          check=True, env=env, cwd=cwd, timeout=60)
+    done = subprocess.run([python, "-c", _IMPORTS_CODE, json.dumps(IMPORT_STEPS), env["PYTHONPATH"]],
+                          capture_output=True, text=True, check=True, env=env, cwd=cwd, timeout=60)
     rows, prev = [], None
     for label, st in json.loads(done.stdout):
-        rows.append({"step": label, "VmRSS_kib": st["VmRSS"], "RssAnon_kib": st["RssAnon"], "RssFile_kib": st["RssFile"],
+        rows.append({"step": label, "VmRSS_kib": st["VmRSS"], "RssAnon_kib": st["RssAnon"],
+                     "RssFile_kib": st["RssFile"],
                      "added_kib": st["VmRSS"] - prev if prev is not None else st["VmRSS"]})
         prev = st["VmRSS"]
     return rows
@@ -280,7 +284,8 @@ def main() -> int:
                     title="each alone in a fresh interpreter, over the bare interpreter"))
         med = med + solo_med
         if not a.no_save:
-            print(f"saved {write_result('footprint-imports', {'python': a.python, 'bytecode': not a.no_bytecode, 'rounds': rows, 'median': med})}")
+            result = {"python": a.python, "bytecode": not a.no_bytecode, "rounds": rows, "median": med}
+            print(f"saved {write_result('footprint-imports', result)}")
         return 0
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -292,8 +297,8 @@ def main() -> int:
         row = one_round(a.python, a.seconds, a.interval, env, cwd)
         row["round"] = i + 1
         rows.append(row)
-    cols = ["round", "ready_notify_s", "ready_http_s", "cpu_to_ready_s", "rss_ready_kib", "anon_ready_kib", "file_ready_kib",
-            "scrapes", "rss_end_kib", "anon_end_kib", "file_end_kib", "rss_peak_kib", "hwm_kib"]
+    cols = ["round", "ready_notify_s", "ready_http_s", "cpu_to_ready_s", "rss_ready_kib", "anon_ready_kib",
+            "file_ready_kib", "scrapes", "rss_end_kib", "anon_end_kib", "file_end_kib", "rss_peak_kib", "hwm_kib"]
     summary = {c: median([r[c] for r in rows]) for c in cols if c != "round"}
     print(table(rows + [{"round": "median", **summary}], cols,
                 title=f"pmtud-relay run, defaults, {bytecode}; python {version}; scrape every {a.interval:g} s "

@@ -42,7 +42,8 @@ def ip6(a: str | int) -> bytes:
     return ipaddress.IPv6Address(a).packed
 
 
-def _ipv4_header(src: bytes, dst: bytes, proto: int, total: int, ident: int = 0, frag: int = 0x4000, ttl: int = 64) -> bytes:
+def _ipv4_header(src: bytes, dst: bytes, proto: int, total: int, ident: int = 0, frag: int = 0x4000,
+                 ttl: int = 64) -> bytes:
     h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, ident, frag, ttl, proto, 0, src, dst)
     return h[:10] + struct.pack("!H", csum(h)) + h[12:]
 
@@ -98,7 +99,8 @@ def client6(i: int) -> bytes:
     return ip6(int(ipaddress.IPv6Address("2001:db8:3::")) + 1 + i)
 
 
-def valid(i: int, family: int, *, router: int | None = None, dst_mac: bytes = RELAY_MAC, seq: int = 0x01020304) -> bytes:
+def valid(i: int, family: int, *, router: int | None = None, dst_mac: bytes = RELAY_MAC,
+          seq: int = 0x01020304) -> bytes:
     """Valid PTB number ``i``: a distinct flow per ``i`` (client address and port)."""
     r = i if router is None else router
     port = 1024 + (i // 250) % 64000

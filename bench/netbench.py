@@ -38,7 +38,8 @@ RELAY_CPU = 1
 GEN_CPU = 0
 NFLOG_GROUP = 2105
 VIPS = ["--vip", f"{F.VIP4}/32", "--vip", f"{F.VIP6}/128"]
-LIFTED = ["--source-rate", "1e6", "--source-burst", "1e6", "--global-rate", "1e6", "--global-burst", "1e6"]  # the maxima
+# the maxima
+LIFTED = ["--source-rate", "1e6", "--source-burst", "1e6", "--global-rate", "1e6", "--global-burst", "1e6"]
 FLOOD_SRC = F.ip4("198.51.100.66")
 
 BENCH_RULES = f"""table inet pmr_bench {{
@@ -78,7 +79,7 @@ class RelayProc:
             return base + ["--capture", "nflog", "--nflog-group", str(NFLOG_GROUP), "--manage-rules"]
         raise ValueError(self.kind)
 
-    def start(self, timeout: float = 20.0) -> "RelayProc":
+    def start(self, timeout: float = 20.0) -> RelayProc:
         if self.kind == "nflog":
             subprocess.run(["ip", "netns", "exec", self.topo.rly, "nft", "-f", "-"], input=BENCH_RULES, text=True,
                            check=True, timeout=15, capture_output=True)
@@ -255,7 +256,8 @@ def bench_peak(args) -> dict:
         frames = distinct_frames(topo, 4096)
         ceiling = [] if args.no_ceiling else [peak_once(topo, "none", args.seconds, frames, None) for _ in range(2)]
         if ceiling:
-                print(f"  generator ceiling (no relay): {median([c['generator_fps'] for c in ceiling]):,.0f} frames/s sent, "
+                print(f"  generator ceiling (no relay): {median([c['generator_fps'] for c in ceiling]):,.0f} "
+                      "frames/s sent, "
                   f"{median([c['offered_fps'] for c in ceiling]):,.0f} delivered to the relay's port", flush=True)
         for r in range(args.rounds):
             for mode, rate in modes:
@@ -364,8 +366,9 @@ def bench_flood(args) -> dict:
         })
     cols = ["relay", "flood/s", "legit delivered %", "worst %", "flood copies", "CPU % of a core", "RSS before MiB",
             "RSS after MiB"]
-    print(table(rows, cols, f"Flood: default limits, one spoofed source at the generator's maximum + {args.legit_rate:g} "
-                            f"legit PTB/s from 20 sources ({args.seconds:g} s, median of {args.rounds} rounds)"))
+    print(table(rows, cols, "Flood: default limits, one spoofed source at the generator's maximum + "
+                            f"{args.legit_rate:g} legit PTB/s from 20 sources ({args.seconds:g} s, "
+                            f"median of {args.rounds} rounds)"))
     return {"rows": rows, "runs": runs, "rounds": args.rounds, "seconds": args.seconds, "legit_rate": args.legit_rate}
 
 
@@ -379,8 +382,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fixed-rate", type=float, default=20000, help="peak: the fixed offered rate row")
     ap.add_argument("--legit-rate", type=float, default=40, help="flood: legit PTBs per second (all 20 sources)")
     ap.add_argument("--kinds", type=lambda t: t.split(","), default=None,
-                    help="comma-separated subset of reference,afpacket,afpacket-noconfirm,afpacket-socket,nflog,nflog+prelimit "
-                    "(reference first), or script:PATH for a script run in place of python -m pmtud_relay")
+                    help="comma-separated subset of reference,afpacket,afpacket-noconfirm,afpacket-socket,nflog,"
+                    "nflog+prelimit (reference first), or script:PATH for a script run in place of "
+                    "python -m pmtud_relay")
     ap.add_argument("--no-ceiling", action="store_true", help="peak: skip the generator-ceiling runs")
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 1 <= args.samples <= 100_000:

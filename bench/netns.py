@@ -3,8 +3,8 @@
 ::
 
     gen ns                 obs ns (observer)                     rly ns (relay under test)
-    eth0  <--veth-->  g0 ─┐                                      
-                          br0                                     
+    eth0  <--veth-->  g0 ─┐
+                          br0
                       r0 ─┘  <--veth-->  eth0 (the relay's interface)
 
 The generator sends PTB frames L2-unicast to the relay's MAC (a static FDB entry, so the
@@ -38,7 +38,7 @@ GEN_MAC = "00:00:5e:00:53:a1"
 RELAY_MAC = "00:00:5e:00:53:a2"
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_live: set["Topology"] = set()
+_live: set[Topology] = set()
 _lock = threading.Lock()
 
 
@@ -96,7 +96,7 @@ class Topology:
         self.gen_mac = bytes.fromhex(GEN_MAC.replace(":", ""))
         self._up = False
 
-    def up(self) -> "Topology":
+    def up(self) -> Topology:
         with _lock:
             _live.add(self)
             if threading.current_thread() is threading.main_thread():
@@ -110,7 +110,8 @@ class Topology:
             sh("ip", "link", "add", "g0", "netns", self.obs, "type", "veth", "peer", "name", "eth0", "netns", self.gen)
             sh("ip", "link", "add", "r0", "netns", self.obs, "type", "veth", "peer", "name", "eth0", "netns", self.rly)
             # No IPv6 link-local address anywhere: no DAD, ND or MLD frames to disturb the counts.
-            for ns, dev in ((self.obs, "br0"), (self.obs, "g0"), (self.obs, "r0"), (self.gen, "eth0"), (self.rly, "eth0")):
+            for ns, dev in ((self.obs, "br0"), (self.obs, "g0"), (self.obs, "r0"), (self.gen, "eth0"),
+                            (self.rly, "eth0")):
                 sh("ip", "-n", ns, "link", "set", "dev", dev, "addrgenmode", "none")
             sh("ip", "-n", self.gen, "link", "set", "eth0", "address", GEN_MAC)
             sh("ip", "-n", self.rly, "link", "set", "eth0", "address", RELAY_MAC)
@@ -128,11 +129,13 @@ class Topology:
             sh("bridge", "-n", self.obs, "link", "set", "dev", "g0", "flood", "off", "mcast_flood", "off",
                "bcast_flood", "off")
             sh(*o, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0")
-            subprocess.run(["ip", "netns", "exec", self.obs, "nft", "-f", "-"], check=True, text=True, timeout=CMD_TIMEOUT,
-                           capture_output=True, input='table bridge pmr_bench {\n chain local_in {\n  type filter hook input '
+            subprocess.run(["ip", "netns", "exec", self.obs, "nft", "-f", "-"], check=True, text=True,
+                           timeout=CMD_TIMEOUT, capture_output=True,
+                           input='table bridge pmr_bench {\n chain local_in {\n  type filter hook input '
                            'priority 0; policy drop;\n }\n}\n')
             for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"):
-                sh("ip", "netns", "exec", self.obs, "sh", "-c", f"[ -e /proc/sys/net/bridge/{key} ] && echo 0 > /proc/sys/net/bridge/{key} || true")
+                sh("ip", "netns", "exec", self.obs, "sh", "-c",
+                   f"[ -e /proc/sys/net/bridge/{key} ] && echo 0 > /proc/sys/net/bridge/{key} || true")
         except BaseException:
             self.down()
             raise

@@ -38,11 +38,8 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 import frames as BF  # noqa: E402  (bench/frames.py: stdlib-only PTB builders)
 from common import machine, median, proc_cpu, table, write_result  # noqa: E402
 
-from pmtud_relay.peers.wire import HEADER
-from pmtud_relay.peers.wire import MAGIC
-from pmtud_relay.peers.wire import Keyring
-from pmtud_relay.peers.wire import encode
 from pmtud_relay.lab.routed import RoutedLab  # noqa: E402
+from pmtud_relay.peers.wire import HEADER, MAGIC, Keyring, encode  # noqa: E402
 
 PORT = 2106
 GENUINE = 16

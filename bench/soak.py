@@ -229,18 +229,18 @@ def main(argv=None) -> int:
         counts = {}
         for name, p in relays.items():
             p.stop(timeout=15)
-            stopped = [l for l in p.lines("stderr") if "event=stopped" in l]
+            stopped = [line for line in p.lines("stderr") if "event=stopped" in line]
             kv = logfmt_kv(stopped[-1]) if stopped else {}
             counts[name] = {k: int(v) for k, v in kv.items() if v.isdigit()}
             counts[name]["exit"] = p.returncode
-            tables = [logfmt_kv(l) for l in p.lines("stderr") if "event=summary" in l]
+            tables = [logfmt_kv(line) for line in p.lines("stderr") if "event=summary" in line]
             counts[name]["max_rate_sources"] = max((int(t.get("rate_sources", 0)) for t in tables), default=0)
             counts[name]["max_dedup_keys"] = max((int(t.get("dedup_keys", 0)) for t in tables), default=0)
             counts[name]["tracebacks"] = p.stderr.count("Traceback")
-            counts[name]["warnings"] = sum(1 for l in p.lines("stderr") if "level=warning" in l or "level=error" in l)
+            complaints = [line for line in p.lines("stderr") if "level=warning" in line or "level=error" in line]
+            counts[name]["warnings"] = len(complaints)
             if counts[name]["warnings"]:
-                print(f"{name}: " + "\n".join(l for l in p.lines("stderr") if "level=warning" in l or "level=error" in l)[:2000],
-                      file=sys.stderr)
+                print(f"{name}: " + "\n".join(complaints)[:2000], file=sys.stderr)
     legit_total = sum(r["flows"] for r in rounds)
     legit_ok = sum(r["ok"] for r in rounds)
     payload = {
@@ -256,9 +256,11 @@ def main(argv=None) -> int:
     }
     path = write_result("soak", payload)
     print(f"soak: {args.seconds:.0f} s, flood {args.flood_rate:.0f} frames/s to s1 "
-          f"({args.valid_share:.3%} valid from new sources), {payload['machine']['cpu']}, {payload['machine']['nproc']} cores")
+          f"({args.valid_share:.3%} valid from new sources), {payload['machine']['cpu']}, "
+          f"{payload['machine']['nproc']} cores")
     if gen_out:
-        print(f"flood sent: {sum(gen_out[-1]['sent'].values())} frames {gen_out[-1]['sent']} send errors {gen_out[-1]['errors']}")
+        print(f"flood sent: {sum(gen_out[-1]['sent'].values())} frames {gen_out[-1]['sent']} "
+              f"send errors {gen_out[-1]['errors']}")
     if warmup:
         print(f"warm-up before the flood: {sum(w['ok'] for w in warmup)}/{sum(w['flows'] for w in warmup)} "
               f"flows completed in {len(warmup)} rounds")
@@ -274,9 +276,10 @@ def main(argv=None) -> int:
         tables = f"tables max: {c.pop('max_rate_sources')} sources, {c.pop('max_dedup_keys')} dedup keys"
         rss_series = " ".join(str(x["rss_kib"]) for x in r["samples"])
         dropped = sum(c.values())
-        print(f"{name}: relayed {relayed} ({reserve} from the reserve), dropped {dropped} {c}; CPU {r['cpu_s']} s; RSS {r['start']['rss_kib']} -> "
-              f"{r['end']['rss_kib']} KiB (peak {r['end']['hwm_kib']} KiB); alive {r['alive_at_end']}, exit {exit_code}, "
-              f"tracebacks {tb}, warnings/errors logged {warnings}; {tables}; RSS every 10 s (KiB): {rss_series}")
+        print(f"{name}: relayed {relayed} ({reserve} from the reserve), dropped {dropped} {c}; CPU {r['cpu_s']} s; "
+              f"RSS {r['start']['rss_kib']} -> {r['end']['rss_kib']} KiB (peak {r['end']['hwm_kib']} KiB); "
+              f"alive {r['alive_at_end']}, exit {exit_code}, tracebacks {tb}, warnings/errors logged {warnings}; "
+              f"{tables}; RSS every 10 s (KiB): {rss_series}")
     print(f"results: {path}")
     return 0
 

@@ -33,7 +33,8 @@ def open_tx(topo: Topology) -> socket.socket:
     return s
 
 
-def open_tap(topo: Topology, *, outgoing: bool = True, program: bytes | None = None, rcvbuf: int = 64 << 20) -> socket.socket:
+def open_tap(topo: Topology, *, outgoing: bool = True, program: bytes | None = None,
+             rcvbuf: int = 64 << 20) -> socket.socket:
     """A tap on r0 (the relay's veth peer, observer side) with kernel receive timestamps.
 
     ``outgoing``: also see the frames the bridge sends towards the relay (the PTBs)."""
@@ -91,7 +92,8 @@ _keep: list = []
 
 
 # -- generator processes ---------------------------------------------------------------------
-def _blast(fd: int, frames: list[bytes], seconds: float, max_frames: int, cpu: int | None, rate: float | None, q) -> None:
+def _blast(fd: int, frames: list[bytes], seconds: float, max_frames: int, cpu: int | None, rate: float | None,
+           q) -> None:
     if cpu is not None:
         try:
             os.sched_setaffinity(0, {cpu})
@@ -155,7 +157,7 @@ class Generator:
                                 daemon=True)
         self.seconds = seconds
 
-    def start(self) -> "Generator":
+    def start(self) -> Generator:
         self.proc.start()
         return self
 

@@ -2,23 +2,24 @@
 
 Input: byte 0 picks the packet type the capture reported (mostly PACKET_HOST) and, with its top
 bit set, has the target recompute the IPv4 header and ICMP checksums first (so mutations get past
-them into the quoted packet); the rest is the Ethernet frame. One relay instance lives for the whole run (its dedup and rate-limit tables are
-capped at 64 entries so eviction runs too) on a clock that advances 1 ms per input.
+them into the quoted packet); the rest is the Ethernet frame. One relay instance lives for the
+whole run (its dedup and rate-limit tables are capped at 64 entries so eviction runs too) on a clock
+that advances 1 ms per input.
 
 Asserted for every input: nothing raises; ``parse_frame`` returns a PTB or a Reason; a drop
 carries no copy; a frame ``parse_frame`` rejects is dropped for that reason, except that a PTB
-whose checksum fails may be dropped earlier by policy, dedup or a limit (checksums come last); a relayed decision passes an independent re-check (``_common.check_relayed_frame``:
-checksums, no fragment, type/code, quoted source a VIP, outer destination = quoted source, MTU in
-[floor, quoted length), copy[12:] == input[12:]); the tables never exceed their caps.
+whose checksum fails may be dropped earlier by policy, dedup or a limit (checksums come last); a
+relayed decision passes an independent re-check (``_common.check_relayed_frame``: checksums, no
+fragment, type/code, quoted source a VIP, outer destination = quoted source, MTU in [floor, quoted
+length), copy[12:] == input[12:]); the tables never exceed their caps.
 
     python fuzz/fuzz_frame.py fuzz/corpus/frame -runs=1000000
 """
 
 import sys
 
-import atheris
-
 import _common
+import atheris
 
 with atheris.instrument_imports(include=["pmtud_relay"]):
     from pmtud_relay.core.packet import PTB, parse_frame

@@ -16,15 +16,14 @@ re-check of ``_common.check_relayed_frame``.
 
 import sys
 
+import _common
 import atheris
 
-import _common
-
 with atheris.instrument_imports(include=["pmtud_relay"]):
-    from pmtud_relay.nflog.capture import NflogDemux
+    from pmtud_relay.core.relay import Relay
     from pmtud_relay.nflog import fastpath as fp
     from pmtud_relay.nflog import wire as w
-    from pmtud_relay.core.relay import Relay
+    from pmtud_relay.nflog.capture import NflogDemux
 
 GROUP = 2105
 HOST_MAC = bytes.fromhex("00005e005302")

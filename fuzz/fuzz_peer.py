@@ -25,15 +25,13 @@ import hashlib
 import hmac
 import sys
 
+import _common
 import atheris
 
-import _common
-
 with atheris.instrument_imports(include=["pmtud_relay"]):
-    from pmtud_relay.peers import wire as pp
-    from pmtud_relay.peers.inbox import InboxConfig
-    from pmtud_relay.peers.inbox import PeerInbox
     from pmtud_relay.core.policy import PACKET_HOST  # noqa: F401 - instrumented with the rest
+    from pmtud_relay.peers import wire as pp
+    from pmtud_relay.peers.inbox import InboxConfig, PeerInbox
 
 KEYS = _common.PEER_KEYS
 KEYRING = pp.Keyring(sorted(KEYS.items()))

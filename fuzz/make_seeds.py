@@ -24,9 +24,10 @@ sys.path[:0] = [REPO, HERE]
 
 
 def frame_seeds() -> list[bytes]:
-    from tests.support import frames as F
     from scapy.layers.inet import ICMP
     from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6ExtHdrFragment
+
+    from tests.support import frames as F
 
     valid = list(F.valid_catalogue().values())
     hostile = [
@@ -69,14 +70,17 @@ def nflog_seeds() -> list[bytes]:
 
 
 def peer_seeds() -> list[bytes]:
-    from tests.support import frames as F
-    from _common import PEER_KEYS as KEYS, PEER_START as START
-    from pmtud_relay.peers import wire as pp
+    from _common import PEER_KEYS as KEYS
+    from _common import PEER_START as START
+
     from pmtud_relay.core.packet import parse_frame
+    from pmtud_relay.peers import wire as pp
+    from tests.support import frames as F
 
     keyring = pp.Keyring(sorted(KEYS.items()))
     packets = []
-    for frame in list(F.valid_catalogue().values())[:12] + [F.ptb_v4(mtu=500), F.ptb_v4(outer_dst="192.0.2.99", src="192.0.2.99")]:
+    hostile = [F.ptb_v4(mtu=500), F.ptb_v4(outer_dst="192.0.2.99", src="192.0.2.99")]
+    for frame in list(F.valid_catalogue().values())[:12] + hostile:
         ptb = parse_frame(frame)
         packets.append(pp.ptb_packet(ptb))
     out = []

@@ -64,10 +64,12 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    import atheris  # noqa: F401 - its version is a figure too
     from importlib.metadata import version
 
-    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    import atheris  # noqa: F401 - its version is a figure too
+
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "pmtud_relay"], capture_output=True,
                            text=True).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
@@ -192,15 +194,17 @@ def main(argv=None) -> int:
             json.dump(payload, f, indent=2)
     print(f"\nfuzz figures ({payload['date']}, {payload['machine']['cpu']}, {payload['machine']['cores']} cores, "
           f"Python {payload['machine']['python']}, atheris {payload['machine']['atheris']})")
-    print(f"{'target':8} {'inputs':>9} {'seconds':>8} {'exec/s':>8} {'edges':>6} {'corpus':>7} {'lines':>14} {'rss MB':>7}  result")
+    print(f"{'target':8} {'inputs':>9} {'seconds':>8} {'exec/s':>8} {'edges':>6} {'corpus':>7} {'lines':>14} "
+          f"{'rss MB':>7}  result")
     ok = True
     for r in rows:
         lines = r.get("lines", {})
         cov = f"{lines.get('covered', '?')}/{lines.get('total', '?')} {lines.get('percent', '?')}%"
         result = "ok" if r["exit"] == 0 else f"CRASH {r.get('crash')}"
         ok &= r["exit"] == 0
-        print(f"{r['target']:8} {r.get('runs', '?'):>9} {r.get('seconds', '?'):>8} {r.get('average_exec_per_sec', '?'):>8} "
-              f"{r.get('edges', '?'):>6} {r.get('corpus', '?'):>7} {cov:>14} {r.get('peak_rss_mb', '?'):>7}  {result}")
+        print(f"{r['target']:8} {r.get('runs', '?'):>9} {r.get('seconds', '?'):>8} "
+              f"{r.get('average_exec_per_sec', '?'):>8} {r.get('edges', '?'):>6} {r.get('corpus', '?'):>7} {cov:>14} "
+              f"{r.get('peak_rss_mb', '?'):>7}  {result}")
         if r["exit"] != 0:
             print(r.get("error", ""))
     return 0 if ok else 1

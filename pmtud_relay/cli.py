@@ -173,7 +173,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
 
     daemon = RelayDaemon(settings)
     daemon.config = s
-    daemon.reloader = lambda: cfg.reload(args)  # type: ignore[assignment]  # RelayDaemon starts it as None; SIGHUP: same flags and environment, file re-read
+    daemon.reloader = lambda: cfg.reload(args)  # SIGHUP: same flags and environment, file re-read
     try:
         daemon.open()
     except NflogError as exc:
@@ -202,7 +202,7 @@ def _run_daemon(args: argparse.Namespace, dry_run: bool) -> int:
     serve_metrics = s.metrics_address and (not dry_run or loaded.sources["metrics_address"].startswith("-"))
     if serve_metrics:  # after the capture: its errors (busy NFLOG group, EPERM) come first
         try:
-            daemon.metrics_sock = metrics.bind(s.metrics_address)  # type: ignore[assignment]  # None until bound
+            daemon.metrics_sock = metrics.bind(s.metrics_address)
         except metrics.MetricsError as exc:
             print(f"pmtud-relay: {exc}", file=sys.stderr)
             daemon.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import socket
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from pmtud_relay.netlink import rtnl
 
@@ -43,7 +43,8 @@ def vip_interface_matches(link: rtnl.Link, patterns: Sequence[str]) -> bool:
 
 
 def select_vips(links: Iterable[rtnl.Link], addresses: Iterable[rtnl.Address],
-                patterns: Sequence[str] = DEFAULT_VIP_INTERFACES) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+                patterns: Sequence[str] = DEFAULT_VIP_INTERFACES,
+                ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """The service addresses among ``addresses``: those on a link ``patterns`` selects."""
     service_links = {link.index: link.name == "lo" for link in links if vip_interface_matches(link, patterns)}
     found = set()
@@ -59,7 +60,8 @@ def select_vips(links: Iterable[rtnl.Link], addresses: Iterable[rtnl.Address],
     return sorted(found, key=lambda n: (n.version, n))
 
 
-def discover_vips(patterns: Sequence[str] = DEFAULT_VIP_INTERFACES) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def discover_vips(patterns: Sequence[str] = DEFAULT_VIP_INTERFACES,
+                  ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """Addresses on the interfaces ``patterns`` selects that can be service addresses (one link
     dump and one address dump)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, rtnl.NETLINK_ROUTE)

@@ -92,7 +92,9 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
 
 class _Listener(logging.handlers.QueueListener):
     def enqueue_sentinel(self) -> None:
-        self.queue.put(self._sentinel)  # blocking: the writer thread is draining the queue
+        # blocking: the writer thread is draining the queue. The ignore: typeshed's _QueueLike has no
+        # put() (ours is a queue.Queue) and does not declare the private _sentinel (None in CPython).
+        self.queue.put(self._sentinel)  # type: ignore[attr-defined]
 
 
 _listener: _Listener | None = None

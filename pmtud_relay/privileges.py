@@ -20,7 +20,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12

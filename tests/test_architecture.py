@@ -45,7 +45,8 @@ def imported_roots(path: Path) -> set[str]:
 def test_pure_module_does_no_io(path: Path) -> None:
     assert path.exists(), path
     bad = imported_roots(path) & FORBIDDEN
-    assert not bad, f"{path.relative_to(PACKAGE)} imports {sorted(bad)}: pure modules take time and bytes from the caller"
+    assert not bad, (f"{path.relative_to(PACKAGE)} imports {sorted(bad)}: "
+                     "pure modules take time and bytes from the caller")
 
 
 def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ import pathlib
 import pytest
 
 from pmtud_relay import config as cfg
-from pmtud_relay.core import dedup, policy as pol, ratelimit as rl
+from pmtud_relay.core import dedup
+from pmtud_relay.core import policy as pol
+from pmtud_relay.core import ratelimit as rl
 from pmtud_relay.core.relay import RelayConfig
 from pmtud_relay.daemon import DaemonSettings
 

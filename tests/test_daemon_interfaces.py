@@ -2,11 +2,11 @@
 unchanged but for the MAC addresses. Real kernel, inside namespaces this test creates."""
 
 import json
-import time
 import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -90,7 +90,8 @@ def test_copies_leave_by_the_interface_the_ptb_came_in_on(two_links):
     relay_ns, peer_ns = two_links
     macs = {}
     for dev in ("a0", "b0"):
-        out = subprocess.run(["ip", "-n", relay_ns, "-j", "link", "show", dev], capture_output=True, text=True, check=True)
+        out = subprocess.run(["ip", "-n", relay_ns, "-j", "link", "show", dev], capture_output=True, text=True,
+                             check=True)
         macs[dev] = json.loads(out.stdout)[0]["address"]
     from pmtud_relay.lab import LabProcess
 
@@ -177,7 +178,8 @@ def test_a_missing_interface_is_waited_for_and_bound_when_it_appears(tmp_path, c
     notify.settimeout(5)
     with FaultNS() as ns:
         proc = LabProcess("relay", ns.name, [sys.executable, "-m", "pmtud_relay", "run", "-i", "v9", "--vip", VIP4,
-                                             "--config", "", "--metrics-address", LATE_METRICS, "--log-level", "info", *extra],
+                                             "--config", "", "--metrics-address", LATE_METRICS,
+                                             "--log-level", "info", *extra],
                           env={"NOTIFY_SOCKET": notify_path})
         ns.procs.append(proc.popen)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from pmtud_relay.core.packet import ETH_P_IP, ETH_P_IPV6
 from pmtud_relay.core.policy import (
@@ -80,9 +81,12 @@ def read_capture(path: str, info: CaptureInfo | None = None) -> Iterator[tuple[b
         if isinstance(reader, RawPcapNgReader):
             if info is not None:
                 info.format = "pcapng"
-            for data, meta in reader:
-                ts = ((meta.tshigh << 32) | meta.tslow) / meta.tsresol
-                yield data, ts, meta.linktype, meta.direction, meta.wirelen
+            # scapy yields its PacketMetadataNg here but types the items as RawPcapReader.PacketMetadata
+            # (inherited __next__), which has none of these fields: Any, not an ignore, as scapy may be absent.
+            ng: Any
+            for data, ng in reader:
+                ts = ((ng.tshigh << 32) | ng.tslow) / ng.tsresol
+                yield data, ts, ng.linktype, ng.direction, ng.wirelen
         else:
             if info is not None:
                 info.format = "pcap"

@@ -9,8 +9,8 @@ and port allow-lists.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from pmtud_relay.core.packet import (
     IPPROTO_ICMP,

@@ -44,7 +44,6 @@ _DUPLICATE = Reason.DUPLICATE
 _BAD_CHECKSUM = Reason.BAD_CHECKSUM
 _SEQ_SPAN = _dedup.SEQ_SPAN
 _MASK = _dedup.MASK
-_UNREAD = object()  # quoted_tag() not called yet
 
 #: Parser rejections carry no per-packet data: one shared Decision each.
 _PARSE_DROPS = {r: Decision(False, r, None, None) for r in Reason}
@@ -74,7 +73,7 @@ class RelayConfig:
     shun_max_sources: int = _shun.DEFAULT_MAX_SOURCES
     v6_broadcast: bool = False  # send IPv6 copies to ff:ff:ff:ff:ff:ff instead of 33:33:00:00:00:01
 
-    def with_policy(self, policy: Policy) -> "RelayConfig":
+    def with_policy(self, policy: Policy) -> RelayConfig:
         return replace(self, policy=policy)
 
 
@@ -146,10 +145,12 @@ class Relay:
         interface the copy will leave from; ``pkttype`` is the Linux packet type the
         capture saw (PACKET_HOST for unicast to this host).
         """
-        ptb = parse_frame_unverified(frame)
-        if ptb.__class__ is Reason:
-            self.counts[ptb] += 1
-            return _PARSE_DROPS[ptb]
+        parsed = parse_frame_unverified(frame)
+        # `.__class__ is` is the cheapest test; mypy does not narrow on it, hence the ignores.
+        if parsed.__class__ is Reason:
+            self.counts[parsed] += 1  # type: ignore[index]  # a Reason here (checked just above)
+            return _PARSE_DROPS[parsed]  # type: ignore[index]  # a Reason here (checked just above)
+        ptb: PTB = parsed  # type: ignore[assignment]  # not a Reason, so a PTB (ParseResult)
         reason = self.policy.check(ptb, pkttype)
         if reason is None:
             # (outer src, outer dst, mtu, inner src, inner dst, proto, sport, dport): one
@@ -160,7 +161,7 @@ class Relay:
             key = ptb[1:9]
             dedup = self.dedup
             base = dedup.recent(key, now)
-            tag = _UNREAD
+            tag: int | None = None  # quoted_tag() not called yet
             if base is not None:
                 tag = quoted_tag(ptb)
                 if (tag - base) & _MASK < (_SEQ_SPAN if ptb[6] == 6 else 1):  # ptb[6]: proto
@@ -172,7 +173,7 @@ class Relay:
                         self.limiter.refund(ptb[1])
                         self.counts[_BAD_CHECKSUM] += 1
                         return _PARSE_DROPS[_BAD_CHECKSUM]
-                    dedup.remember(key, now, quoted_tag(ptb) if tag is _UNREAD else tag)
+                    dedup.remember(key, now, quoted_tag(ptb) if tag is None else tag)
                     self.limiter.relayed(ptb[1], now)  # known source for the reserve
                     self.counts[_RELAYED] += 1
                     dst = BROADCAST_MAC if ptb[0] == 4 else self._dst_v6  # ptb.family

@@ -38,6 +38,7 @@ def slotted(cls: type[T]) -> type[T]:
     if cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
         body.setdefault("__getstate__", _getstate)
         body.setdefault("__setstate__", _setstate)
-    new = type(cls)(cls.__name__, cls.__bases__, body)
+    meta: Any = type(cls)  # the metaclass builds the class; mypy cannot type a metaclass call on type[T]
+    new: type[T] = meta(cls.__name__, cls.__bases__, body)
     new.__qualname__ = cls.__qualname__
     return new

@@ -92,7 +92,7 @@ def read_counters(proc_root: str | Path = "/proc") -> dict[str, int]:
         if source == "snmp6":
             if name in snmp6:
                 out[name] = snmp6[name]
-        else:
+        elif section is not None:  # snmp and netstat rows name their section
             table = (snmp if source == "snmp" else netstat).get(section, {})
             if name in table:
                 out[f"{section}.{name}"] = table[name]
@@ -132,7 +132,8 @@ def _totals(c: dict[str, int]) -> list[Finding]:
         f"IPv6: Packet Too Big received {g('Icmp6InPktTooBigs', 0)}, sent {g('Icmp6OutPktTooBigs', 0)}",
     ]
     if "TcpExt.TCPMTUPSuccess" in c:
-        lines.append(f"TCP RFC 4821 probing: {g('TcpExt.TCPMTUPSuccess', 0)} succeeded, {g('TcpExt.TCPMTUPFail', 0)} failed")
+        lines.append(f"TCP RFC 4821 probing: {g('TcpExt.TCPMTUPSuccess', 0)} succeeded, "
+                     f"{g('TcpExt.TCPMTUPFail', 0)} failed")
     return [Finding(
         "counters",
         Severity.INFO,

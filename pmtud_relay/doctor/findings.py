@@ -7,8 +7,8 @@ import json
 import shutil
 import sys
 import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 
 class Severity(enum.IntEnum):

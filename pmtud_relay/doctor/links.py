@@ -83,7 +83,7 @@ def collect(ipr=None) -> list[LinkRecord]:
             elif lower is None and iflink and iflink != link["index"] and not other_ns:
                 lower, source = iflink, "attribute"
             remote = None
-            if data is not None:
+            if data is not None and kind is not None:
                 for name in _KIND_REMOTE_ATTRS.get(kind, ()):
                     value = _attr(data, name)
                     if value and value not in ("0.0.0.0", "::"):
@@ -165,9 +165,10 @@ def check(records: list[LinkRecord]) -> list[Finding]:
                 ))
             continue
         lower = by_index.get(r.lower) if r.lower else None
-        if r.kind in TUNNEL_KINDS:
+        overhead = tunnel_overhead(r.kind, r.outer_family) if r.kind in TUNNEL_KINDS else None
+        if overhead is not None:  # every TUNNEL_KINDS kind has one
             tunnels += 1
-            lo, typ, text = tunnel_overhead(r.kind, r.outer_family)
+            lo, typ, text = overhead
             if lower is None:
                 findings.append(Finding(
                     f"interfaces.{r.name}", Severity.INFO,

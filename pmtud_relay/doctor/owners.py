@@ -45,7 +45,8 @@ def check_verdicts(counts: dict[tuple[str, str], float], enabled: bool | None, w
                        "The relay relays but cannot say whether PTBs reach an owner; the fleet-wide owner ratio "
                        "is blind to this host's flows.", "see the relay's owner_lookup_unavailable log line")
     total = sum(counts.values())
-    by = {v: sum(n for (_o, vv), n in counts.items() if vv == v) for v in ("applied", "not_applied", "orphan", "unknown")}
+    by = {v: sum(n for (_o, vv), n in counts.items() if vv == v)
+          for v in ("applied", "not_applied", "orphan", "unknown")}
     captured = sum(n for (o, _v), n in counts.items() if o == "captured")
     data = {"verdicts": {f"{o}/{v}": n for (o, v), n in sorted(counts.items())}, "captured": captured}
     if not total:
@@ -97,7 +98,8 @@ def check(relays, get=fetch) -> list[Finding]:
         address = metrics_address(relay)
         where = f"relay pid {relay.pid}"
         if not address:
-            out.append(Finding("relay.owner_verdicts", Severity.INFO, f"{where}: metrics disabled, orphan rate unknown"))
+            out.append(Finding("relay.owner_verdicts", Severity.INFO,
+                               f"{where}: metrics disabled, orphan rate unknown"))
             continue
         try:
             text = get(address)

@@ -17,8 +17,8 @@ import os
 import socket
 import struct
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable
 
 from pmtud_relay.doctor.findings import Finding, Severity
 from pmtud_relay.doctor.hints import FLOOR_V4, FLOOR_V6, mtu_hint
@@ -144,7 +144,13 @@ def _mtu_counts(entries: list[CacheEntry]) -> dict[str, int]:
     return dict(sorted(c.items(), key=lambda kv: -kv[1]))
 
 
-def check(entries: list[CacheEntry], min_pmtu: int = FLOOR_V4, device_mtus: dict[str, int] | None = None) -> list[Finding]:
+def _mtu(e: CacheEntry) -> int:
+    """The entry's learned MTU; check() only looks at entries that have one (0 stands for none)."""
+    return e.mtu if e.mtu is not None else 0
+
+
+def check(entries: list[CacheEntry], min_pmtu: int = FLOOR_V4,
+          device_mtus: dict[str, int] | None = None) -> list[Finding]:
     """Findings about learned exceptions. ``device_mtus`` maps interface name to MTU."""
     if not entries:
         return [Finding("pmtu_cache", Severity.OK, "no learned PMTU exceptions (route cache is empty)",
@@ -152,7 +158,7 @@ def check(entries: list[CacheEntry], min_pmtu: int = FLOOR_V4, device_mtus: dict
                         "`ip route get DST` shows one destination's learned MTU in any case.")]
     device_mtus = device_mtus or {}
     with_mtu = [e for e in entries if e.mtu]
-    listed = sorted(with_mtu, key=lambda e: (e.mtu, e.family, e.dst))
+    listed = sorted(with_mtu, key=lambda e: (_mtu(e), e.family, e.dst))
     v4 = sum(1 for e in with_mtu if e.family == 4)
     v6 = len(with_mtu) - v4
     findings = [
@@ -170,8 +176,8 @@ def check(entries: list[CacheEntry], min_pmtu: int = FLOOR_V4, device_mtus: dict
              "entries": [asdict(e) for e in listed[:MAX_LISTED]]},
         )
     ]
-    floor4 = [e for e in with_mtu if e.family == 4 and (e.locked or e.mtu <= min_pmtu)]
-    floor6 = [e for e in with_mtu if e.family == 6 and e.mtu <= FLOOR_V6]
+    floor4 = [e for e in with_mtu if e.family == 4 and (e.locked or _mtu(e) <= min_pmtu)]
+    floor6 = [e for e in with_mtu if e.family == 6 and _mtu(e) <= FLOOR_V6]
     collapse_text = (
         "A PMTU at the kernel floor comes from a PTB announcing that little (or less: the kernel clamps to "
         f"net.ipv4.route.min_pmtu={min_pmtu} and locks the MTU). Legitimately tiny paths are rare; the usual "
@@ -204,7 +210,7 @@ def check(entries: list[CacheEntry], min_pmtu: int = FLOOR_V4, device_mtus: dict
             "",
             {"entries": [asdict(e) for e in floor6[:MAX_LISTED]]},
         ))
-    at_link = [e for e in with_mtu if e.dev in device_mtus and e.mtu >= device_mtus[e.dev] and not e.locked]
+    at_link = [e for e in with_mtu if e.dev in device_mtus and _mtu(e) >= device_mtus[e.dev] and not e.locked]
     if at_link:
         findings.append(Finding(
             "pmtu_cache.link_mtu",
@@ -220,13 +226,13 @@ def check(entries: list[CacheEntry], min_pmtu: int = FLOOR_V4, device_mtus: dict
             "--clamp-mss-to-pmtu) and flush the cache",
             {"entries": [asdict(e) for e in at_link[:MAX_LISTED]]},
         ))
-    hinted: dict[str, list[CacheEntry]] = {}
+    hinted: dict[tuple[int, int, str], list[CacheEntry]] = {}
     for e in with_mtu:
         if e in floor4 or e in floor6 or e in at_link:
             continue
-        hint = mtu_hint(e.mtu, e.family)
+        hint = mtu_hint(_mtu(e), e.family)
         if hint:
-            hinted.setdefault((e.family, e.mtu, hint), []).append(e)
+            hinted.setdefault((e.family, _mtu(e), hint), []).append(e)
     for (family, mtu, hint), group in sorted(hinted.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         findings.append(Finding(
             "pmtu_cache.encapsulation",

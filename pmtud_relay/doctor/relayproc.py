@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +167,8 @@ def check_process(relays: list[RelayProcess]) -> Finding:
     if dry and len(dry) == len(here):
         return Finding(
             "relay.process", Severity.INFO,
-            "pmtud-relay running in dry-run mode only (pid " + ", ".join(str(p.pid) for p in dry) + "): nothing is relayed" + note,
+            "pmtud-relay running in dry-run mode only (pid " + ", ".join(str(p.pid) for p in dry)
+            + "): nothing is relayed" + note,
             "", "start `pmtud-relay run` when the dry-run decisions look right", data)
     return Finding(
         "relay.process", Severity.OK,
@@ -184,6 +186,8 @@ def _run(argv: list[str]) -> tuple[int, str]:
 
 
 _NFT_GROUP = re.compile(r"\blog\b[^\n]*?\bgroup (\d+)")
+# nft list lines that are structure, not rules
+_NFT_NOT_RULES = ("table", "chain", "type", "}", "policy", "set", "elements", "flags", "size", "timeout")
 _IPT_GROUP = re.compile(r"--nflog-group (\d+)")
 
 
@@ -195,7 +199,7 @@ def _default_group() -> int | None:
     return DEFAULT_GROUP
 
 
-def check_rules(which=shutil.which, run=_run, relays: list[RelayProcess] = ()) -> Finding:
+def check_rules(which=shutil.which, run=_run, relays: Sequence[RelayProcess] = ()) -> Finding:
     found: list[str] = []
     notes: list[str] = []
     groups: set[int] = set()
@@ -207,7 +211,7 @@ def check_rules(which=shutil.which, run=_run, relays: list[RelayProcess] = ()) -
             checked += 1
         if rc == 0:
             rules = sum(1 for line in out.splitlines()
-                        if line.strip() and not line.strip().startswith(("table", "chain", "type", "}", "policy", "set", "elements", "flags", "size", "timeout")))
+                        if line.strip() and not line.strip().startswith(_NFT_NOT_RULES))
             found.append(f"nft table {' '.join(NFT_TABLE)} ({rules} rules)")
             groups.update(int(g) for g in _NFT_GROUP.findall(out))
         elif "Operation not permitted" in out or "Permission denied" in out:
@@ -242,9 +246,9 @@ def check_rules(which=shutil.which, run=_run, relays: list[RelayProcess] = ()) -
     nflog = [p for p in relays if p.same_netns is not False and p.capture == "nflog"]
     if nflog and found and groups:
         default = _default_group()
-        wanted = {p.nflog_group if p.nflog_group is not None else default for p in nflog if not
-                  (p.nflog_group is None and p.config_file)}
-        wanted.discard(None)
+        asked = {p.nflog_group if p.nflog_group is not None else default for p in nflog if not
+                 (p.nflog_group is None and p.config_file)}
+        wanted = {g for g in asked if g is not None}
         missing = sorted(wanted - groups)
         if missing:
             return Finding(

@@ -10,8 +10,8 @@ Per-interface values are combined the way the kernel combines them:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from pmtud_relay.doctor.findings import Finding, Severity
 from pmtud_relay.doctor.hints import FLOOR_V4
@@ -131,7 +131,8 @@ def check_drop_unicast_in_l2_multicast(proc_root, interfaces: Iterable[str] | No
         return Finding(
             "sysctl.drop_unicast_in_l2_multicast",
             Severity.WARNING,
-            "net.ipv4.conf.default.drop_unicast_in_l2_multicast=1: interfaces created from now on will drop relayed copies",
+            "net.ipv4.conf.default.drop_unicast_in_l2_multicast=1: "
+            "interfaces created from now on will drop relayed copies",
             explain,
             _persist(["net.ipv4.conf.default.drop_unicast_in_l2_multicast=0"]),
             data,
@@ -148,7 +149,7 @@ def check_rp_filter(proc_root, interfaces: Iterable[str] | None = None) -> Findi
     all_v = read_int(proc_root, "net", "ipv4", "conf", "all", "rp_filter")
     if all_v is None:
         return Finding("sysctl.rp_filter", Severity.INFO, "net.ipv4.conf.all.rp_filter not readable")
-    values = {"net.ipv4.conf.all.rp_filter": all_v}
+    values: dict[str, int | None] = {"net.ipv4.conf.all.rp_filter": all_v}
     strict: list[str] = []
     loose: list[str] = []
     for name in _interfaces(proc_root, "ipv4", interfaces):
@@ -196,7 +197,8 @@ def check_ip_no_pmtu_disc(proc_root) -> Finding:
         return Finding("sysctl.ip_no_pmtu_disc", Severity.INFO, "not readable", data=data)
     fix = _persist(["net.ipv4.ip_no_pmtu_disc=0"])
     if val == 0:
-        return Finding("sysctl.ip_no_pmtu_disc", Severity.OK, "IPv4 PMTUD on: DF set and Frag-Needed honoured", data=data)
+        return Finding("sysctl.ip_no_pmtu_disc", Severity.OK, "IPv4 PMTUD on: DF set and Frag-Needed honoured",
+                       data=data)
     if val == 2:
         return Finding(
             "sysctl.ip_no_pmtu_disc", Severity.CRITICAL,

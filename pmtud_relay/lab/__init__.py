@@ -9,13 +9,25 @@
 Needs root and iproute2; see :mod:`pmtud_relay.lab.topology` for the layout.
 """
 
+from .routed import RoutedLab
 from .topology import (
-    CLIENT4, CLIENT6, ROUTER4, ROUTER6, VIP4, VIP6,
-    Lab, LabError, LabProcess, Server,
-    cleanup_stale, family_of, have_prerequisites, list_netns, parse_route_get_mtu,
+    CLIENT4,
+    CLIENT6,
+    ROUTER4,
+    ROUTER6,
+    VIP4,
+    VIP6,
+    Lab,
+    LabError,
+    LabProcess,
+    Server,
+    cleanup_stale,
+    family_of,
+    have_prerequisites,
+    list_netns,
+    parse_route_get_mtu,
 )
 from .transfer import FlowResult, parse_client_output
-from .routed import RoutedLab
 
 __all__ = [
     "Lab", "RoutedLab", "LabError", "LabProcess", "Server", "FlowResult",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -33,7 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--family", choices=sorted(FAMILIES), default="both", help="address family (default %(default)s)")
     p.add_argument("--flows", type=int, default=12, help="TCP flows per phase and family (default %(default)s)")
     p.add_argument("--size", type=int, default=262144, help="bytes per flow (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds before a flow counts as stalled (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=3.0,
+                   help="seconds before a flow counts as stalled (default %(default)s)")
     p.add_argument("--topology", choices=["l2", "l3"], default="l2",
                    help="l2: servers share one bridge, the relay broadcasts (default); l3: each server in "
                    "its own subnet behind the router, the relay sends signed UDP to its peers")
@@ -69,14 +70,15 @@ def owner_verdicts(lines_by_server: dict, vip: str, client: str) -> dict:
     that relayed a PTB quoting the flow (origin captured or peer-sent), the server(s) that own it
     and the PMTU the owner's kernel holds. Lines about other addresses are ignored."""
     out: dict = {}
-    vip, client = ipaddress.ip_address(vip), ipaddress.ip_address(client)
+    vip_ip, client_ip = ipaddress.ip_address(vip), ipaddress.ip_address(client)
     for server, lines in lines_by_server.items():
         for line in lines:
             if "event=owner_verdict" not in line:
                 continue
             rec = {k: v.strip('"') for k, v in _PAIR.findall(line)}
             try:
-                if ipaddress.ip_address(rec["inner_src"]) != vip or ipaddress.ip_address(rec["inner_dst"]) != client:
+                if (ipaddress.ip_address(rec["inner_src"]) != vip_ip
+                        or ipaddress.ip_address(rec["inner_dst"]) != client_ip):
                     continue
                 port = int(rec["dport"])
             except (KeyError, ValueError):
@@ -107,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     if args.flows < 1 or args.size < 1 or args.timeout <= 0:
         print("pmtud-relay lab: --flows, --size and --timeout must be positive", file=sys.stderr)
         return 2
-    results = []
+    results: list[dict] = []
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     with contextlib.ExitStack() as stack:
         if args.topology == "l3":
@@ -142,7 +144,8 @@ def main(args: argparse.Namespace) -> int:
                 for flow in after["per_flow"]:
                     v = verdicts.get(flow["port"])
                     flow["relayed_by"] = sorted(v["relayed_by"]) if v else []
-                    flow["owner"] = {s: {"verdict": o[0], "pmtu": o[1]} for s, o in sorted(v["owners"].items())} if v else {}
+                    flow["owner"] = ({s: {"verdict": o[0], "pmtu": o[1]} for s, o in sorted(v["owners"].items())}
+                                     if v else {})
                     flow["orphan_on"] = sorted(s for s, vs in v["verdicts"].items() if vs == {"orphan"}) if v else []
             finally:
                 for proc in relays:
@@ -166,7 +169,8 @@ def _relay_argv(lab, server: str, family: int, key_file: str | None) -> list[str
 
 
 def render(results: list[dict], args) -> str:
-    head = f"{'':8} {'phase':15} {'completed':>10} {'stalled':>8} {'median s':>9} {'max s':>7}  servers with learned PMTU"
+    head = (f"{'':8} {'phase':15} {'completed':>10} {'stalled':>8} {'median s':>9} {'max s':>7}  "
+            "servers with learned PMTU")
     lines = [head, "-" * len(head)]
     for r in results:
         for phase in ("without_relay", "with_relay"):
@@ -187,7 +191,8 @@ def render(results: list[dict], args) -> str:
                   f"{'client port':>11}  {'ECMP to':8} {'relayed by':11} {'owner (verdict, PMTU)':28} orphan on"]
         for f in flows:
             if not f["relayed_by"] and not f["owner"]:
-                lines.append(f"{f['port']:>11}  {f['server'] or '?':8} {'-':11} {'no PTB quoted this flow (its server had learnt the PMTU already)'}")
+                lines.append(f"{f['port']:>11}  {f['server'] or '?':8} {'-':11} "
+                             "no PTB quoted this flow (its server had learnt the PMTU already)")
                 continue
             owner = ", ".join(f"{s} ({o['verdict']}, {o['pmtu'] if o['pmtu'] is not None else '?'})"
                               for s, o in f["owner"].items()) or "none"

@@ -6,8 +6,10 @@ Layout (one lab = one unique tag; every namespace name starts with it)::
     eth0 1500 <--veth--> cl0 (MTU 1400)                                 lo: VIP 192.0.2.10/32
     203.0.113.2/24          203.0.113.1/24                                  2001:db8:ffff::10/128
     2001:db8:c::2/64        2001:db8:c::1/64
-                            r1 198.51.100.1/28   2001:db8:5:1::1/64 <--veth--> eth0 198.51.100.2/28   2001:db8:5:1::2/64 (s1)
-                            r2 198.51.100.17/28  2001:db8:5:2::1/64 <--veth--> eth0 198.51.100.18/28  2001:db8:5:2::2/64 (s2)
+                            r1 198.51.100.1/28   2001:db8:5:1::1/64 <--veth--> s1 eth0 198.51.100.2/28
+                                                                                       2001:db8:5:1::2/64
+                            r2 198.51.100.17/28  2001:db8:5:2::1/64 <--veth--> s2 eth0 198.51.100.18/28
+                                                                                       2001:db8:5:2::2/64
                             rN 198.51.100.(16(N-1)+1)/28, 2001:db8:5:N::1/64 ...
 
 The router hashes the VIP over every server on L4 (addresses, protocol, ports: policy 3) and routes

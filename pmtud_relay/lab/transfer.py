@@ -106,7 +106,7 @@ def run_server(args: argparse.Namespace) -> int:
         sel.register(ls, selectors.EVENT_READ)
         listeners.append(ls)
     print(f"listening name={args.name} port={args.port} "
-          + " ".join(str(l.getsockname()[0]) for l in listeners), flush=True)
+          + " ".join(str(ls.getsockname()[0]) for ls in listeners), flush=True)
     while not stop.is_set():
         for key, _ in sel.select(timeout=0.2):
             try:

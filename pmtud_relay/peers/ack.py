@@ -278,10 +278,10 @@ class AckTracker:
             if entry is None:
                 return self._drop(AckDrop.LATE if acked in self._expired else AckDrop.UNSOLICITED)
         result = self.decoder.decode(data, wall)
-        if result.__class__ is PeerReason:
+        if isinstance(result, PeerReason):
             return self._drop(_FROM_PEER_REASON[result])
         body = parse_body(result.packet)
-        if body.__class__ is AckDrop:
+        if isinstance(body, AckDrop):
             return self._drop(body)
         if entry is None:  # unreachable: a decoded ack is ACK_LEN long; kept total for safety
             return self._drop(AckDrop.UNSOLICITED)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, Union
 
 from pmtud_relay.core import dedup as _dedup
-from pmtud_relay.core.packet import PTB, parse_ipv4, parse_ipv6, quoted_tag
+from pmtud_relay.core.packet import PTB, ParseResult, parse_ipv4, parse_ipv6, quoted_tag
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
 from pmtud_relay.core.ratelimit import RateLimiter, TokenBucket
 from pmtud_relay.core.reasons import Reason
@@ -262,7 +262,7 @@ class InboxConfig:
     sender_capacity: int = 4096
 
 
-def parse_packet(packet: bytes):
+def parse_packet(packet: bytes) -> ParseResult:
     """Parse a PTB's IP packet (no L2 header) at offset 0: a PTB or a Reason."""
     if not packet:
         return Reason.TOO_SHORT
@@ -318,12 +318,12 @@ class PeerInbox:
 
     def handle(self, data: bytes, now: float, wall: float, sender: str | bytes, policy: Policy) -> InboxDecision:
         decoded = self.decoder.decode(data, wall)
-        if decoded.__class__ is PeerReason:
+        if isinstance(decoded, PeerReason):
             self._count(decoded)
             return InboxDecision(False, decoded, None, None, None)
         packet = decoded.packet
         ptb = parse_packet(packet)
-        if ptb.__class__ is Reason:
+        if isinstance(ptb, Reason):
             self._count(ptb)
             return InboxDecision(False, ptb, None, None, decoded.key_id)
         if _declared_end(ptb) != len(packet):

@@ -1,10 +1,11 @@
 """The peer key file (``--peer-key-file``): one or two ``KEYID:HEXKEY`` lines.
 
 The first key signs what this host sends; every listed key is accepted. The file is checked
-before it is read (opened without blocking, pmtud_relay.safefile): a regular file (symlinks are followed, as Kubernetes secret volumes need),
-owned by root or by the user the relay runs as, with no access for others and not writable by
-its group (0600 or 0640). Rotation is a file change: the daemon polls the file's identity
-(mtime, size, inode) and reloads it; a broken new file leaves the running keys in place.
+before it is read (opened without blocking, pmtud_relay.safefile): a regular file (symlinks are
+followed, as Kubernetes secret volumes need), owned by root or by the user the relay runs as, with
+no access for others and not writable by its group (0600 or 0640). Rotation is a file change: the
+daemon polls the file's identity (mtime, size, inode) and reloads it; a broken new file leaves the
+running keys in place.
 
 New key line: ``python3 -c 'import secrets; print("2:" + secrets.token_hex(32))'``.
 """

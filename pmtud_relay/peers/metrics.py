@@ -52,7 +52,8 @@ class PeerCollector:
         received = CounterMetricFamily(f"{PREFIX}_datagrams_received", "Datagrams received from peers, by "
                                        "outcome: accepted (injected), a protocol rejection, or ptb_<reason> "
                                        "when the PTB inside failed this host's own checks.", labels=["reason"])
-        counts = {("ptb_" + r.value if isinstance(r, Reason) else r.value): n for r, n in dict(svc.inbox.counts).items()}
+        counts = {("ptb_" + r.value if isinstance(r, Reason) else r.value): n
+                  for r, n in dict(svc.inbox.counts).items()}
         for reason in RX_REASONS:
             received.add_metric([reason], counts.get(reason, 0))
         yield received

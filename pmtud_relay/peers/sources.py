@@ -159,9 +159,10 @@ class NameCache:
         else:
             found = []
             for family, _type, _proto, _canon, sockaddr in infos:
-                if family in (socket.AF_INET, socket.AF_INET6):
+                host = sockaddr[0]  # an address string for AF_INET/AF_INET6 (an int only for AF_TIPC etc.)
+                if family in (socket.AF_INET, socket.AF_INET6) and isinstance(host, str):
                     try:
-                        found.append(str(ipaddress.ip_address(sockaddr[0].split("%", 1)[0])))
+                        found.append(str(ipaddress.ip_address(host.split("%", 1)[0])))
                     except ValueError:
                         continue
             res.addresses = tuple(dict.fromkeys(found))

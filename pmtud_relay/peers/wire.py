@@ -286,7 +286,7 @@ class PeerDecoder:
 
     def decode(self, data: bytes, now: float) -> DecodeResult:
         result = self._decode(data, now)
-        self.counts[result if result.__class__ is PeerReason else PeerReason.ACCEPTED] += 1
+        self.counts[result if isinstance(result, PeerReason) else PeerReason.ACCEPTED] += 1
         return result
 
     def _decode(self, data: bytes, now: float) -> DecodeResult:
