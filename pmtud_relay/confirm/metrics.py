@@ -10,7 +10,8 @@ Register with ``registry.register(ConfirmCollector(lambda: daemon.confirmer, lam
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Mapping
+from typing import Callable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 

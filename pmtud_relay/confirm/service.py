@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Callable, Deque, Dict, NamedTuple, Optional, Protocol, Tuple
+from typing import Callable, NamedTuple, Optional, Protocol
 
-from ..metrics import LatencyHistogram
 from ..core.packet import IPPROTO_TCP, IPPROTO_UDP, PTB, parse_ipv4, parse_ipv6
+from ..metrics import LatencyHistogram
 from . import wire
 from .verdict import Origin, OwnerVerdict
 
@@ -38,16 +38,16 @@ TO_PMTU_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 
 class Lookup(Protocol):
     def owner(self, family: int, proto: int, local: bytes, lport: int, remote: bytes,
-              rport: int) -> Optional[Tuple[int, int, int, Optional[int]]]: ...
+              rport: int) -> tuple[int, int, int, int | None] | None: ...
 
-    def route_mtu(self, family: int, src: bytes, dst: bytes) -> Optional[int]: ...
+    def route_mtu(self, family: int, src: bytes, dst: bytes) -> int | None: ...
 
 
 class _Job(NamedTuple):
     ptb: PTB
     origin: Origin
     now: float
-    on_verdict: Optional[OnVerdict]
+    on_verdict: OnVerdict | None
     pmtu: list  # [the last path MTU read for the flow, or None]
 
 
@@ -79,11 +79,11 @@ class Confirmer:
         self.settle = settle
         self.clock = clock
         self.observer = observer
-        self._queue: Deque[_Job] = collections.deque()
+        self._queue: collections.deque[_Job] = collections.deque()
         self._scheduled = False
         self._in_flight = 0  # queued + waiting for a retry
         #: (origin, verdict) -> count
-        self.verdicts: Dict[Tuple[Origin, OwnerVerdict], int] = {}
+        self.verdicts: dict[tuple[Origin, OwnerVerdict], int] = {}
         self.queue_full = 0  # PTBs answered UNKNOWN because the queue was full
         self.lookup_errors = 0  # lookups the kernel did not answer usefully
         self.lookups = 0  # sock_diag requests sent

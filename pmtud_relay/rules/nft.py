@@ -8,8 +8,8 @@ Install loads the *text* (:func:`load_script`), not the JSON: nft 0.9.8 parses a
 ``update`` statement in JSON without its ``stmt`` list and silently drops the per-source
 ``limit`` (measured), so every PTB is counted as over the limit and nothing logged; upstream
 added that JSON support ("json: add set statement list support") only in September 2022, after
-1.0.5. The text syntax works from 0.9.8 on (measured on 0.9.8, 1.0.6 and 1.1.3). Interface names are checked by :class:`RuleSpec` (no quotes,
-blanks, '/' or ':'), so the text needs no escaping.
+1.0.5. The text syntax works from 0.9.8 on (measured on 0.9.8, 1.0.6 and 1.1.3). Interface names
+are checked by :class:`RuleSpec` (no quotes, blanks, '/' or ':'), so the text needs no escaping.
 
 Install is a single nft transaction: add the table (a no-op if it exists), delete it,
 create it again with everything in it. A restart after a crash therefore replaces stale
@@ -383,7 +383,7 @@ class NftBackend:
 
 
 def _first_error(stderr: str) -> str:
-    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    lines = [text.strip() for text in stderr.splitlines() if text.strip()]
     for line in lines:
         if "Error" in line:
             return line.split("Error:", 1)[-1].strip()
