@@ -34,7 +34,8 @@ SCOPE = {
     "frame": [
         ("pmtud_relay.core.packet", ["parse_frame", "parse_ipv4", "parse_ipv6", "_verified", "checksum_ok",
                                      "parse_frame_unverified", "_ipv4", "_ipv4_general", "_ipv6", "_ipv6_general",
-                                     "_quoted_ipv6_l4", "quoted_tag", "_quoted_ipv6_l4_offset"]),
+                                     "_quoted_ipv6_l4"]),
+        ("pmtud_relay.core.quoted", ["quoted_tag", "_quoted_ipv6_l4_offset"]),
         ("pmtud_relay.core.checksum", ["region_sum", "verifies"]),
         ("pmtud_relay.core.policy", ["Policy.check", "VipSet.__contains__"]),
         ("pmtud_relay.core.dedup", ["Deduplicator.recent", "Deduplicator.remember", "Deduplicator._expire"]),

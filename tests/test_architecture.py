@@ -21,7 +21,7 @@ PURE = sorted(
     + [PACKAGE / "peers" / n for n in ("wire.py", "ack.py", "inbox.py", "injection.py")]
     + [PACKAGE / "nflog" / n for n in ("wire.py", "fastpath.py", "batching.py")]
     + [PACKAGE / "confirm" / n for n in ("verdict.py", "wire.py")]
-    + [PACKAGE / "netlink" / "messages.py"]
+    + [PACKAGE / "netlink" / "messages.py", PACKAGE / "analyze" / "claims.py"]
 )
 
 FORBIDDEN = {

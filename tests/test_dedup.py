@@ -7,8 +7,9 @@ from scapy.layers.inet import TCP
 from scapy.layers.inet6 import IPv6ExtHdrDestOpt, IPv6ExtHdrHopByHop
 
 from pmtud_relay.core.dedup import DEFAULT_CAPACITY, DEFAULT_WINDOW, SEQ_SPAN, Deduplicator, dedup_key, span_of
-from pmtud_relay.core.packet import parse_frame, quoted_tag
+from pmtud_relay.core.packet import parse_frame
 from pmtud_relay.core.policy import Policy, VipSet
+from pmtud_relay.core.quoted import quoted_tag
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig
 from tests.support import frames as F

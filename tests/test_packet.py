@@ -513,11 +513,11 @@ def test_quoted_icmp_informational_types_are_not_errors(icmp_type):
 
 
 
-# -- claimed_ptb: what a rejected frame says it is (pmtud-relay analyze) -----------------------
+# -- claimed_ptb (analyze/claims.py): what a rejected frame says it is ---------------------------
 
 
 def test_claimed_ptb_tells_malformed_ptbs_from_other_traffic():
-    from pmtud_relay.core.packet import claimed_ptb
+    from pmtud_relay.analyze.claims import claimed_ptb
 
     v4, v6 = F.ptb_v4(), F.ptb_v6()
     assert claimed_ptb(v4) == (4, 14) and claimed_ptb(v6) == (6, 14)

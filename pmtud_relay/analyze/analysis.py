@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pmtud_relay.analyze.capture import LINKTYPE_NAMES, to_ethernet
-from pmtud_relay.core.packet import claimed_ptb
+from pmtud_relay.analyze.claims import claimed_ptb
 from pmtud_relay.core.policy import PACKET_OUTGOING
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.relay import Relay, RelayConfig

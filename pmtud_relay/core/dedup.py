@@ -8,7 +8,7 @@ genuine PTB: send one for the same flow and MTU from any address with a wrong se
 and the genuine one arriving within the window would be dropped as its duplicate.
 
 The key is therefore (outer source, outer destination, MTU, inner flow), and every entry keeps
-the quoted word (:func:`~pmtud_relay.core.packet.quoted_tag`) of the PTB last relayed under it.
+the quoted word (:func:`~pmtud_relay.core.quoted.quoted_tag`) of the PTB last relayed under it.
 A PTB is a duplicate only if its key was relayed within the window *and* its word is that one
 or, for TCP, lies less than :data:`SEQ_SPAN` bytes after it:
 

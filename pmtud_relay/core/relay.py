@@ -19,8 +19,9 @@ from pmtud_relay.core import dedup as _dedup
 from pmtud_relay.core import ratelimit as _rl
 from pmtud_relay.core import shun as _shun
 from pmtud_relay.core.frame import ALL_NODES_MAC, BROADCAST_MAC
-from pmtud_relay.core.packet import PTB, checksum_ok, parse_frame_unverified, quoted_tag
+from pmtud_relay.core.packet import PTB, checksum_ok, parse_frame_unverified
 from pmtud_relay.core.policy import PACKET_HOST, Policy
+from pmtud_relay.core.quoted import quoted_tag
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.slots import slotted
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple, Union
 
 from pmtud_relay.core import dedup as _dedup
-from pmtud_relay.core.packet import PTB, ParseResult, parse_ipv4, parse_ipv6, quoted_tag
+from pmtud_relay.core.packet import PTB, ParseResult, parse_ipv4, parse_ipv6
 from pmtud_relay.core.policy import PACKET_HOST, Policy, VipSet
+from pmtud_relay.core.quoted import quoted_tag
 from pmtud_relay.core.ratelimit import RateLimiter, TokenBucket
 from pmtud_relay.core.reasons import Reason
 from pmtud_relay.core.slots import slotted
