@@ -250,7 +250,7 @@ def test_memory_request_and_limit_cover_the_measured_footprint(docs, name):
     """bench/footprint.py's committed result (default settings, scraped every 15 s): the request
     covers the steady resident memory, the limit that plus full source and dedup tables
     (docs/performance.md: about 38 MiB more with the default capacities)."""
-    measured = json.loads((ROOT / "bench" / "results" / "footprint-20261208-000425.json").read_text())
+    measured = json.loads((ROOT / "bench" / "results" / "footprint-20261208-032518.json").read_text())
     steady = max(r["rss_peak_kib"] for r in measured["rounds"]) / 1024
     res = relay_container(workload(docs, name))["resources"]
     request, limit = mebibytes(res["requests"]["memory"]), mebibytes(res["limits"]["memory"])
