@@ -120,5 +120,5 @@ def _python_in_netns(netns: str, code: str, payload, timeout: float = 20.0):
 @pytest.fixture
 def netns_python():
     """The runner of code strings in a namespace (see ``_python_in_netns``), for tests using
-    ``veth_netns``; still used by test_capture_paths. New code: ``netns_program``."""
+    ``veth_netns``; still used by test_shun (two snippets). New code: ``netns_program``."""
     return _python_in_netns
