@@ -81,6 +81,7 @@ def daemon_holds(cfg: dict) -> dict:
     d.relay.shunner.hold = d.relay.shunner.max_hold = cfg["hold"]  # 10 s in production; shorter here
     d.open()
     capture = d.ports[0].capture
+    assert isinstance(capture, PacketCapture)  # the default capture: it holds sources in its filter
     seen = [0]  # frames that reached userspace
     _drain = capture.drain
 
