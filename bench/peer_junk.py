@@ -44,37 +44,7 @@ from pmtud_relay.peers.wire import HEADER, MAGIC, Keyring, encode  # noqa: E402
 PORT = 2106
 GENUINE = 16
 
-JUNK_PY = r"""
-import os, socket, sys, time
-host, port, seconds, head = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), bytes.fromhex(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setblocking(False)
-bodies = [head + os.urandom(150) for _ in range(1024)]
-sent = failed = 0
-start = time.monotonic()
-end = start + seconds
-sendto = s.sendto
-dst = (host, port)
-while True:
-    for b in bodies:
-        try:
-            sendto(b, dst)
-            sent += 1
-        except OSError:
-            failed += 1
-    if time.monotonic() >= end:
-        break
-print(sent, failed, time.monotonic() - start)
-"""
-
-SEND_PY = (
-    "import socket, sys, time\n"
-    "host, port = sys.argv[1], int(sys.argv[2])\n"
-    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-    "for h in sys.argv[3:]:\n"
-    "    s.sendto(bytes.fromhex(h), (host, port))\n"
-    "    time.sleep(0.01)\n"
-)
+SENDERS = str(HERE / "ns_senders.py")  # the junk flood and the genuine datagrams, run in the namespaces
 
 
 def nstat(lab: RoutedLab, node: str) -> dict[str, int]:
@@ -101,7 +71,7 @@ def one_run(lab: RoutedLab, kind: str, key_file: str, key: bytes, seconds: float
         time.sleep(0.5)
         before = nstat(lab, "s2")
         head = HEADER.pack(MAGIC, 1, 0, 1, int(time.time() * 1000), bytes(12), 150 - 32, 0)
-        junk = lab.spawn("router", ["taskset", "-c", "0", lab.python, "-c", JUNK_PY, s2.ipv4, str(PORT),
+        junk = lab.spawn("router", ["taskset", "-c", "0", lab.python, SENDERS, "junk", s2.ipv4, str(PORT),
                                     str(seconds), head.hex()])
         time.sleep(0.3)  # the flood is up to speed
         cpu0, t0, sched0 = proc_cpu(relay.pid), time.monotonic(), schedstat(relay.pid)
@@ -111,7 +81,7 @@ def one_run(lab: RoutedLab, kind: str, key_file: str, key: bytes, seconds: float
         router = BF.ip4(lab.router_addr(4))
         genuine = [encode(BF.ptb4(router, vip, client, 443, 40000 + i)[14:], ring, time.time(),
                           secrets.token_bytes(12)).hex() for i in range(GENUINE)]
-        lab.run("s1", ["taskset", "-c", "0", lab.python, "-c", SEND_PY, s2.ipv4, str(PORT), *genuine])
+        lab.run("s1", ["taskset", "-c", "0", lab.python, SENDERS, "send", s2.ipv4, str(PORT), *genuine])
         deadline = time.monotonic() + seconds
         while junk.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -4,18 +4,16 @@ and never from one another (tests/test_suite_layout.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 
 from tests.support import frames as F
-from tests.support.netns import REPO, FaultNS, need_root_and, run_json
+from tests.support.netns import FaultNS, need_root_and, run_json
 
 
 @pytest.fixture
@@ -105,20 +103,3 @@ def netns_program():
     module of tests/support/ns_programs run in a namespace, JSON in and out; for tests using
     ``veth_netns``."""
     return run_json
-
-
-def _python_in_netns(netns: str, code: str, payload, timeout: float = 20.0):
-    """``python -c CODE`` inside ``netns`` with this checkout importable: ``payload`` goes in as
-    JSON on stdin, the JSON the code prints comes back. Fails the test on a non-zero exit."""
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], input=json.dumps(payload),
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-@pytest.fixture
-def netns_python():
-    """The runner of code strings in a namespace (see ``_python_in_netns``), for tests using
-    ``veth_netns``; still used by test_capture_paths. New code: ``netns_program``."""
-    return _python_in_netns

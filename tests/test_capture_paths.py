@@ -14,8 +14,9 @@ On x86 PacketCapture and L2Emitter always pick their mmap rings, so the per-fram
   emitter therefore refuses such a frame itself with EMSGSIZE, on both paths, re-reading the
   MTU when asked.
 
-Every snippet ends its collection on a sentinel frame sent last: the veth delivers in order,
-so once the sentinel is read every earlier frame has been either delivered or dropped.
+What runs in the namespace is tests/support/ns_programs/capture_paths.py: each of its probes ends
+its collection on a sentinel frame sent last (the veth delivers in order, so once the sentinel is
+read every earlier frame has been either delivered or dropped).
 """
 
 from __future__ import annotations
@@ -23,29 +24,10 @@ from __future__ import annotations
 import errno
 import struct
 import subprocess
-import textwrap
 
 import pytest
 
 from tests.support import frames as F
-
-# Collects from ``cap`` until ``sentinel`` arrives (or ``seconds`` pass); the sentinel itself
-# is not returned. Shared by the snippets below.
-_COLLECT = textwrap.dedent(
-    """
-    import json, select, socket, sys, time
-
-    def collect(cap, sentinel, seconds=3.0):
-        got, deadline = [], time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if select.select([cap], [], [], 0.05)[0]:
-                for data, pkttype in cap.drain():
-                    if data == sentinel:
-                        return got
-                    got.append((data.hex(), pkttype))
-        raise SystemExit(f"sentinel never arrived; got {len(got)} frames")
-    """
-)
 
 
 def _set_mtu(netns: str, mtu: int) -> None:
@@ -79,30 +61,10 @@ def _sized_ptb_v4(size: int, **kw) -> bytes:
 
 # -- capture: socket path == ring path ------------------------------------------------------------
 
-_BOTH_CAPTURES = _COLLECT + textwrap.dedent(
-    """
-    from pmtud_relay.capture.afpacket import PacketCapture
-
-    sent, sentinel = json.load(sys.stdin)
-    sent, sentinel = [bytes.fromhex(h) for h in sent], bytes.fromhex(sentinel)
-    ring = PacketCapture("pmr0", ring=True)
-    sock = PacketCapture("pmr0", ring=False)
-    assert ring.ring is not None and sock.ring is None
-    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.bind(("pmr1", 0))
-    for frame in sent + [sentinel]:
-        tx.send(frame)
-    out = {"ring": collect(ring, sentinel), "sock": collect(sock, sentinel),
-           "counters": [ring.counters(), sock.counters()]}
-    ring.close(); sock.close(); tx.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
 
 @pytest.mark.netns
 @pytest.mark.timeout(60)
-def test_socket_capture_delivers_exactly_what_the_ring_delivers(veth_netns, netns_python):
+def test_socket_capture_delivers_exactly_what_the_ring_delivers(veth_netns, netns_program):
     other_host = "00:00:5e:00:53:44"  # unicast, not pmr0's MAC: PACKET_OTHERHOST
     ptbs = [
         F.ptb_v4(),
@@ -119,38 +81,18 @@ def test_socket_capture_delivers_exactly_what_the_ring_delivers(veth_netns, netn
     noise = [F.echo_v4(), F.ptb_v4(dst_mac=F.BROADCAST), F.tcp_v4(), F.ptb_v6(dst_mac=F.MCAST_ALL_NODES)]
     sent = [frame for pair in zip(ptbs, noise + [b""] * len(ptbs)) for frame in pair if frame]
 
-    out = netns_python(veth_netns, _BOTH_CAPTURES, [[f.hex() for f in sent], _sentinel().hex()])
+    out = netns_program(veth_netns, "capture_paths", "both-captures",
+                        payload=[[f.hex() for f in sent], _sentinel().hex()])
     expected = [[f.hex(), 3 if f[:6] == F.mac(other_host) else 0] for f in ptbs]
     assert out["ring"] == expected, out  # the reference: the path the other kernel tests cover
     assert out["sock"] == out["ring"], out  # byte for byte, tags restored, same packet types
     assert out["counters"] == [{"truncated": 0, "ring_resync": 0}] * 2, out
 
 
-_OVERSIZED = _COLLECT + textwrap.dedent(
-    """
-    from pmtud_relay.capture.afpacket import MAX_FRAME, PacketCapture
-
-    sent, sentinel = json.load(sys.stdin)
-    sent, sentinel = [bytes.fromhex(h) for h in sent], bytes.fromhex(sentinel)
-    ring = PacketCapture("pmr0", ring=True)
-    sock = PacketCapture("pmr0", ring=False)
-    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    tx.bind(("pmr1", 0))
-    for frame in sent + [sentinel]:
-        tx.send(frame)
-    out = {"ring": [h for h, _ in collect(ring, sentinel)], "ring_truncated": ring.truncated,
-           "sock": [h for h, _ in collect(sock, sentinel)], "sock_truncated": sock.truncated,
-           "max_frame": MAX_FRAME}
-    ring.close(); sock.close(); tx.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
 
 @pytest.mark.netns
 @pytest.mark.timeout(60)
-def test_each_capture_path_counts_the_frames_it_cannot_hold(veth_netns, netns_python):
+def test_each_capture_path_counts_the_frames_it_cannot_hold(veth_netns, netns_program):
     """The ring holds 2 016 bytes of frame a slot, recvmsg() 64 KiB: a 3 000-byte PTB is counted
     as truncated by the ring and handed on whole by the socket path; a frame over 64 KiB is
     MSG_TRUNC on the socket path and counted there too; the frames after them still arrive."""
@@ -159,8 +101,8 @@ def test_each_capture_path_counts_the_frames_it_cannot_hold(veth_netns, netns_py
     mid = _sized_ptb_v6(3000, dport=2001)
     huge = _sized_ptb_v6(65535 + 14, dport=2002)
     tagged = F.ptb_v6(vlans=((0x8100, 7),), dport=2003)
-    out = netns_python(veth_netns, _OVERSIZED, [[f.hex() for f in (mid, small, huge, tagged)], _sentinel().hex()],
-                       timeout=40)
+    out = netns_program(veth_netns, "capture_paths", "oversized",
+                        payload=[[f.hex() for f in (mid, small, huge, tagged)], _sentinel().hex()], timeout=40)
     assert len(huge) > out["max_frame"]
     assert out["ring"] == [small.hex(), tagged.hex()] and out["ring_truncated"] == 2, out["ring_truncated"]
     assert out["sock"] == [mid.hex(), small.hex(), tagged.hex()], [len(h) // 2 for h in out["sock"]]
@@ -169,33 +111,10 @@ def test_each_capture_path_counts_the_frames_it_cannot_hold(veth_netns, netns_py
 
 # -- emit: the per-frame path -------------------------------------------------------------------
 
-_SOCKET_EMITTER = _COLLECT + textwrap.dedent(
-    """
-    from pmtud_relay.capture.afpacket import PacketCapture
-    from pmtud_relay.emit.l2 import L2Emitter
-
-    sent, too_big, sentinel = json.load(sys.stdin)
-    sent, too_big, sentinel = [bytes.fromhex(h) for h in sent], bytes.fromhex(too_big), bytes.fromhex(sentinel)
-    cap = PacketCapture("pmr0")
-    em = L2Emitter("pmr1", ring=False)
-    assert em.ring is None
-    results = []
-    for i, frame in enumerate(sent):  # alternately send() and queue(): both are one send() here
-        results.append(em.send(frame) if i % 2 else em.queue(frame))
-    results.append(em.flush())
-    too_big_results = [em.send(too_big), em.queue(too_big)]
-    results.append(em.send(sentinel))
-    out = {"results": results, "too_big": too_big_results, "got": collect(cap, sentinel),
-           "mac": em.mac.hex()}
-    em.close(); cap.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
 
 @pytest.mark.netns
 @pytest.mark.timeout(30)
-def test_socket_emitter_frames_arrive_byte_for_byte(veth_netns, netns_python):
+def test_socket_emitter_frames_arrive_byte_for_byte(veth_netns, netns_program):
     sent = [
         F.ptb_v4(),
         F.ptb_v6(),
@@ -206,7 +125,8 @@ def test_socket_emitter_frames_arrive_byte_for_byte(veth_netns, netns_python):
         _sized_ptb_v4(1514, dport=1005),  # the largest untagged frame an MTU of 1 500 carries
     ]
     too_big = _sized_ptb_v4(1800, dport=1006)
-    out = netns_python(veth_netns, _SOCKET_EMITTER, [[f.hex() for f in sent], too_big.hex(), _sentinel().hex()])
+    out = netns_program(veth_netns, "capture_paths", "socket-emitter",
+                        payload=[[f.hex() for f in sent], too_big.hex(), _sentinel().hex()])
     assert out["mac"] == F.mac(F.ROUTER_MAC).hex()
     assert out["results"] == [0] * (len(sent) + 2), out["results"]
     assert out["too_big"] == [errno.EMSGSIZE] * 2, out["too_big"]  # reported, not silently lost
@@ -215,37 +135,18 @@ def test_socket_emitter_frames_arrive_byte_for_byte(veth_netns, netns_python):
 
 # -- emit: the ring path's edges ---------------------------------------------------------------
 
-_RING_EMITTER_LARGE = _COLLECT + textwrap.dedent(
-    """
-    from pmtud_relay.capture.afpacket import PacketCapture
-    from pmtud_relay.emit.l2 import L2Emitter, MAX_RING_FRAME
-
-    sent, sentinel = json.load(sys.stdin)
-    sent, sentinel = [bytes.fromhex(h) for h in sent], bytes.fromhex(sentinel)
-    cap = PacketCapture("pmr0", ring=False)  # the socket path hands on frames of up to 64 KiB
-    em = L2Emitter("pmr1", ring=True)
-    assert em.ring is not None
-    results = [em.queue(frame) for frame in sent]
-    results.append(em.flush())
-    results.append(em.send(sentinel))
-    out = {"results": results, "got": collect(cap, sentinel), "direct_used": em._direct is not None,
-           "slot": em._slot, "max_ring_frame": MAX_RING_FRAME}
-    em.close(); cap.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
 
 @pytest.mark.netns
 @pytest.mark.timeout(30)
-def test_ring_emitter_sends_frames_larger_than_a_slot_directly_and_in_order(veth_netns, netns_python):
+def test_ring_emitter_sends_frames_larger_than_a_slot_directly_and_in_order(veth_netns, netns_program):
     _set_mtu(veth_netns, 9000)
     first, last = F.ptb_v4(dport=3001), F.ptb_v6(dport=3005)
     edge = _sized_ptb_v6(2016, dport=3002)  # exactly MAX_RING_FRAME: still through a ring slot
     over = _sized_ptb_v6(2017, dport=3003)  # one byte more: the direct socket
     big = _sized_ptb_v4(3000, dport=3004)
     sent = [first, edge, over, big, last]
-    out = netns_python(veth_netns, _RING_EMITTER_LARGE, [[f.hex() for f in sent], _sentinel().hex()])
+    out = netns_program(veth_netns, "capture_paths", "ring-emitter-large",
+                        payload=[[f.hex() for f in sent], _sentinel().hex()])
     assert out["max_ring_frame"] == 2016
     assert out["results"] == [0] * (len(sent) + 2), out["results"]
     assert out["direct_used"]
@@ -254,51 +155,10 @@ def test_ring_emitter_sends_frames_larger_than_a_slot_directly_and_in_order(veth
     assert out["got"] == [[f.hex(), 0] for f in sent], [len(h) // 2 for h, _ in out["got"]]
 
 
-_RING_EMITTER_OVER_MTU = _COLLECT + textwrap.dedent(
-    """
-    import struct
-    from pmtud_relay.capture.afpacket import PacketCapture
-    from pmtud_relay.emit import l2
-
-    template, over_mtu, sentinel, bypass = json.load(sys.stdin)
-    template, sentinel = bytes.fromhex(template), bytes.fromhex(sentinel)
-    over_mtu = [bytes.fromhex(h) for h in over_mtu]
-    cap = PacketCapture("pmr0", ring=True)  # 512 slots: room for a whole lap of the emitter's 128
-    em = l2.L2Emitter("pmr1", ring=True)
-    assert em.ring is not None and em._slots == 128
-    out = {"max_len": em._max_len}
-    if bypass:  # let every frame reach the kernel, to see what tpacket_snd does with it
-        em._max_len = 1 << 20
-
-    def status(slot):
-        return struct.unpack_from("=I", em.ring, slot * l2.RING_FRAME_SIZE)[0]
-
-    def small(i):
-        return template[:-2] + i.to_bytes(2, "big")
-
-    out["queue"], out["flush"] = [], []
-    # A small frame, the frames too large for the MTU, a small frame.
-    for frame in [small(0), *over_mtu, small(1)]:
-        out["queue"].append(em.queue(frame))
-    out["flush"].append(em.flush())
-    out["status_after_flush"] = [status(s) for s in range(4)]
-    # A lap: back over the slots where the refused frames were (if they took any).
-    for i in range(2, 2 + em._slots - 4 + 3):
-        out["queue"].append(em.queue(small(i)))
-    out["flush"].append(em.flush())
-    out["slot"] = em._slot
-    em.send(sentinel)
-    out["got"] = [h for h, _ in collect(cap, sentinel)]
-    out["cap_counters"] = cap.counters()
-    em.close(); cap.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
 
 @pytest.mark.netns
 @pytest.mark.timeout(30)
-def test_the_kernel_skips_a_tx_ring_frame_over_the_mtu_silently(veth_netns, netns_python):
+def test_the_kernel_skips_a_tx_ring_frame_over_the_mtu_silently(veth_netns, netns_program):
     """Why the emitter checks the MTU itself: what the kernel (tpacket_snd) does with a TX-ring
     slot holding a frame larger than the device allows, with PACKET_LOSS set as L2Emitter sets
     it. The emitter's own check is bypassed here. The kernel drops the frame, hands the slot
@@ -311,8 +171,8 @@ def test_the_kernel_skips_a_tx_ring_frame_over_the_mtu_silently(veth_netns, netn
     the skb is built (no log line)."""
     over_mtu = [_sized_ptb_v4(1800, dport=4001), _sized_ptb_v6(1516, dport=4002)]
     small = F.ptb_v4(dport=4000)
-    out = netns_python(veth_netns, _RING_EMITTER_OVER_MTU,
-                       [small.hex(), [f.hex() for f in over_mtu], _sentinel().hex(), True])
+    out = netns_program(veth_netns, "capture_paths", "ring-emitter-over-mtu",
+                        payload=[small.hex(), [f.hex() for f in over_mtu], _sentinel().hex(), True])
     from pmtud_relay.emit import l2
 
     slots = l2.RING_BLOCK_SIZE // l2.RING_FRAME_SIZE * l2.RING_BLOCKS
@@ -331,14 +191,14 @@ def test_the_kernel_skips_a_tx_ring_frame_over_the_mtu_silently(veth_netns, netn
 
 @pytest.mark.netns
 @pytest.mark.timeout(30)
-def test_ring_emitter_refuses_a_frame_over_the_mtu_with_emsgsize(veth_netns, netns_python):
+def test_ring_emitter_refuses_a_frame_over_the_mtu_with_emsgsize(veth_netns, netns_program):
     """L2Emitter.queue() refuses what the kernel would drop silently: EMSGSIZE (the daemon counts
     it as a send error), no ring slot taken, nothing in the kernel log; a frame of MTU + 18 with
     one VLAN tag is not too long."""
     over_mtu = [_sized_ptb_v4(1800, dport=4001), _sized_ptb_v6(1515, dport=4002)]
     small = F.ptb_v4(dport=4000)
-    out = netns_python(veth_netns, _RING_EMITTER_OVER_MTU,
-                       [small.hex(), [f.hex() for f in over_mtu], _sentinel().hex(), False])
+    out = netns_program(veth_netns, "capture_paths", "ring-emitter-over-mtu",
+                        payload=[small.hex(), [f.hex() for f in over_mtu], _sentinel().hex(), False])
     assert out["max_len"] == 1514  # the veth's MTU 1500 + 14
     assert out["queue"][:4] == [0, errno.EMSGSIZE, errno.EMSGSIZE, 0], out["queue"][:4]
     assert out["queue"][4:] == [0] * (len(out["queue"]) - 4)
@@ -350,36 +210,10 @@ def test_ring_emitter_refuses_a_frame_over_the_mtu_with_emsgsize(veth_netns, net
     assert out["got"] == expected, (len(out["got"]), len(expected))
 
 
-_EMITTER_MTU_EDGES = _COLLECT + textwrap.dedent(
-    """
-    import subprocess
-    from pmtud_relay.capture.afpacket import PacketCapture
-    from pmtud_relay.emit import l2
-
-    frames, sentinel = json.load(sys.stdin)
-    frames, sentinel = [bytes.fromhex(h) for h in frames], bytes.fromhex(sentinel)
-    cap = PacketCapture("pmr0", ring=True)
-    out = {}
-    for ring in (True, False):
-        em = l2.L2Emitter("pmr1", ring=ring)
-        subprocess.run(["ip", "link", "set", "pmr1", "mtu", "1500"], check=True, timeout=10)
-        em.refresh_mtu()
-        before = [em.send(f) for f in frames]
-        subprocess.run(["ip", "link", "set", "pmr1", "mtu", "1600"], check=True, timeout=10)
-        em.refresh_mtu()  # what the daemon does on the interface's link event
-        after = [em.send(f) for f in frames]
-        em.send(sentinel)
-        out[str(ring)] = {"before": before, "after": after, "got": [h for h, _ in collect(cap, sentinel)]}
-        em.close()
-    cap.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
 
 @pytest.mark.netns
 @pytest.mark.timeout(30)
-def test_emitter_mtu_edges_and_refresh(veth_netns, netns_python):
+def test_emitter_mtu_edges_and_refresh(veth_netns, netns_program):
     """Both emitter paths: MTU + 14 untagged and MTU + 18 with one tag leave; one byte more is
     EMSGSIZE; after the MTU is raised and refresh_mtu() re-reads it, the same frames leave."""
     _set_mtu(veth_netns, 1600)  # the receiving side takes them all; the sender's MTU is what varies
@@ -388,7 +222,8 @@ def test_emitter_mtu_edges_and_refresh(veth_netns, netns_python):
     long_untagged = _sized_ptb_v4(1515, dport=5003)
     long_tagged = _sized_ptb_v6(1519, dport=5004, vlans=((0x8100, 7),))
     frames = [fits, fits_tagged, long_untagged, long_tagged]
-    out = netns_python(veth_netns, _EMITTER_MTU_EDGES, [[f.hex() for f in frames], _sentinel().hex()])
+    out = netns_program(veth_netns, "capture_paths", "emitter-mtu-edges",
+                        payload=[[f.hex() for f in frames], _sentinel().hex()])
     for ring in ("True", "False"):
         r = out[ring]
         assert r["before"] == [0, 0, errno.EMSGSIZE, errno.EMSGSIZE], (ring, r["before"])

@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 
+from tests.support.netns import run_json
+
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
@@ -44,47 +46,6 @@ def two_links():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
-PEER_SCRIPT = r"""
-import json, socket, sys, time
-from scapy.all import Ether, IP, ICMP, TCP, IPv6, ICMPv6PacketTooBig, raw
-relay_macs = json.loads(sys.argv[1])
-vip4, vip6 = sys.argv[2], sys.argv[3]
-def ptb4(dst_mac, sport):
-    inner = raw(IP(src=vip4, dst="203.0.113.2", flags="DF") / TCP(sport=sport, dport=40000) / (b"x" * 1448))
-    return raw(Ether(dst=dst_mac, src="02:00:00:00:99:01") / IP(src="198.51.100.1", dst=vip4)
-               / ICMP(type=3, code=4, nexthopmtu=1400) / inner[:548])
-def ptb6(dst_mac, sport):
-    inner = raw(IPv6(src=vip6, dst="2001:db8:c::2") / TCP(sport=sport, dport=40000) / (b"y" * 1400))
-    return raw(Ether(dst=dst_mac, src="02:00:00:00:99:02") / IPv6(src="2001:db8:5::1", dst=vip6)
-               / ICMPv6PacketTooBig(mtu=1400) / inner[:1232])
-listeners = {}
-for name in ("a1", "b1"):
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-    s.bind((name, 0)); s.settimeout(0.2)
-    listeners[name] = s
-sent = {}
-for name, sport in (("a1", 8081), ("b1", 8082)):
-    frames = [ptb4(relay_macs[name[0] + "0"], sport), ptb6(relay_macs[name[0] + "0"], sport)]
-    sent[name] = [f.hex() for f in frames]
-    out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); out.bind((name, 0))
-    for f in frames:
-        out.send(f)
-got = {name: [] for name in listeners}
-deadline = time.time() + 3
-while time.time() < deadline:
-    for name, s in listeners.items():
-        try:
-            data, addr = s.recvfrom(65535)
-        except socket.timeout:
-            continue
-        if addr[2] == socket.PACKET_OUTGOING:
-            continue
-        if data[12:14] in (b"\x08\x00", b"\x86\xdd") and (data[0] & 1):  # group-addressed copies only
-            got[name].append(data.hex())
-print(json.dumps({"sent": sent, "got": got}))
-"""
-
-
 @pytest.mark.timeout(60)
 def test_copies_leave_by_the_interface_the_ptb_came_in_on(two_links):
     relay_ns, peer_ns = two_links
@@ -102,12 +63,8 @@ def test_copies_leave_by_the_interface_the_ptb_came_in_on(two_links):
     try:
         ready = relay.wait_for(r"event=ready", stream="stderr", timeout=15)
         assert "interfaces=a0,b0" in ready, ready
-        peer = subprocess.run(
-            ["ip", "netns", "exec", peer_ns, sys.executable, "-c", PEER_SCRIPT, json.dumps(macs), VIP4, VIP6],
-            capture_output=True, text=True, timeout=30,
-        )
-        assert peer.returncode == 0, peer.stderr
-        result = json.loads(peer.stdout)
+        # Sends a v4 and a v6 PTB out of a1 and b1, reports what came back on each (exits 0 or fails).
+        result = run_json(peer_ns, "two_links_peer", VIP4, VIP6, payload=macs, timeout=30)
     finally:
         rc = relay.stop(timeout=10)  # SIGTERM; SIGKILL (and a negative rc) if it hangs
     assert rc == 0, f"exit {rc}:\n{relay.stderr}"

@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -304,6 +305,32 @@ def test_cache_classification():
     assert "2 IPv4 destination(s) learned MTU 1480" in encaps[1480].summary and "IPIP" in encaps[1480].summary
     assert "ESP" in encaps[1438].summary
     assert checks.index("pmtu_cache.encapsulation") > checks.index("pmtu_cache")
+
+
+def test_parse_exception_reads_an_rtm_newroute():
+    """The attributes ``ip route show cache`` shows, from the bytes the kernel sends (a real
+    dump: test_doctor_in_namespace_reports_what_was_set_up); the first of a repeated one counts,
+    a route without RTM_F_CLONED or too short is none, a missing RTA_DST is the default route."""
+    from pmtud_relay.netlink import messages as nl
+
+    def route(attrs: bytes, flags: int = pmtu_cache.RTM_F_CLONED, family: int = 2, table: int = 254) -> bytes:
+        return nl.RTMSG.pack(family, 32, 0, 0, table, 0, 0, 1, flags) + attrs
+
+    u32 = struct.Struct("=I").pack
+    metrics = nl.attr(pmtu_cache.RTAX_LOCK, u32(1 << pmtu_cache.RTAX_MTU)) + nl.attr(pmtu_cache.RTAX_MTU, u32(552))
+    cacheinfo = struct.pack("=IIiIIIII", 0, 0, -100, 0, 0, 0, 0, 0)  # rta_expires: -100 jiffies
+    body = route(nl.attr(pmtu_cache.RTA_DST, bytes([203, 0, 113, 6])) + nl.attr(pmtu_cache.RTA_DST, bytes(4))
+                 + nl.attr(pmtu_cache.RTA_GATEWAY, bytes([198, 51, 100, 2])) + nl.attr(pmtu_cache.RTA_TABLE, u32(100))
+                 + nl.attr(pmtu_cache.RTA_METRICS | nl.NLA_F_NESTED, metrics)
+                 + nl.attr(pmtu_cache.RTA_CACHEINFO, cacheinfo) + nl.attr(pmtu_cache.RTA_OIF, u32(0)))
+    assert pmtu_cache.parse_exception(body, 0, len(body), 4, 100.0) == CacheEntry(
+        4, "203.0.113.6", "198.51.100.2", None, 100, 552, True, -1.0)
+    v6 = route(nl.attr(pmtu_cache.RTA_METRICS, nl.attr(pmtu_cache.RTAX_MTU, u32(1280))), family=10)
+    assert pmtu_cache.parse_exception(v6, 0, len(v6), 6, 100.0) == CacheEntry(6, "::", None, None, 254, 1280,
+                                                                              False, None)
+    assert pmtu_cache.parse_exception(body, 0, 11, 4, 100.0) is None
+    plain = route(b"", flags=0)
+    assert pmtu_cache.parse_exception(plain, 0, len(plain), 4, 100.0) is None
 
 
 def test_cache_floor_follows_min_pmtu():

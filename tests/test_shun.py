@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
 from pmtud_relay.capture import bpf
@@ -178,50 +176,10 @@ def test_prefix_drops_blocked_sources_untagged_or_single_tagged_not_qinq(vlans):
         assert run(prog, f) == (0 if len(vlans) <= 1 else run(ptb, f))
 
 
-_KERNEL_SNIPPET = textwrap.dedent(
-    """
-    import json, select, socket, sys, time
-    from pmtud_relay.capture.afpacket import PacketCapture
-
-    ring, blocked, batch, sentinel = json.load(sys.stdin)
-    blocked = {bytes.fromhex(h) for h in blocked}
-    batch, sentinel = [bytes.fromhex(h) for h in batch], bytes.fromhex(sentinel)
-    cap = PacketCapture("pmr0", ring=ring, sample=None)  # exact drops; the sample has its own test
-    assert (cap.ring is not None) == ring
-    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.bind(("pmr1", 0))
-
-    def phase():
-        # The batch, then a sentinel from a source never held: the veth delivers in order, so
-        # once the sentinel is read every frame of the batch was either delivered or dropped.
-        for frame in batch + [sentinel]:
-            tx.send(frame)
-        got, deadline = [], time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            if select.select([cap], [], [], 0.05)[0]:
-                for data, _ in cap.drain():
-                    if data == sentinel:
-                        return got
-                    got.append(data.hex())
-        raise SystemExit("sentinel never arrived")
-
-    out = {"before": phase()}
-    cap.set_blocked(blocked)
-    out["held"] = sorted(s.hex() for s in cap.blocked)
-    out["blocked"] = phase()
-    cap.set_blocked(frozenset())
-    out["lifted"] = phase()
-    cap.close()
-    tx.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
-
 @pytest.mark.netns
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("ring", [True, False], ids=["ring", "socket"])
-def test_kernel_drops_held_sources_and_lifts_the_hold(veth_netns, netns_python, ring):
+def test_kernel_drops_held_sources_and_lifts_the_hold(veth_netns, netns_program, ring):
     """PacketCapture.set_blocked() on a real kernel: a held source's untagged and single-tagged
     (802.1Q or 802.1ad) PTBs are dropped, its QinQ PTBs still arrive (the filter sees the inner
     tag's TPID where the prefix looks for the EtherType), other sources' PTBs all arrive, and
@@ -236,8 +194,8 @@ def test_kernel_drops_held_sources_and_lifts_the_hold(veth_netns, netns_python, 
             batch.append(frame)
             names[frame.hex()] = f"{layout} from {src}"
     sentinel = F.ptb_v4(outer_src="203.0.113.99", dport=9)
-    out = netns_python(veth_netns, _KERNEL_SNIPPET, [ring, [A4.hex(), A6.hex()], [f.hex() for f in batch],
-                                                     sentinel.hex()])
+    out = netns_program(veth_netns, "shun_holds", "kernel-holds",
+                        payload=[ring, [A4.hex(), A6.hex()], [f.hex() for f in batch], sentinel.hex()])
 
     def named(hexes):
         return [names.get(h, f"unexpected {h[:40]}...") for h in hexes]
@@ -323,118 +281,6 @@ def test_prefix_lets_one_in_sample_of_a_held_sources_frames_through():
 
 
 # --- holds through the daemon, on a real kernel ---------------------------------------------------
-_DAEMON_SNIPPET = textwrap.dedent(
-    """
-    import asyncio, json, socket, sys, time
-    from prometheus_client import generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
-    from pmtud_relay import daemon as D, metrics
-    from pmtud_relay.core.policy import Policy
-    from pmtud_relay.core.reasons import Reason
-    from pmtud_relay.core.relay import RelayConfig
-    from pmtud_relay.daemon import parse_vips
-
-    cfg = json.load(sys.stdin)
-    flood = [bytes.fromhex(h) for h in cfg["flood"]]
-    genuine = bytes.fromhex(cfg["genuine"])
-    d = D.RelayDaemon(D.DaemonSettings(
-        interfaces=("pmr0",), discover_vips=False, summary_interval=3600,
-        relay=RelayConfig(policy=Policy(vips=parse_vips([cfg["vip"]])), shun_min_rate=1000)))
-    d.relay.shunner.hold = d.relay.shunner.max_hold = cfg["hold"]  # 10 s in production; shorter here
-    d.open()
-    capture = d.ports[0].capture
-    seen = [0]  # frames that reached userspace
-    _drain = capture.drain
-
-    def counting_drain(limit=256):
-        batch = _drain(limit)
-        seen[0] += len(batch)
-        return batch
-
-    capture.drain = counting_drain
-    registry = metrics.build_registry(d.stats, lambda: d.relay, process=False)
-
-    def held_metric():
-        text = generate_latest(registry).decode()
-        return [s.value for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name == "pmtud_relay_kernel_held_sources"][0]
-
-    tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    tx.bind(("pmr1", 0))
-    rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # the copies the relay sends
-    rx.setsockopt(263, 23, 1)  # SOL_PACKET, PACKET_IGNORE_OUTGOING: not what tx sends
-    rx.bind(("pmr1", 0))
-    rx.setblocking(False)
-
-    def copies():
-        out = 0
-        while True:
-            try:
-                data = rx.recv(65536)
-            except BlockingIOError:
-                return out
-            out += data[:6] == b"\\xff" * 6 and data[14:] == genuine[14:]
-
-    async def send(frames, chunk=50):
-        for i in range(0, len(frames), chunk):
-            for f in frames[i:i + chunk]:
-                tx.send(f)
-            await asyncio.sleep(0.003)  # stay under the veth backlog (netdev_max_backlog)
-
-    async def until(cond, timeout, step=0.01):
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(step)
-        return True
-
-    out = {}
-
-    async def main():
-        serving = asyncio.ensure_future(d.serve())
-        assert await until(lambda: d.stats.ready, 5)
-        await send(flood)
-        out["held"] = await until(lambda: len(d.relay.shunner) == 1, 3)
-        expiry = min(d.relay.shunner._held.values())
-        out["held_metric"] = held_metric()
-        await asyncio.sleep(0.3)  # the flood's last frames drain
-        quiet_from = seen[0]
-        if cfg["mode"] == "expire":
-            lifted = await until(lambda: held_metric() == 0, cfg["hold"] + 3)
-            out["lifted_late_by"] = d.clock() - expiry if lifted else None
-            out["seen_while_quiet"] = seen[0] - quiet_from
-            out["filter_blocked"] = sorted(s.hex() for s in capture.blocked)
-            copies()
-            before = d.relay.counts[Reason.RELAYED]
-            tx.send(genuine)
-            await until(lambda: d.relay.counts[Reason.RELAYED] > before, 1)
-            await asyncio.sleep(0.1)
-            out["genuine_relayed"] = d.relay.counts[Reason.RELAYED] - before
-            out["genuine_copies"] = copies()
-        else:  # the held router's genuine PTB, repeated (one per retransmission), while held
-            copies()
-            before = d.relay.counts[Reason.RELAYED]
-            n = out["sample"] = list(d.relay.shunner.samples.values())[0]
-            out["sent"] = 20 * n
-            await send([genuine] * (20 * n), chunk=64)
-            await asyncio.sleep(0.3)
-            out["still_held"] = len(d.relay.shunner)
-            out["seen_while_held"] = seen[0] - quiet_from
-            out["genuine_relayed"] = d.relay.counts[Reason.RELAYED] - before
-            out["genuine_copies"] = copies()
-        d.stop()
-        await asyncio.wait_for(serving, 5)
-
-    try:
-        D.run_event_loop(main)
-    finally:
-        d.close()
-    json.dump(out, sys.stdout)
-    """
-)
-
-
 def _hold_frames(n_flood: int) -> tuple[list[str], str]:
     flood = [F.ptb_v4(outer_src="198.51.100.66", dport=20000 + i).hex() for i in range(n_flood)]
     genuine = F.ptb_v4(outer_src="198.51.100.66", dport=999, mtu=1400).hex()
@@ -446,14 +292,14 @@ HOLD = 2.0  # seconds, for the tests (production: 10 s doubling to 300 s)
 
 @pytest.mark.netns
 @pytest.mark.timeout(40)
-def test_a_hold_lifts_on_time_on_a_quiet_host(veth_netns, netns_python):
+def test_a_hold_lifts_on_time_on_a_quiet_host(veth_netns, netns_program):
     """The daemon on a real kernel: one source floods, is held in the kernel, then goes quiet.
     Nothing reaches userspace while it is quiet, yet the hold ends on time (the daemon's timer):
     the held-sources metric and the filter go back to none, and the router's next genuine PTB
     is relayed (its broadcast copy seen on the wire)."""
     flood, genuine = _hold_frames(400)
-    out = netns_python(veth_netns, _DAEMON_SNIPPET, {"mode": "expire", "hold": HOLD, "vip": F.VIP4,
-                                                     "flood": flood, "genuine": genuine}, timeout=30)
+    out = netns_program(veth_netns, "shun_holds", "daemon-holds", payload={
+        "mode": "expire", "hold": HOLD, "vip": F.VIP4, "flood": flood, "genuine": genuine}, timeout=30)
     assert out["held"] and out["held_metric"] == 1, out
     assert out["seen_while_quiet"] == 0, out  # no frame woke the relay: only the timer can lift it
     assert out["lifted_late_by"] is not None, f"the hold never lifted: {out}"
@@ -464,13 +310,13 @@ def test_a_hold_lifts_on_time_on_a_quiet_host(veth_netns, netns_python):
 
 @pytest.mark.netns
 @pytest.mark.timeout(40)
-def test_a_held_routers_genuine_ptbs_get_through_at_the_sampled_rate(veth_netns, netns_python):
+def test_a_held_routers_genuine_ptbs_get_through_at_the_sampled_rate(veth_netns, netns_program):
     """While a source is held the kernel still passes one in N of its frames (N sized from its
     flood rate): 20·N copies of the held router's genuine PTB (one per retransmission, as a router
     sends them) put about 20 frames into userspace, and the first of them is relayed."""
     flood, genuine = _hold_frames(400)
-    out = netns_python(veth_netns, _DAEMON_SNIPPET, {"mode": "sample", "hold": 30.0, "vip": F.VIP4,
-                                                     "flood": flood, "genuine": genuine}, timeout=60)
+    out = netns_program(veth_netns, "shun_holds", "daemon-holds", payload={
+        "mode": "sample", "hold": 30.0, "vip": F.VIP4, "flood": flood, "genuine": genuine}, timeout=60)
     assert out["held"] and out["still_held"] == 1, out
     assert 2 <= out["sample"] <= 4096, out  # 400 frames within ~30 ms: thousands per second
     # Binomial(20·N, 1/N): mean 20, sd < 4.5; outside 5..45 has a probability below 1e-4.

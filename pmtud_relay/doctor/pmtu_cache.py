@@ -1,9 +1,10 @@
 """Learned PMTU exceptions: the kernel's route cache (``ip route show cache``).
 
-The dump is an RTM_GETROUTE request with ``RTM_F_CLONED`` per family, sent on a plain
-netlink socket so the request is exactly what iproute2 sends; pyroute2's ``rtmsg``
-decodes the answers. Only messages flagged RTM_F_CLONED are exceptions (a non-strict
-IPv4 dump also returns ordinary routes).
+The dump is an RTM_GETROUTE request with ``RTM_F_CLONED`` per family, the request iproute2
+sends, through the daemon's own rtnetlink dump (:func:`pmtud_relay.netlink.rtnl.dump`); the
+answers' attributes are read with the shared walker (:mod:`pmtud_relay.netlink.messages`).
+Only messages flagged RTM_F_CLONED are exceptions (a non-strict IPv4 dump also returns
+ordinary routes).
 
 Like ``ip route show cache``, the kernel lists an IPv4 exception only once a route
 lookup has used it since it was learned (traffic to the destination, or ``ip route get``);
@@ -22,17 +23,21 @@ from dataclasses import asdict, dataclass
 
 from pmtud_relay.doctor.findings import Finding, Severity
 from pmtud_relay.doctor.hints import FLOOR_V4, FLOOR_V6, mtu_hint
+from pmtud_relay.netlink import rtnl
+from pmtud_relay.netlink.messages import RTM_GETROUTE, RTM_NEWROUTE, RTMSG, attributes
 
-RTM_GETROUTE = 26
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
 RTM_F_CLONED = 0x200
+RTA_DST = 1
+RTA_OIF = 4
+RTA_GATEWAY = 5
+RTA_METRICS = 8
+RTA_CACHEINFO = 12
+RTA_TABLE = 15
+RTAX_LOCK = 1
 RTAX_MTU = 2
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_RTMSG = struct.Struct("=BBBBBBBBI")
+_U32 = struct.Struct("=I")
+_EXPIRES = struct.Struct("=8xi")  # struct rta_cacheinfo: clntref, lastuse, expires (s32, jiffies), ...
 
 #: How many entries the text listing shows (JSON data carries up to MAX_LISTED).
 SHOW = 12
@@ -68,74 +73,78 @@ def _ifname(index: int | None) -> str | None:
         return f"if{index}"
 
 
-def _decode(msg, family: int, hz: float) -> CacheEntry | None:
-    if not msg["flags"] & RTM_F_CLONED:
+def _u32(data: bytes, start: int, end: int) -> int | None:
+    return _U32.unpack_from(data, start)[0] if end - start >= 4 else None
+
+
+def _address(data: bytes, start: int, end: int, af: int) -> str | None:
+    try:
+        return socket.inet_ntop(af, bytes(data[start:end]))
+    except ValueError:  # not 4 (16) bytes long
         return None
-    metrics = msg.get_attr("RTA_METRICS")
+
+
+def parse_exception(data: bytes, body: int, end: int, family: int, hz: float) -> CacheEntry | None:
+    """The exception in the RTM_NEWROUTE whose body (``rtmsg``) spans data[body:end], or None
+    when the route is not one (no RTM_F_CLONED) or too short. Of an attribute given twice the
+    first counts."""
+    if end - body < RTMSG.size:
+        return None
+    _af, _dst_len, _src_len, _tos, rtm_table, _proto, _scope, _type, flags = RTMSG.unpack_from(data, body)
+    if not flags & RTM_F_CLONED:
+        return None
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    found: dict[int, tuple[int, int]] = {}
+    for kind, s, e in attributes(data, body + RTMSG.size, end):
+        found.setdefault(kind, (s, e))
     mtu = None
     locked = False
-    if metrics is not None:
-        mtu = metrics.get_attr("RTAX_MTU")
-        lock = metrics.get_attr("RTAX_LOCK") or 0
+    if RTA_METRICS in found:
+        metrics: dict[int, tuple[int, int]] = {}
+        for kind, s, e in attributes(data, *found[RTA_METRICS]):
+            metrics.setdefault(kind, (s, e))
+        if RTAX_MTU in metrics:
+            mtu = _u32(data, *metrics[RTAX_MTU])
+        lock = (_u32(data, *metrics[RTAX_LOCK]) if RTAX_LOCK in metrics else None) or 0
         locked = bool(lock & (1 << RTAX_MTU))
-    cache = msg.get_attr("RTA_CACHEINFO")
     expires = None
-    if cache is not None:
-        raw = cache.get("rta_expires") if hasattr(cache, "get") else None
+    if RTA_CACHEINFO in found:
+        s, e = found[RTA_CACHEINFO]
+        raw = _EXPIRES.unpack_from(data, s)[0] if e - s >= _EXPIRES.size else 0
         if raw:
-            raw = raw - (1 << 32) if raw >= 1 << 31 else raw  # s32 on the wire
             expires = raw / hz
-    dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == 4 else "::")
-    table = msg.get_attr("RTA_TABLE") or msg["table"]
-    return CacheEntry(family, dst, msg.get_attr("RTA_GATEWAY"), _ifname(msg.get_attr("RTA_OIF")),
-                      table, mtu, locked, expires)
+    dst = (_address(data, *found[RTA_DST], af) if RTA_DST in found else None) or ("0.0.0.0" if family == 4 else "::")
+    gateway = _address(data, *found[RTA_GATEWAY], af) if RTA_GATEWAY in found else None
+    table = (_u32(data, *found[RTA_TABLE]) if RTA_TABLE in found else None) or rtm_table
+    oif = _u32(data, *found[RTA_OIF]) if RTA_OIF in found else None
+    return CacheEntry(family, dst, gateway, _ifname(oif), table, mtu, locked, expires)
 
 
 def dump_exceptions(families: Iterable[int] = (4, 6), timeout: float = 5.0) -> list[CacheEntry]:
-    """Every learned exception of the current network namespace, IPv4 then IPv6."""
-    from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
+    """Every learned exception of the current network namespace, IPv4 then IPv6. A family
+    the kernel does not support (IPv6 disabled) has none; any other netlink error is raised
+    as an OSError."""
     hz = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
     out: list[CacheEntry] = []
     for fam in families:
         af = socket.AF_INET if fam == 4 else socket.AF_INET6
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, rtnl.NETLINK_ROUTE)
         try:
             sock.settimeout(timeout)
             sock.bind((0, 0))
-            body = _RTMSG.pack(af, 0, 0, 0, 0, 0, 0, 0, RTM_F_CLONED)
-            seq = 1
-            sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-                      + body)
-            done = False
-            while not done:
-                data = sock.recv(1 << 20)
-                off = 0
-                while off + _NLMSGHDR.size <= len(data):
-                    length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
-                    if length < _NLMSGHDR.size:
-                        done = True
-                        break
-                    if mseq == seq:
-                        if mtype == NLMSG_DONE:
-                            done = True
-                            break
-                        if mtype == NLMSG_ERROR:
-                            (err,) = struct.unpack_from("=i", data, off + _NLMSGHDR.size)
-                            if err:
-                                if -err == errno.EAFNOSUPPORT:  # IPv6 disabled
-                                    done = True
-                                    break
-                                raise OSError(-err, os.strerror(-err))
-                        else:
-                            msg = rtmsg(data[off : off + length])
-                            msg.decode()
-                            entry = _decode(msg, fam, hz)
-                            if entry is not None:
-                                out.append(entry)
-                    off += (length + 3) & ~3
+            try:
+                answers = rtnl.dump(RTM_GETROUTE, RTMSG.pack(af, 0, 0, 0, 0, 0, 0, 0, RTM_F_CLONED), sock)
+            except rtnl.NetlinkError as exc:
+                if exc.errno == errno.EAFNOSUPPORT:  # IPv6 disabled
+                    continue
+                raise OSError(exc.errno, exc.strerror) from None  # reported as before: "OSError: [Errno N] ..."
         finally:
             sock.close()
+        for kind, data, body, end in answers:
+            if kind == RTM_NEWROUTE:
+                entry = parse_exception(data, body, end, fam, hz)
+                if entry is not None:
+                    out.append(entry)
     return out
 
 

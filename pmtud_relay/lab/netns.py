@@ -230,14 +230,6 @@ class LabProcess:
         return f"<LabProcess {self.node} pid={self.pid} rc={self.popen.returncode} {self.argv!r}>"
 
 
-_SYSCTL_PY = (
-    "import sys\n"
-    "for a in sys.argv[1:]:\n"
-    "    k, v = a.split('=', 1)\n"
-    "    open('/proc/sys/' + k.replace('.', '/'), 'w').write(v)\n"
-)
-
-
 def _run(argv: Sequence[str], *, timeout: float = CMD_TIMEOUT, check: bool = True,
          input: str | None = None, env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess:

@@ -60,7 +60,6 @@ from .addressing import (
 from .build import LabBuild
 from .netns import (
     _PKG_ROOT,
-    _SYSCTL_PY,
     CMD_TIMEOUT,
     LabError,
     LabProcess,
@@ -191,13 +190,14 @@ class Lab(LabBuild):
         return _run(["ip", "-n", self.ns(node), *args], timeout=timeout, check=check)
 
     def sysctl(self, node: str, settings: dict[str, object]) -> None:
-        """Set sysctls inside ``node`` (``sysctl -w``; without procps, a python one-liner
-        writing /proc/sys with the same fixed arguments)."""
+        """Set sysctls inside ``node`` (``sysctl -w``; without procps, the module
+        :mod:`pmtud_relay.lab.sysctl` writing /proc/sys with the same arguments)."""
         args = [f"{k}={v}" for k, v in settings.items()]
         if shutil.which("sysctl"):
             self.run(node, ["sysctl", "-q", "-w", *args])
         else:
-            self.run(node, [self.python, "-c", _SYSCTL_PY, *args])
+            self.run(node, [self.python, "-m", "pmtud_relay.lab.sysctl", *args],
+                     env={"PYTHONPATH": _PKG_ROOT})
 
     def spawn(self, node: str, argv: Sequence[str], *,
               env: dict[str, str] | None = None) -> LabProcess:

@@ -32,11 +32,11 @@ from pmtud_relay.netlink.messages import (
     RTM_NEWLINK,
     RTM_NEWROUTE,
     attributes,
+    error_code,
     message,
     split_messages,
 )
 from pmtud_relay.netlink.messages import NETLINK_ROUTE as NETLINK_ROUTE  # hostinfo.py opens its socket with it
-from pmtud_relay.netlink.messages import NLMSGERR as _ERRNO
 from pmtud_relay.netlink.messages import NLMSGHDR as _NLMSGHDR
 from pmtud_relay.netlink.messages import RTMSG as _RTMSG
 from pmtud_relay.netlink.messages import align as _align
@@ -169,7 +169,9 @@ def dump(kind: int, body: bytes, sock: socket.socket | None = None) -> list[tupl
                     return out
                 start = mstart + _NLMSGHDR.size
                 if mtype == NLMSG_ERROR:
-                    err = -_ERRNO.unpack_from(data, start)[0] if end - start >= 4 else errno.EIO
+                    err = error_code(data, start, end)
+                    if err is None:  # too short to hold an error code
+                        err = errno.EIO
                     if err:
                         raise NetlinkError(err, os.strerror(err))
                     continue
