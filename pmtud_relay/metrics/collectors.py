@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import platform
 import resource
-from typing import Callable
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import CollectorRegistry  # type: ignore[import-not-found, unused-ignore]
 from prometheus_client.core import (  # type: ignore[import-not-found, unused-ignore]
@@ -24,6 +25,9 @@ from prometheus_client.core import (  # type: ignore[import-not-found, unused-ig
 from pmtud_relay import __version__
 from pmtud_relay.core.reasons import PARSE_REASONS, Reason
 from pmtud_relay.metrics.counters import Stats
+
+if TYPE_CHECKING:
+    from pmtud_relay.core.relay import Relay
 
 PREFIX = "pmtud_relay"
 
@@ -43,17 +47,17 @@ class RelayCollector:
     ``log_dropped`` returns the count of log lines dropped by the non-blocking log writer.
     """
 
-    def __init__(self, stats: Stats, relay: Callable[[], object] | None = None,
+    def __init__(self, stats: Stats, relay: Callable[[], Relay | None] | None = None,
                  log_dropped: Callable[[], int] | None = None, version: str = __version__):
         self.stats = stats
         self.relay = relay or (lambda: None)
         self.log_dropped = log_dropped
         self.version = version
 
-    def describe(self):
+    def describe(self) -> list[Any]:
         return []  # registration must not run collect()
 
-    def collect(self):
+    def collect(self) -> Iterator[Any]:
         s = self.stats
         s.poll_overruns()
         decisions = s.decisions.copy()  # one C-level copy: safe against concurrent updates
@@ -74,10 +78,10 @@ class RelayCollector:
             for fam in ("ipv4", "ipv6"):
                 rx[(ifname, fam)] = 0
                 rel[(ifname, fam)] = 0
-            for reason in _DROP_REASONS:
-                fams = ("unknown",) if reason in PARSE_REASONS else ("ipv4", "ipv6")
+            for dropped_for in _DROP_REASONS:
+                fams = ("unknown",) if dropped_for in PARSE_REASONS else ("ipv4", "ipv6")
                 for fam in fams:
-                    drop[(ifname, fam, reason.value)] = 0
+                    drop[(ifname, fam, dropped_for.value)] = 0
         limited = {"source": 0, "global": 0}
         deduplicated = 0
         for (ifname, family, reason), n in decisions.items():
@@ -203,10 +207,10 @@ class SelfProcessCollector:
         self.proc = proc
         self.pagesize = os.sysconf("SC_PAGE_SIZE")
 
-    def describe(self):
+    def describe(self) -> list[Any]:
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Any]:
         t = os.times()
         yield CounterMetricFamily("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
                                   value=t.user + t.system)
@@ -231,7 +235,7 @@ class SelfProcessCollector:
                                 "in seconds (when the daemon's metrics began).", value=self.started)
 
 
-def build_registry(stats: Stats, relay: Callable[[], object] | None = None,
+def build_registry(stats: Stats, relay: Callable[[], Relay | None] | None = None,
                    log_dropped: Callable[[], int] | None = None, process: bool = True) -> CollectorRegistry:
     """A private registry with the relay collector (and process_* metrics unless ``process``
     is false). Never the prometheus_client default registry."""
