@@ -1,6 +1,6 @@
 """``pmtud-relay analyze`` against captures with known answers.
 
-Captures are generated into tmp_path from the scenarios in ``pcap_fixtures`` (so they
+Captures are generated into tmp_path from the scenarios in ``tests.support.pcap`` (so they
 cannot drift); ``tests/data/ptb-mixed.pcapng`` is a committed copy proving that a real
 pcapng file on disk reads the same.
 """
